@@ -1,0 +1,36 @@
+# The README's two commands: `make app` and `make test`. Both create the virtual
+# environment when it is missing and install the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU wheel of this version lies on the build machines' disk; GPU users override it,
+# e.g. `make app TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+TORCH_SPEC ?= torch==2.13.0
+PORT ?= 8501
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gda-installed
+
+.PHONY: app test install benchmark clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[app,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+app: install
+	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) \
+		--browser.gatherUsageStats false
+
+test: install
+	$(BIN)/python -m pytest -q
+
+benchmark: install
+	$(BIN)/python benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) cache/* build *.egg-info

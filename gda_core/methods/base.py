@@ -1,0 +1,201 @@
+"""The one protocol every attribution method follows, and the loop they all share.
+
+A score is a sum over *views* (the final model; TracIn's checkpoints; TRAK's ensemble) of
+``weight * test_side(test) @ train_side(groups).T``. The shared passes live here: group
+gradients of the training side (streamed chunk by chunk, kept in memory when they fit),
+test gradients, and the per-example pass over a curvature sample that damping defaults,
+DataInf and TRAK's kernel need. A method differs only in the few lines that transform its two
+sides (an inverse curvature, a normalisation, a projection).
+
+Sign convention (DESIGN.md sec. 2): a positive score means up-weighting the group lowers the
+test point's loss: the group helps that prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from ..data import Dataset
+from ..errors import GDAError
+from ..grads import OBJECTIVES, GradientChunk, GradientEngine
+from ..grouping import Groups
+from ..models import TrainedModel
+
+METHODS: dict[str, type["AttributionMethod"]] = {}
+
+Progress = Callable[[str, float], None]
+
+
+def _no_progress(phase: str, fraction: float) -> None:
+    return None
+
+
+@dataclass
+class MethodOptions:
+    """Options every method takes. Subclasses add their own fields; all are validated here
+    and in their ``__post_init__`` and saved as JSON beside results."""
+
+    measurement: str = "loss"
+    last_layer_only: bool = False
+    chunk_examples: int = 1024
+    cache_bytes: int = 1 << 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.measurement not in OBJECTIVES:
+            raise GDAError(f"measurement must be one of {', '.join(OBJECTIVES)}, got {self.measurement!r}")
+        if self.chunk_examples < 1:
+            raise GDAError(f"chunk_examples must be >= 1, got {self.chunk_examples}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class View:
+    """One model the score is summed over, with its weight (e.g. a TracIn checkpoint's lr)."""
+
+    engine: GradientEngine
+    weight: float
+
+
+class AttributionMethod:
+    """Base of all methods: ``fit(train, groups)`` then ``attribute(test)`` -> (n_test, K).
+
+    Subclasses set ``name`` (registering them), ``Options``, and override some of
+    ``_views``, ``_fit_view``, ``_transform_test``, ``_transform_train`` and
+    ``_train_objective``.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: whether a group's score equals the sum of its members' per-example scores
+    gradient_linear: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            METHODS[cls.name] = cls
+
+    def __init__(self, model: TrainedModel, **options) -> None:
+        names = {field.name for field in dataclasses.fields(self.Options)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise GDAError(f"method {self.name!r} has no option {', '.join(unknown)}; "
+                           f"its options are: {', '.join(sorted(names))}")
+        self.model = model
+        self.options = self.Options(**options)
+
+    # ------------------------------------------------------------------ API
+    def fit(self, train: Dataset, groups: Groups, progress: Progress = _no_progress) -> "AttributionMethod":
+        """Prepare everything that depends only on the training side."""
+        if len(groups.labels) != len(train):
+            raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
+        started = time.perf_counter()
+        self.train_ = train
+        self.groups_ = groups
+        self.views_ = self._views(train)
+        self._train_cache: dict[int, list[GradientChunk]] = {}
+        for index, view in enumerate(self.views_):
+            progress("fit", index / len(self.views_))
+            self._fit_view(index, view, train)
+        progress("fit", 1.0)
+        self.fit_seconds_ = time.perf_counter() - started
+        return self
+
+    def attribute(self, test: Dataset, progress: Progress = _no_progress) -> np.ndarray:
+        """Scores of shape (n_test, K): positive means the group helps the test prediction."""
+        if not hasattr(self, "groups_"):
+            raise GDAError("call fit(train, groups) before attribute(test)")
+        started = time.perf_counter()
+        scores = None
+        n_views = len(self.views_)
+        for index, view in enumerate(self.views_):
+            test_side = self._transform_test(index, view, view.engine.test_gradients(
+                test, measurement=self.options.measurement))
+            if scores is None:
+                scores = torch.zeros(len(test), self.groups_.n_groups, dtype=test_side.dtype,
+                                     device=test_side.device)
+            done = 0
+            for chunk in self._train_side(index, view):
+                ids = torch.as_tensor(chunk.group_ids, device=scores.device)
+                scores[:, ids] += view.weight * (test_side @ chunk.gradients.T)
+                done += len(chunk.group_ids)
+                progress("attribute", (index + done / self.groups_.n_groups) / n_views)
+        self.attribute_seconds_ = time.perf_counter() - started
+        return scores.double().cpu().numpy()
+
+    # ------------------------------------------------------------ overridables
+    def _views(self, train: Dataset) -> list[View]:
+        return [View(self._engine(self.model.module), 1.0)]
+
+    def _fit_view(self, index: int, view: View, train: Dataset) -> None:
+        """Training-side state for one view (curvature, kernels, damping)."""
+
+    def _transform_test(self, index: int, view: View, gradients: torch.Tensor) -> torch.Tensor:
+        return gradients
+
+    def _transform_train(self, index: int, view: View, chunk: GradientChunk) -> GradientChunk:
+        return chunk
+
+    def _train_objective(self, index: int, view: View) -> tuple[str, torch.Tensor | None]:
+        """The objective whose group gradients form the training side, and example weights."""
+        return "loss", None
+
+    # ----------------------------------------------------------------- shared
+    def _engine(self, module: torch.nn.Module) -> GradientEngine:
+        return GradientEngine(module, last_layer_only=self.options.last_layer_only,
+                              chunk_examples=self.options.chunk_examples)
+
+    def _train_side(self, index: int, view: View) -> Iterator[GradientChunk]:
+        """Transformed group gradients, kept in memory after the first pass when they fit."""
+        if index in self._train_cache:
+            yield from self._train_cache[index]
+            return
+        objective, weights = self._train_objective(index, view)
+        chunks: list[GradientChunk] | None = []
+        budget = self.options.cache_bytes // max(1, len(self.views_))
+        used = 0
+        for chunk in view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
+                                                 objective=objective, weights=weights):
+            chunk = self._transform_train(index, view, chunk)
+            if chunks is not None:
+                used += chunk.gradients.numel() * chunk.gradients.element_size()
+                chunks = chunks + [chunk] if used <= budget else None
+            yield chunk
+        if chunks is not None:
+            self._train_cache[index] = chunks
+
+    def curvature_rows(self, n_train: int, n_samples: int | None) -> np.ndarray:
+        """A seeded sample of training rows for curvature estimates (all rows when None)."""
+        if n_samples is None or n_samples >= n_train:
+            return np.arange(n_train)
+        rng = np.random.default_rng(self.options.seed)
+        return np.sort(rng.choice(n_train, size=n_samples, replace=False))
+
+    def params_(self) -> dict:
+        return {"method": self.name, **self.options.to_json()}
+
+
+def make_method(name: str, model: TrainedModel, **options) -> AttributionMethod:
+    """The method registered as ``name``, built with its options."""
+    if name not in METHODS:
+        raise GDAError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
+    return METHODS[name](model, **options)
+
+
+def mean_squared_entry(engine: GradientEngine, data: Dataset) -> float:
+    """Mean of the squared per-example gradient entries: the average eigenvalue of the
+    empirical Fisher, a usable default damping (DESIGN.md sec. 4)."""
+    total, count = 0.0, 0
+    for chunk in engine.per_example_gradients(data):
+        total += float((chunk.gradients.double() ** 2).sum())
+        count += chunk.gradients.numel()
+    return total / max(count, 1)

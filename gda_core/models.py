@@ -8,10 +8,9 @@ nothing is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from torch import nn
 
 from .data import Dataset
 from .errors import GDAError
+from .io import atomic_write_bytes
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -167,8 +167,6 @@ class TrainedModel:
 
     def fingerprint(self) -> str:
         """A content hash of the final weights and the config, for cache keys."""
-        import hashlib
-
         digest = hashlib.sha256(json.dumps(self.config.to_json(), sort_keys=True).encode())
         for name, tensor in sorted(self.module.state_dict().items()):
             digest.update(name.encode())
@@ -262,8 +260,8 @@ def train_model(
                 optimizer.step()
                 total += float(loss.detach()) * len(rows)
             epoch_loss = total / n
-        converged = (train_config.optimizer == "lbfgs" and trained.history
-                     and abs(trained.history[-1] - epoch_loss) <= 1e-12 * max(1.0, abs(epoch_loss)))
+        converged = bool(train_config.optimizer == "lbfgs" and trained.history
+                         and abs(trained.history[-1] - epoch_loss) <= 1e-12 * max(1.0, abs(epoch_loss)))
         trained.history.append(epoch_loss)
         if converged:
             # Full-batch L-BFGS has reached the optimum: later epochs would change nothing.
@@ -279,20 +277,6 @@ def train_model(
     return trained
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save_model(trained: TrainedModel, directory: str | Path) -> Path:
     """Write ``model.safetensors`` (final weights and checkpoints) and ``config.json``.
 
@@ -304,20 +288,20 @@ def save_model(trained: TrainedModel, directory: str | Path) -> Path:
     tensors = {f"final.{k}": v.detach().cpu().contiguous() for k, v in trained.module.state_dict().items()}
     for index, checkpoint in enumerate(trained.checkpoints):
         tensors.update({f"checkpoint{index}.{k}": v.detach().cpu().contiguous() for k, v in checkpoint.state.items()})
-    _atomic_write_bytes(directory / "model.safetensors", save(tensors))
+    atomic_write_bytes(directory / "model.safetensors", save(tensors))
     payload = {
         "model": trained.config.to_json(),
         "training": trained.train_config.to_json(),
         "checkpoints": [{"lr": c.lr, "epoch": c.epoch} for c in trained.checkpoints],
         "history": trained.history,
     }
-    _atomic_write_bytes(directory / "config.json", json.dumps(payload, indent=2).encode())
+    atomic_write_bytes(directory / "config.json", json.dumps(payload, indent=2).encode())
     return directory
 
 
 def load_model(directory: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
     """Load what :func:`save_model` wrote. Raises :class:`GDAError` on a missing or bad file."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -331,7 +315,7 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu") -> Tra
         tensors = load_file(str(weights_path), device=str(device))
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise GDAError(f"{config_path} is not a valid model config: {error}") from None
-    except SafetensorsError as error:
+    except SafetensorError as error:
         raise GDAError(f"{weights_path} is not a valid safetensors file: {error}") from None
     module = build_model(config).to(device)
     final = {k.removeprefix("final."): v for k, v in tensors.items() if k.startswith("final.")}
@@ -372,7 +356,6 @@ def demo_model(
     config = model_config_for(arch, train)
     train_config = default_train_config(arch, seed=seed)
     key = json.dumps([train.fingerprint(), config.to_json(), train_config.to_json()], sort_keys=True)
-    import hashlib
 
     folder = Path(cache_dir) / "models" / f"{train.name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (folder / "config.json").is_file():

@@ -85,13 +85,21 @@ class AttributionMethod:
             METHODS[cls.name] = cls
 
     def __init__(self, model: TrainedModel, **options) -> None:
-        names = {field.name for field in dataclasses.fields(self.Options)}
+        self.model = model
+        self.options = self.make_options(**options)
+
+    @classmethod
+    def make_options(cls, **options) -> MethodOptions:
+        """Validated options; an unknown name is a one-line error listing the known ones."""
+        names = {field.name for field in dataclasses.fields(cls.Options)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise GDAError(f"method {self.name!r} has no option {', '.join(unknown)}; "
+            raise GDAError(f"method {cls.name!r} has no option {', '.join(unknown)}; "
                            f"its options are: {', '.join(sorted(names))}")
-        self.model = model
-        self.options = self.Options(**options)
+        try:
+            return cls.Options(**options)
+        except TypeError as error:
+            raise GDAError(f"bad options for method {cls.name!r}: {error}") from None
 
     # ------------------------------------------------------------------ API
     def fit(self, train: Dataset, groups: Groups, progress: Progress = _no_progress) -> "AttributionMethod":

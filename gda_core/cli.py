@@ -1,0 +1,166 @@
+"""The ``gda`` command line: the engine, headless, for big jobs.
+
+Every failure the user can fix is one line on stderr and exit code 2; nothing else exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import GDAError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus a message; we print only the message, on one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise GDAError(f"{self.prog}: {message}")
+
+
+def _option_value(text: str):
+    """``--option key=value`` values: JSON where it parses (numbers, true, null), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_options(pairs: Sequence[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise GDAError(f"--option expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        options[key.strip().replace("-", "_")] = _option_value(value.strip())
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import BUILTIN_DATASETS
+    from .engine import DEVICES
+    from .grouping import GROUPINGS
+    from .methods import METHODS
+    from .models import ARCHITECTURES
+
+    parser = _OneLineParser(prog="gda", description="Group training data attribution (GDA Explorer).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    listing = commands.add_parser("methods", help="list the attribution methods")
+    listing.add_argument("--json", action="store_true")
+    listing = commands.add_parser("groupings", help="list the groupings")
+    listing.add_argument("--json", action="store_true")
+
+    attribute = commands.add_parser("attribute", help="score training groups for test points")
+    attribute.add_argument("--data", default="digits", help=f"built-in data set: {', '.join(BUILTIN_DATASETS)}")
+    attribute.add_argument("--model", default="mlp", help=f"zoo model: {', '.join(ARCHITECTURES)}")
+    attribute.add_argument("--method", default="grad-dot", help=f"one of: {', '.join(METHODS)}")
+    attribute.add_argument("--grouping", default="grad-kmeans", help=f"one of: {', '.join(GROUPINGS)}")
+    attribute.add_argument("--groups", type=int, default=None, help="number of groups K")
+    attribute.add_argument("--test-size", type=int, default=200, help="first N test points (default 200)")
+    attribute.add_argument("--device", default="auto", choices=DEVICES)
+    attribute.add_argument("--seed", type=int, default=0)
+    attribute.add_argument("--measurement", choices=("loss", "margin"), default=None,
+                           help="test-side quantity (default: the method's own)")
+    attribute.add_argument("--damping", type=float, default=None, help="damping for curvature methods")
+    attribute.add_argument("--last-layer", action="store_true", help="gradients of the final layer only")
+    attribute.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                           help="any other method option, e.g. --option max_iterations=200")
+    attribute.add_argument("--cache", default=None, help="cache folder (default: $GDA_CACHE_DIR or ./cache)")
+    attribute.add_argument("--out", default=None, help="write the scores here (.npy); refuses to overwrite")
+    attribute.add_argument("--overwrite", action="store_true", help="allow --out to replace a file")
+    attribute.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _list(registry: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({name: cls.description for name, cls in registry.items()}, indent=2))
+    else:
+        width = max(len(name) for name in registry)
+        for name, cls in registry.items():
+            print(f"{name:<{width}}  {cls.description}")
+
+
+def _progress_bar(enabled: bool):
+    """A tqdm bar per phase on stderr (fractions in, a bar out)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    state: dict = {"phase": None, "bar": None}
+
+    def update(phase: str, fraction: float) -> None:
+        if phase != state["phase"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["phase"] = phase
+            state["bar"] = tqdm(total=100, desc=phase, unit="%", file=sys.stderr, leave=False)
+        bar = state["bar"]
+        bar.update(max(0, round(100 * fraction) - bar.n))
+
+    return update
+
+
+def _attribute(args: argparse.Namespace) -> dict:
+    from .engine import AttributionRequest, default_cache_dir, run_attribution
+    from .io import atomic_save_npy, atomic_write_json
+
+    options = _parse_options(args.option)
+    if args.damping is not None:
+        options["damping"] = args.damping
+    if args.last_layer:
+        options["last_layer_only"] = True
+    if args.measurement is not None:
+        options["measurement"] = args.measurement
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise GDAError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    request = AttributionRequest(
+        data=args.data, model=args.model, method=args.method, grouping=args.grouping,
+        n_groups=args.groups, test_size=args.test_size, seed=args.seed, device=args.device,
+        method_options=options,
+    )
+    cache_dir = Path(args.cache) if args.cache else default_cache_dir()
+    result = run_attribution(request, cache_dir=cache_dir, progress=_progress_bar(sys.stderr.isatty()))
+    scores_path = out or cache_dir / "scores" / f"{result.key}.npy"
+    groups_path = scores_path.with_name(scores_path.stem + ".groups.npy")
+    meta_path = scores_path.with_name(scores_path.stem + ".json")
+    atomic_save_npy(scores_path, result.scores.astype("float32"))
+    atomic_save_npy(groups_path, result.groups.labels)
+    summary = result.summary()
+    summary.update(scores_path=str(scores_path), groups_path=str(groups_path),
+                   scores_shape=list(result.scores.shape))
+    atomic_write_json(meta_path, {"request": request.to_json(), "result": summary})
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .grouping import GROUPINGS
+    from .methods import METHODS
+
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "methods":
+            _list(METHODS, args.json)
+        elif args.command == "groupings":
+            _list(GROUPINGS, args.json)
+        elif args.command == "attribute":
+            summary = _attribute(args)
+            if args.json:
+                print(json.dumps(summary, indent=2))
+            else:
+                print(f"{summary['method']} / {summary['grouping']} K={summary['n_groups']}: "
+                      f"{summary['n_test']} x {summary['n_groups']} scores in {summary['seconds']:.2f} s "
+                      f"-> {summary['scores_path']}")
+    except GDAError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

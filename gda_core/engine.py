@@ -1,0 +1,166 @@
+"""One attribution request, end to end: data -> model -> grouping -> method -> scores.
+
+:class:`AttributionRequest` names everything a run depends on (validated on construction,
+saved as JSON beside results); :func:`run_attribution` carries it out and returns an
+:class:`AttributionResult`. The CLI and the app both go through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import BUILTIN_DATASETS, DataSplit, load_builtin
+from .errors import GDAError
+from .grouping import GROUPINGS, Groups, make_grouping
+from .methods import METHODS, make_method
+from .models import ARCHITECTURES, TrainedModel, accuracy, demo_model
+
+Progress = Callable[[str, float], None]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GDA_CACHE_DIR", "cache"))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name not in DEVICES:
+        raise GDAError(f"unknown device {name!r}; choose from: {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GDAError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class AttributionRequest:
+    """Everything one attribution run depends on."""
+
+    data: str = "digits"
+    model: str = "mlp"
+    method: str = "grad-dot"
+    grouping: str = "grad-kmeans"
+    n_groups: int | None = None
+    test_size: int | None = 200
+    seed: int = 0
+    device: str = "auto"
+    method_options: dict = field(default_factory=dict)
+    grouping_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data not in BUILTIN_DATASETS:
+            raise GDAError(f"unknown data set {self.data!r}; choose from: {', '.join(BUILTIN_DATASETS)}")
+        if self.model not in ARCHITECTURES:
+            raise GDAError(f"unknown model {self.model!r}; choose from: {', '.join(ARCHITECTURES)}")
+        if self.method not in METHODS:
+            raise GDAError(f"unknown method {self.method!r}; choose from: {', '.join(METHODS)}")
+        if self.grouping not in GROUPINGS:
+            raise GDAError(f"unknown grouping {self.grouping!r}; choose from: {', '.join(GROUPINGS)}")
+        if self.n_groups is None and not GROUPINGS[self.grouping].fixed_group_count:
+            raise GDAError(f"grouping {self.grouping!r} needs a number of groups (--groups K)")
+        if self.n_groups is not None and self.n_groups < 1:
+            raise GDAError(f"number of groups must be >= 1, got {self.n_groups}")
+        if self.test_size is not None and self.test_size < 1:
+            raise GDAError(f"test size must be >= 1, got {self.test_size}")
+        if self.device not in DEVICES:
+            raise GDAError(f"unknown device {self.device!r}; choose from: {', '.join(DEVICES)}")
+        # Build the method's options once so a bad option fails here, with its own message.
+        METHODS[self.method].make_options(**self.method_options)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self, split: DataSplit, model: TrainedModel) -> str:
+        """Content key: the request (device aside), the data and weights, the package version."""
+        payload = {k: v for k, v in self.to_json().items() if k != "device"}
+        payload.update(data_fingerprint=split.train.fingerprint() + split.test.fingerprint(),
+                       model_fingerprint=model.fingerprint(), version=__version__)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class AttributionResult:
+    request: AttributionRequest
+    scores: np.ndarray
+    groups: Groups
+    n_train: int
+    n_test: int
+    key: str
+    timings: dict[str, float]
+    model_accuracy: float
+    method_info: dict
+
+    def summary(self) -> dict:
+        return {
+            "method": self.request.method,
+            "grouping": self.request.grouping,
+            "n_groups": self.groups.n_groups,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "seconds": round(self.timings["grouping"] + self.timings["fit"] + self.timings["attribute"], 4),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "data": self.request.data,
+            "model": self.request.model,
+            "model_test_accuracy": round(self.model_accuracy, 4),
+            "key": self.key,
+            "method_info": self.method_info,
+        }
+
+
+def load_inputs(request: AttributionRequest, cache_dir: Path, device: torch.device,
+                progress: Progress | None = None) -> tuple[DataSplit, TrainedModel]:
+    split = load_builtin(request.data, seed=request.seed)
+    model = demo_model(request.model, split.train, cache_dir, seed=request.seed, device=device,
+                       progress=None if progress is None else (lambda f: progress("train model", f)))
+    return split, model
+
+
+def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None = None,
+                    progress: Progress | None = None) -> AttributionResult:
+    """Carry out one request. ``progress(phase, fraction)`` is called along the way."""
+    progress = progress or (lambda phase, fraction: None)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    device = resolve_device(request.device)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    split, model = load_inputs(request, cache_dir, device, progress)
+    test = split.test if request.test_size is None else split.test.subset(slice(0, request.test_size))
+    train = split.train.to(device)
+    test = test.to(device)
+    timings["load"] = time.perf_counter() - started
+
+    progress("grouping", 0.0)
+    started = time.perf_counter()
+    groups = make_grouping(request.grouping, request.n_groups, seed=request.seed,
+                           **request.grouping_options).fit(train, model.module)
+    timings["grouping"] = time.perf_counter() - started
+    progress("grouping", 1.0)
+
+    method = make_method(request.method, model, **request.method_options)
+    method.fit(train, groups, progress=progress)
+    scores = method.attribute(test, progress=progress)
+    timings["fit"] = method.fit_seconds_
+    timings["attribute"] = method.attribute_seconds_
+    info = {"options": method.options.to_json()}
+    for attribute in ("damping_", "solver_info_"):
+        if hasattr(method, attribute):
+            info[attribute.rstrip("_")] = getattr(method, attribute)
+    return AttributionResult(
+        request=request, scores=scores, groups=groups, n_train=len(train), n_test=len(test),
+        key=request.key(split, model), timings=timings, model_accuracy=accuracy(model.module, test),
+        method_info=info,
+    )

@@ -1,0 +1,40 @@
+"""Shared fixtures: small built-in data and quickly trained zoo models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gda_core.data import load_builtin
+from gda_core.models import TrainConfig, default_train_config, model_config_for, train_model
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_builtin("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits):
+    """400 training and 40 test points of digits: enough for every known-answer check."""
+    rows = np.random.default_rng(0).choice(len(digits.train), 400, replace=False)
+    return digits.train.subset(np.sort(rows)), digits.test.subset(slice(0, 40))
+
+
+def _train(arch: str, train, epochs: int = 8):
+    config = model_config_for(arch, train, hidden=(32, 16) if arch == "mlp" else None)
+    if arch == "logreg":
+        train_config = default_train_config("logreg")
+    else:
+        train_config = TrainConfig(epochs=epochs, lr=3e-3, batch_size=32, seed=0, n_checkpoints=3)
+    return train_model(config, train, train_config)
+
+
+@pytest.fixture(scope="session")
+def zoo(small_digits):
+    """One trained model of each zoo architecture on the small digits set."""
+    train, _ = small_digits
+    return {arch: _train(arch, train) for arch in ("logreg", "mlp", "cnn")}

@@ -1,0 +1,76 @@
+"""The `gda` command line: JSON output, listings, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gda_core.cli import main
+
+
+def test_attribute_prints_json_and_writes_scores(tmp_path, capsys):
+    code = main(["attribute", "--data", "wine", "--model", "logreg", "--method", "grad-dot",
+                 "--grouping", "grad-kmeans", "--groups", "15", "--test-size", "20",
+                 "--cache", str(tmp_path), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    for key in ("method", "grouping", "n_groups", "n_train", "n_test", "seconds", "scores_path"):
+        assert key in summary
+    assert (summary["method"], summary["grouping"], summary["n_groups"]) == ("grad-dot", "grad-kmeans", 15)
+    assert summary["n_test"] == 20 and summary["n_train"] == 142
+    scores = np.load(summary["scores_path"])
+    assert scores.shape == (20, 15) and np.isfinite(scores).all()
+    groups = np.load(summary["groups_path"])
+    assert groups.shape == (142,) and set(groups) == set(range(15))
+
+
+def test_out_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "scores.npy"
+    out.write_bytes(b"keep me")
+    args = ["attribute", "--data", "wine", "--model", "logreg", "--grouping", "random", "--groups", "5",
+            "--cache", str(tmp_path), "--out", str(out)]
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert main(args + ["--overwrite"]) == 0
+    assert np.load(out).shape == (36, 5)
+
+
+def test_method_options_pass_through(tmp_path, capsys):
+    code = main(["attribute", "--data", "wine", "--model", "logreg", "--method", "if-cg", "--grouping",
+                 "per-class", "--cache", str(tmp_path), "--damping", "0.01", "--option", "max_iterations=7",
+                 "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_groups"] == 3
+    assert summary["method_info"]["options"]["max_iterations"] == 7
+    assert summary["method_info"]["damping"] == [0.01]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["attribute", "--method", "nope", "--groups", "3"], "unknown method 'nope'"),
+    (["attribute", "--data", "mnist", "--groups", "3"], "unknown data set 'mnist'"),
+    (["attribute", "--data", "wine", "--groups", "0"], "number of groups must be >= 1"),
+    (["attribute", "--data", "wine", "--model", "logreg", "--groups", "500"], "between 1 and the training set size 142"),
+    (["attribute", "--data", "wine"], "needs a number of groups"),
+    (["attribute", "--groups", "x"], "invalid int value"),
+    (["attribute", "--data", "wine", "--groups", "3", "--option", "nonsense=1"], "has no option nonsense"),
+    (["attribute", "--data", "wine", "--model", "cnn", "--groups", "3"], "needs image data"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_fail_with_one_line(tmp_path, capsys, args, message):
+    assert main(args + ["--cache", str(tmp_path)] if args[0] == "attribute" else args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_methods_listing_through_the_console_script():
+    listing = subprocess.run([sys.executable, "-m", "gda_core.cli", "methods", "--json"],
+                             capture_output=True, text=True, check=True)
+    methods = json.loads(listing.stdout)
+    assert {"grad-dot", "if-cg", "trak", "datainf", "tracin"} <= set(methods)

@@ -164,3 +164,22 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
         key=request.key(split, model), timings=timings, model_accuracy=accuracy(model.module, test),
         method_info=info,
     )
+
+
+def top_groups(result: AttributionResult, train_labels: np.ndarray, class_names: list[str],
+               test_index: int, count: int = 5) -> dict[str, list[dict]]:
+    """The most helpful (highest score) and most harmful (lowest) groups for one test point."""
+    if not 0 <= test_index < result.n_test:
+        raise GDAError(f"test point must lie in 0..{result.n_test - 1}, got {test_index}")
+    row = result.scores[test_index]
+    order = np.argsort(-row, kind="stable")
+
+    def describe(group: int) -> dict:
+        members = np.flatnonzero(result.groups.labels == group)
+        majority = int(np.bincount(train_labels[members], minlength=len(class_names)).argmax())
+        return {"group": int(group), "score": float(row[group]), "size": int(len(members)),
+                "majority_class": class_names[majority], "members": members[:16].tolist()}
+
+    count = min(count, len(row))
+    return {"helpful": [describe(g) for g in order[:count]],
+            "harmful": [describe(g) for g in order[::-1][:count]]}

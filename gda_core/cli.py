@@ -73,7 +73,64 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--out", default=None, help="write the scores here (.npy); refuses to overwrite")
     attribute.add_argument("--overwrite", action="store_true", help="allow --out to replace a file")
     attribute.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sweep = commands.add_parser("fidelity", help="fidelity-vs-speed sweep against a gold standard")
+    sweep.add_argument("--data", default="digits")
+    sweep.add_argument("--model", default="mlp")
+    sweep.add_argument("--methods", default="grad-dot,if-arnoldi", help="comma-separated methods")
+    sweep.add_argument("--groupings", default="random,grad-kmeans", help="comma-separated groupings")
+    sweep.add_argument("--groups", default="15,150", help="comma-separated group counts K")
+    sweep.add_argument("--no-per-example", action="store_true", help="skip the K = N per-example point")
+    sweep.add_argument("--gold", default="lds", choices=("lds", "further-training", "leave-group-out"))
+    sweep.add_argument("--test-size", type=int, default=100)
+    sweep.add_argument("--subsets", type=int, default=50, help="LDS: number of subset models")
+    sweep.add_argument("--alpha", type=float, default=0.5, help="LDS: fraction of groups kept per subset")
+    sweep.add_argument("--epochs", default="1", help="further training: horizons in epochs, comma-separated")
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds averaged in the gold standard")
+    sweep.add_argument("--epsilon", type=float, default=1.0, help="further training: up-weighting (1 + epsilon)")
+    sweep.add_argument("--leave-out", action="store_true", help="further training: leave the group out instead")
+    sweep.add_argument("--lr", type=float, default=0.01, help="further training learning rate")
+    sweep.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    sweep.add_argument("--batch-size", type=int, default=64)
+    sweep.add_argument("--horizon-matched", action="store_true",
+                       help="also run influence methods with damping 1/(lr x T) for each horizon T")
+    sweep.add_argument("--device", default="auto", choices=DEVICES)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--cache", default=None)
+    sweep.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                       help="write the sweep as JSON to PATH (or stdout with no PATH)")
+    sweep.add_argument("--plot", default=None, metavar="HTML", help="write the fidelity-vs-speed figure")
     return parser
+
+
+def _split_list(text: str, kind: type = str) -> list:
+    try:
+        return [kind(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise GDAError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
+
+
+def _fidelity(args: argparse.Namespace) -> dict:
+    from .engine import default_cache_dir
+    from .evaluate import GoldConfig, SweepConfig, run_sweep
+    from .io import atomic_write_bytes
+
+    gold = GoldConfig(kind=args.gold, n_subsets=args.subsets, alpha=args.alpha, epochs=_split_list(args.epochs, float),
+                      seeds=args.seeds, epsilon=None if args.leave_out else args.epsilon, lr=args.lr,
+                      optimizer=args.optimizer, batch_size=args.batch_size)
+    config = SweepConfig(data=args.data, model=args.model, methods=_split_list(args.methods),
+                         groupings=_split_list(args.groupings), group_counts=_split_list(args.groups, int),
+                         per_example=not args.no_per_example, test_size=args.test_size, seed=args.seed,
+                         device=args.device, gold=gold, horizon_matched=args.horizon_matched)
+    cache_dir = Path(args.cache) if args.cache else default_cache_dir()
+    sweep = run_sweep(config, cache_dir=cache_dir, progress=_progress_bar(sys.stderr.isatty()))
+    if args.plot:
+        from .viz import fidelity_speed_figure
+
+        atomic_write_bytes(args.plot, fidelity_speed_figure(sweep).to_html(include_plotlyjs=True).encode())
+    if args.json and args.json != "-":
+        atomic_write_bytes(args.json, (json.dumps(sweep, indent=2, default=float) + "\n").encode())
+    return sweep
 
 
 def _list(registry: dict, as_json: bool) -> None:
@@ -148,6 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             _list(METHODS, args.json)
         elif args.command == "groupings":
             _list(GROUPINGS, args.json)
+        elif args.command == "fidelity":
+            sweep = _fidelity(args)
+            if args.json == "-":
+                print(json.dumps(sweep, indent=2, default=float))
+            else:
+                metric = sweep["metric"]
+                for point in sweep["points"]:
+                    print(f"{point['method']:<18} {point['grouping']:<14} K={point['n_groups']:<5} "
+                          f"{point['seconds']:8.3f} s  {metric} {point.get(metric, float('nan')):.3f}")
         elif args.command == "attribute":
             summary = _attribute(args)
             if args.json:

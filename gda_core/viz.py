@@ -42,3 +42,37 @@ def group_scores_figure(rows: list[dict], title: str) -> go.Figure:
     figure.update_layout(title=title, xaxis_title="score (positive = helps)", yaxis=dict(autorange="reversed"),
                          height=60 + 28 * len(rows), margin=dict(l=10, r=10, t=40, b=10))
     return figure
+
+
+GOLD_NAMES = {"lds": "LDS (subset retraining)", "further-training": "further training (FiMO)",
+              "leave-group-out": "leave-group-out retraining"}
+GROUPING_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star", "cross", "hexagon", "pentagon"]
+
+
+def fidelity_speed_figure(sweep: dict, metric: str | None = None) -> go.Figure:
+    """Fidelity against wall time (log axis) from :func:`gda_core.evaluate.run_sweep`: one line
+    per method (its points ordered by time), one marker shape per grouping, K on hover."""
+    metric = metric or sweep["metric"]
+    points = [p for p in sweep["points"] if p.get(metric) is not None and np.isfinite(p.get(metric))]
+    groupings = sorted({p["grouping"] for p in sweep["points"]})
+    symbols = {g: GROUPING_SYMBOLS[i % len(GROUPING_SYMBOLS)] for i, g in enumerate(groupings)}
+    figure = go.Figure()
+    for method in dict.fromkeys(p["method"] for p in points):
+        mine = sorted((p for p in points if p["method"] == method), key=lambda p: p["seconds"])
+        figure.add_trace(go.Scatter(
+            x=[p["seconds"] for p in mine], y=[p[metric] for p in mine], name=method, mode="lines+markers",
+            marker=dict(symbol=[symbols[p["grouping"]] for p in mine], size=10),
+            customdata=[[p["grouping"], p["n_groups"]] for p in mine],
+            hovertemplate=(f"{method}<br>%{{customdata[0]}}, K=%{{customdata[1]}}<br>"
+                           f"{metric} %{{y:.3f}}<br>%{{x:.3g}} s<extra></extra>"),
+        ))
+    for grouping, symbol in symbols.items():  # a legend entry per grouping's marker shape
+        figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"grouping: {grouping}",
+                                    marker=dict(symbol=symbol, size=10, color="grey")))
+    gold = GOLD_NAMES.get(sweep.get("gold", ""), sweep.get("gold", ""))
+    figure.update_layout(
+        title=f"Fidelity vs speed on {sweep['config']['data']} / {sweep['config']['model']} (gold: {gold})",
+        xaxis=dict(title="attribution time (s, log scale)", type="log"),
+        yaxis=dict(title=metric), height=480, margin=dict(l=10, r=10, t=50, b=10),
+    )
+    return figure

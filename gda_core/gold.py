@@ -1,0 +1,344 @@
+"""Ground truths to measure attribution against (DESIGN.md sec. 4).
+
+All three train many copies of one zoo model at once: the copies' parameters are stacked and
+``torch.func.vmap`` runs one batched step for all of them, each copy with its own weights on
+the training examples, all under one seed's mini-batch order. That is what makes the runs
+*paired*: a copy differs from the baseline copy only in the weights of one group.
+
+- :func:`further_training` (FiMO gold standard): from the final weights, T more steps with
+  group G re-weighted by 1 + epsilon (or left out), minus the same seed's unchanged run,
+  divided by the weight change, averaged over seeds, recorded at several horizons.
+- :func:`leave_group_out`: the same from a fresh initialisation, trained with the model's own
+  recipe, each group removed in turn (small models).
+- :func:`lds_ensemble` / :func:`lds`: models trained on random subsets (a fraction alpha of
+  the groups); the linear datamodeling score of a score matrix against them.
+
+Every gold score follows the project's sign convention: positive means up-weighting the group
+lowers the test point's loss (or raises its margin).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from .data import Dataset
+from .errors import GDAError
+from .grads import objective_function
+from .grouping import Groups
+from .models import TrainedModel, build_model
+
+Progress = Callable[[str, float], None]
+
+
+def _no_progress(phase: str, fraction: float) -> None:
+    return None
+
+
+@dataclass
+class Recipe:
+    """How the copies are trained. ``normalize='batch'`` divides a batch's weighted loss by
+    the batch size, so a weight is an absolute up-weighting (further training);
+    ``'weights'`` divides by the batch's total weight, i.e. trains on the weighted subset
+    (retraining on subsets, as :func:`gda_core.models.train_model` does)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    normalize: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise GDAError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise GDAError("need lr > 0, batch_size >= 1, weight_decay >= 0 and 0 <= momentum < 1")
+        if self.normalize not in ("batch", "weights"):
+            raise GDAError(f"normalize must be 'batch' or 'weights', got {self.normalize!r}")
+
+    @classmethod
+    def of_model(cls, model: TrainedModel) -> "Recipe":
+        """The model's own training recipe. Full-batch L-BFGS (logistic regression) has no
+        batched form; Adam on full batches reaches the same convex optimum."""
+        config = model.train_config
+        if config.optimizer == "lbfgs":
+            return cls(optimizer="adam", lr=0.05, batch_size=config.batch_size,
+                       weight_decay=config.weight_decay, normalize="weights")
+        return cls(optimizer=config.optimizer, lr=config.lr, batch_size=config.batch_size,
+                   weight_decay=config.weight_decay, momentum=0.9 if config.optimizer == "sgd" else 0.0,
+                   normalize="weights")
+
+
+class BatchedTrainer:
+    """Trains ``M`` copies of a zoo model at once, each with its own example weights."""
+
+    def __init__(self, model: TrainedModel, recipe: Recipe, *, copies_per_chunk: int = 128):
+        self.model, self.recipe = model, recipe
+        self.copies_per_chunk = max(1, copies_per_chunk)
+        module = model.module
+        reference = next(module.parameters())
+        self.device, self.dtype = reference.device, reference.dtype
+
+        def batch_loss(params, weights, inputs, labels):
+            losses = torch.nn.functional.cross_entropy(functional_call(module, params, (inputs,)), labels,
+                                                       reduction="none")
+            weighted = (losses * weights).sum()
+            denominator = weights.sum().clamp_min(1e-12) if recipe.normalize == "weights" else len(labels)
+            penalty = 0.5 * recipe.weight_decay * sum((p * p).sum() for p in params.values())
+            return weighted / denominator + penalty
+
+        self._gradients = vmap(grad(batch_loss), in_dims=(0, 0, None, None))
+        self._module = module
+
+    def initial_parameters(self, seed: int | None) -> dict[str, torch.Tensor]:
+        """The model's final weights (``seed=None``) or a fresh seeded initialisation."""
+        if seed is None:
+            return {n: p.detach().clone() for n, p in self.model.module.named_parameters()}
+        torch.manual_seed(seed)
+        fresh = build_model(self.model.config).to(device=self.device, dtype=self.dtype)
+        return {n: p.detach().clone() for n, p in fresh.named_parameters()}
+
+    def measure(self, params: dict[str, torch.Tensor], test: Dataset, measurement: str) -> torch.Tensor:
+        """(M, n_test) measurements (lower is better) of every copy on the test points."""
+        objective = objective_function(measurement)
+        inputs, labels = test.features.to(self.device, self.dtype), test.labels.to(self.device)
+        with torch.no_grad():
+            return vmap(lambda p: objective(functional_call(self._module, p, (inputs,)), labels))(params)
+
+    def run(self, weights: torch.Tensor, train: Dataset, test: Dataset, *, seed: int, init_seed: int | None,
+            record_steps: list[int], measurement: str = "loss", progress: Progress = _no_progress) -> torch.Tensor:
+        """Train one copy per row of ``weights`` (M, N); return measurements (len(record_steps), M, n_test).
+
+        ``init_seed=None`` starts from the model's final weights. The batch order comes from
+        ``seed`` alone, so every copy (and every chunk of copies) sees the same batches."""
+        if weights.shape[1] != len(train):
+            raise GDAError(f"weights must have one column per training point ({len(train)})")
+        record_steps = sorted(set(int(s) for s in record_steps))
+        if not record_steps or record_steps[0] < 0:
+            raise GDAError("record_steps must be non-negative step counts")
+        inputs, labels = train.features.to(self.device, self.dtype), train.labels.to(self.device)
+        weights = weights.to(self.device, self.dtype)
+        n_copies, total_steps = weights.shape[0], record_steps[-1]
+        out = torch.empty(len(record_steps), n_copies, len(test), dtype=self.dtype, device=self.device)
+        start_params = self.initial_parameters(init_seed)
+        work = total_steps * n_copies
+        steps_per_epoch = math.ceil(len(train) / self.recipe.batch_size)
+        done = 0
+        for first in range(0, n_copies, self.copies_per_chunk):
+            chunk = weights[first:first + self.copies_per_chunk]
+            copies = len(chunk)
+            params = {n: p.unsqueeze(0).repeat(copies, *([1] * p.ndim)) for n, p in start_params.items()}
+            state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
+            generator = torch.Generator().manual_seed(seed)
+            record_index = 0
+            if record_steps[0] == 0:
+                out[0, first:first + copies] = self.measure(params, test, measurement)
+                record_index = 1
+            for step in range(1, total_steps + 1):
+                # Epochs of shuffled batches, the last one possibly short, as train_model does.
+                within_epoch = (step - 1) % steps_per_epoch
+                if within_epoch == 0:
+                    order = torch.randperm(len(train), generator=generator).to(self.device)
+                rows = order[within_epoch * self.recipe.batch_size:(within_epoch + 1) * self.recipe.batch_size]
+                gradients = self._gradients(params, chunk[:, rows], inputs[rows], labels[rows])
+                self._update(params, gradients, state, step)
+                if record_index < len(record_steps) and step == record_steps[record_index]:
+                    out[record_index, first:first + copies] = self.measure(params, test, measurement)
+                    record_index += 1
+                done += copies
+                if step % 20 == 0 or step == total_steps:
+                    progress("training copies", done / max(work, 1))
+        return out
+
+    def _update(self, params, gradients, state, step: int) -> None:
+        recipe = self.recipe
+        with torch.no_grad():
+            for name, value in params.items():
+                gradient = gradients[name]
+                first_moment, second_moment = state[name]
+                if recipe.optimizer == "sgd":
+                    if recipe.momentum:
+                        first_moment.mul_(recipe.momentum).add_(gradient)
+                        gradient = first_moment
+                    value.sub_(recipe.lr * gradient)
+                else:  # Adam, as torch.optim.Adam with its default betas and eps
+                    first_moment.mul_(0.9).add_(gradient, alpha=0.1)
+                    second_moment.mul_(0.999).addcmul_(gradient, gradient, value=0.001)
+                    corrected_first = first_moment / (1 - 0.9 ** step)
+                    corrected_second = second_moment / (1 - 0.999 ** step)
+                    value.sub_(recipe.lr * corrected_first / (corrected_second.sqrt() + 1e-8))
+
+
+# --------------------------------------------------------------------------- gold standards
+@dataclass
+class GoldStandard:
+    """Gold scores per horizon: ``scores[h]`` is (n_test, K), the mean over seeds;
+    ``standard_error[h]`` its seed-to-seed standard error; ``differences`` the raw per-seed
+    measurement changes (seeds, horizons, n_test, K) of the changed runs minus the baseline."""
+
+    kind: str
+    horizons: list[float]
+    scores: np.ndarray
+    standard_error: np.ndarray
+    differences: np.ndarray
+    weight_change: float
+    measurement: str
+    params: dict
+
+    def at(self, horizon: float) -> np.ndarray:
+        if horizon not in self.horizons:
+            raise GDAError(f"horizon {horizon} was not recorded; recorded: {self.horizons}")
+        return self.scores[self.horizons.index(horizon)]
+
+
+def _paired_gold(kind: str, model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
+                 recipe: Recipe, weight_change: float, horizons: list[float], seeds: int, seed: int,
+                 init_from_scratch: bool, measurement: str, copies_per_chunk: int,
+                 progress: Progress) -> GoldStandard:
+    if seeds < 1:
+        raise GDAError(f"seeds must be >= 1, got {seeds}")
+    if not horizons or min(horizons) <= 0:
+        raise GDAError("horizons must be positive numbers of epochs")
+    if len(groups.labels) != len(train):
+        raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    record_steps = [max(1, round(h * steps_per_epoch)) for h in horizons]
+    trainer = BatchedTrainer(model, recipe, copies_per_chunk=copies_per_chunk)
+    membership = torch.as_tensor(groups.membership_matrix())
+    # Copy 0 of every chunk is the unchanged baseline, so each comparison stays within one
+    # batched computation; the changed copies follow.
+    changed = 1.0 + weight_change * membership
+    differences = np.empty((seeds, len(horizons), len(test), groups.n_groups))
+    per_chunk = max(1, copies_per_chunk - 1)
+    for run in range(seeds):
+        run_seed = seed + run
+        for first in range(0, groups.n_groups, per_chunk):
+            block = changed[first:first + per_chunk]
+            weights = torch.cat([torch.ones(1, len(train)), block])
+
+            def report(phase: str, fraction: float, run=run, first=first, size=len(block)) -> None:
+                overall = (run + (first + fraction * size) / groups.n_groups) / seeds
+                progress(kind, overall)
+
+            measured = trainer.run(weights, train, test, seed=run_seed,
+                                   init_seed=run_seed if init_from_scratch else None,
+                                   record_steps=record_steps, measurement=measurement, progress=report)
+            measured = measured.double().cpu().numpy()
+            # (horizons, copies, n_test) -> changed minus baseline, as (horizons, n_test, groups)
+            differences[run, :, :, first:first + len(block)] = (measured[:, 1:] - measured[:, :1]).transpose(0, 2, 1)
+    # Positive = up-weighting lowers the (lower-is-better) measurement.
+    per_seed = -differences / weight_change if weight_change != 0 else np.zeros_like(differences)
+    scores = per_seed.mean(axis=0)
+    standard_error = (per_seed.std(axis=0, ddof=1) / np.sqrt(seeds)) if seeds > 1 else np.full_like(scores, np.nan)
+    params = {"recipe": dataclasses.asdict(recipe), "weight_change": weight_change, "horizons": list(horizons),
+              "seeds": seeds, "seed": seed, "measurement": measurement}
+    return GoldStandard(kind, list(horizons), scores, standard_error, differences, weight_change, measurement, params)
+
+
+def further_training(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
+                     epochs: list[float] | tuple[float, ...] = (1.0,), epsilon: float | None = 1.0,
+                     seeds: int = 5, seed: int = 0, recipe: Recipe | None = None,
+                     measurement: str = "loss", copies_per_chunk: int = 128,
+                     progress: Progress = _no_progress) -> GoldStandard:
+    """The FiMO gold standard: sensitivity of each test measurement to re-weighting each group
+    during further training from the final weights. ``epsilon=None`` leaves the group out
+    (weight change -1). ``epochs`` are the horizons recorded along one run."""
+    recipe = recipe or Recipe()
+    weight_change = -1.0 if epsilon is None else float(epsilon)
+    return _paired_gold("further-training", model, train, test, groups, recipe=recipe,
+                        weight_change=weight_change, horizons=sorted(epochs), seeds=seeds, seed=seed,
+                        init_from_scratch=False, measurement=measurement,
+                        copies_per_chunk=copies_per_chunk, progress=progress)
+
+
+def leave_group_out(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
+                    epochs: float | None = None, seeds: int = 1, seed: int = 0,
+                    recipe: Recipe | None = None, measurement: str = "loss",
+                    copies_per_chunk: int = 128, progress: Progress = _no_progress) -> GoldStandard:
+    """Retrain from scratch with each group removed (same seeds as the full run)."""
+    recipe = recipe or dataclasses.replace(Recipe.of_model(model), normalize="batch")
+    if epochs is None:
+        epochs = float(model.train_config.epochs) if model.train_config.optimizer != "lbfgs" else 100.0
+    return _paired_gold("leave-group-out", model, train, test, groups, recipe=recipe, weight_change=-1.0,
+                        horizons=[float(epochs)], seeds=seeds, seed=seed, init_from_scratch=True,
+                        measurement=measurement, copies_per_chunk=copies_per_chunk, progress=progress)
+
+
+# ---------------------------------------------------------------------------------- LDS
+@dataclass
+class LDSEnsemble:
+    """Models trained on random subsets of groups: ``masks`` (M, K) says which groups each
+    subset keeps, ``outputs`` (M, n_test) the measurement (lower is better) of its model."""
+
+    masks: np.ndarray
+    outputs: np.ndarray
+    alpha: float
+    params: dict
+
+
+def lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
+                 n_subsets: int = 50, alpha: float = 0.5, epochs: float | None = None, seeds: int = 1,
+                 seed: int = 0, recipe: Recipe | None = None, measurement: str = "loss",
+                 copies_per_chunk: int = 64, progress: Progress = _no_progress) -> LDSEnsemble:
+    """Train ``n_subsets`` models from scratch, each on a random ``alpha`` fraction of the groups."""
+    if n_subsets < 2:
+        raise GDAError(f"LDS needs at least 2 subsets, got {n_subsets}")
+    if not 0 < alpha < 1:
+        raise GDAError(f"alpha must lie strictly between 0 and 1, got {alpha}")
+    recipe = recipe or Recipe.of_model(model)
+    if epochs is None:
+        epochs = float(model.train_config.epochs) if model.train_config.optimizer != "lbfgs" else 100.0
+    steps = max(1, round(epochs * math.ceil(len(train) / recipe.batch_size)))
+    rng = np.random.default_rng(seed)
+    keep = max(1, round(alpha * groups.n_groups))
+    masks = np.zeros((n_subsets, groups.n_groups), dtype=bool)
+    for row in masks:
+        row[rng.choice(groups.n_groups, size=keep, replace=False)] = True
+    weights = torch.as_tensor(masks[:, groups.labels], dtype=torch.float32)
+    trainer = BatchedTrainer(model, recipe, copies_per_chunk=copies_per_chunk)
+    outputs = np.zeros((n_subsets, len(test)))
+    for run in range(seeds):
+        measured = trainer.run(weights, train, test, seed=seed + run, init_seed=seed + run, record_steps=[steps],
+                               measurement=measurement,
+                               progress=lambda phase, f, run=run: progress("lds ensemble", (run + f) / seeds))
+        outputs += measured[0].double().cpu().numpy() / seeds
+    params = {"n_subsets": n_subsets, "alpha": alpha, "epochs": epochs, "seeds": seeds, "seed": seed,
+              "recipe": dataclasses.asdict(recipe), "measurement": measurement}
+    return LDSEnsemble(masks, outputs, alpha, params)
+
+
+def _rank_columns(matrix: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(matrix, axis=0)
+
+
+def lds(scores: np.ndarray, ensemble: LDSEnsemble) -> dict:
+    """Spearman, per test point, between each subset's predicted output (the sum of its groups'
+    scores) and its observed output (negated measurement, so "helps" is higher); averaged."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (ensemble.outputs.shape[1], ensemble.masks.shape[1]):
+        raise GDAError(f"scores of shape {scores.shape} do not match the ensemble "
+                       f"({ensemble.outputs.shape[1]} test points, {ensemble.masks.shape[1]} groups)")
+    predicted = ensemble.masks.astype(np.float64) @ scores.T      # (M, n_test)
+    observed = -ensemble.outputs                                  # (M, n_test)
+    per_test = _column_correlations(_rank_columns(predicted), _rank_columns(observed))
+    valid = per_test[np.isfinite(per_test)]
+    return {"lds": float(valid.mean()) if len(valid) else float("nan"),
+            "lds_se": float(valid.std(ddof=1) / np.sqrt(len(valid))) if len(valid) > 1 else float("nan"),
+            "per_test": per_test}
+
+
+def _column_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    denominator = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (a * b).sum(axis=0) / denominator, np.nan)

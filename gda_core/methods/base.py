@@ -197,13 +197,3 @@ def make_method(name: str, model: TrainedModel, **options) -> AttributionMethod:
     if name not in METHODS:
         raise GDAError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
     return METHODS[name](model, **options)
-
-
-def mean_squared_entry(engine: GradientEngine, data: Dataset) -> float:
-    """Mean of the squared per-example gradient entries: the average eigenvalue of the
-    empirical Fisher, a usable default damping (DESIGN.md sec. 4)."""
-    total, count = 0.0, 0
-    for chunk in engine.per_example_gradients(data):
-        total += float((chunk.gradients.double() ** 2).sum())
-        count += chunk.gradients.numel()
-    return total / max(count, 1)

@@ -95,7 +95,14 @@ class CurvatureOperator:
         return 0.5 * (columns + columns.T)
 
     def largest_eigenvalue(self, iterations: int = 30, seed: int = 0) -> float:
-        """Power iteration estimate of the top eigenvalue (in magnitude)."""
+        """Power iteration estimate of the top eigenvalue (in magnitude), computed once."""
+        memo = getattr(self, "_top_eigenvalue", {})
+        if (iterations, seed) not in memo:
+            memo[(iterations, seed)] = self._power_iteration(iterations, seed)
+            self._top_eigenvalue = memo
+        return memo[(iterations, seed)]
+
+    def _power_iteration(self, iterations: int, seed: int) -> float:
         generator = torch.Generator().manual_seed(seed)
         vector = torch.randn(1, self.dim, generator=generator).to(device=self.engine.device, dtype=self.engine.dtype)
         vector /= vector.norm()

@@ -22,13 +22,13 @@ import torch
 
 from ..data import Dataset
 from ..errors import GDAError
-from .base import AttributionMethod, MethodOptions, View, mean_squared_entry
+from .base import AttributionMethod, MethodOptions, View
 from .curvature import CURVATURES, CurvatureOperator
 
 
 @dataclass
 class InverseOptions(MethodOptions):
-    #: damping lambda; None = damping_scale x mean squared per-example gradient entry
+    #: damping lambda; None = damping_scale x the method's data-driven default
     damping: float | None = None
     damping_scale: float = 1.0
     #: training rows the curvature is estimated on (None = all)
@@ -42,6 +42,9 @@ class InverseOptions(MethodOptions):
             raise GDAError(f"damping_scale must be > 0, got {self.damping_scale}")
         if self.curvature_samples is not None and self.curvature_samples < 1:
             raise GDAError(f"curvature_samples must be >= 1, got {self.curvature_samples}")
+
+
+DEFAULT_DAMPING_FRACTION = 0.1
 
 
 class InverseCurvatureMethod(AttributionMethod):
@@ -93,9 +96,12 @@ class _Influence(InverseCurvatureMethod):
     def _prepare(self, index: int, view: View, sample: Dataset) -> None:
         if index == 0:
             self.operators_: list[CurvatureOperator] = []
-        self._resolve_damping(index, lambda: mean_squared_entry(view.engine, sample))
         operator = CurvatureOperator(view.engine, sample, np.arange(len(sample)), kind=self.options.curvature)
         self.operators_.append(operator)
+        # Default: a tenth of the top curvature eigenvalue. The mean squared gradient entry
+        # (DESIGN.md's suggestion) is 100-1000x too small on well-fit models, whose
+        # per-example gradients nearly vanish; see the README for the LDS measurements.
+        self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * operator.largest_eigenvalue(seed=self.options.seed))
         self._prepare_solver(index, operator)
 
     def _prepare_solver(self, index: int, operator: CurvatureOperator) -> None:

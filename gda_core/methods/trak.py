@@ -27,8 +27,9 @@ class TRAKOptions(InverseOptions):
     projection_dim: int = 512
     ensemble: int = 1
     curvature_samples: int | None = 4096
-    #: ridge = damping_scale x ridge_fraction x mean eigenvalue of the kernel (if damping is None)
-    ridge_fraction: float = 1e-3
+    #: ridge = damping_scale x ridge_fraction x mean eigenvalue of the kernel (if damping is None);
+    #: 1.0 gave the best LDS on digits/MLP among 1e-3..30 (README)
+    ridge_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

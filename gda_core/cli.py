@@ -6,6 +6,7 @@ Every failure the user can fix is one line on stderr and exit code 2; nothing el
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -100,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                        help="write the sweep as JSON to PATH (or stdout with no PATH)")
     sweep.add_argument("--plot", default=None, metavar="HTML", help="write the fidelity-vs-speed figure")
+
+    cache = commands.add_parser("cache", help="list, remove or prune stored runs")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True, parser_class=_OneLineParser)
+    listing = cache_commands.add_parser("ls", help="list runs")
+    listing.add_argument("--kind", default=None)
+    listing.add_argument("--json", action="store_true")
+    removing = cache_commands.add_parser("rm", help="remove runs by key")
+    removing.add_argument("keys", nargs="+")
+    pruning = cache_commands.add_parser("prune", help="remove failed/cancelled runs (and old ones)")
+    pruning.add_argument("--older-than", type=float, default=None, metavar="DAYS")
+    for sub in (listing, removing, pruning):
+        sub.add_argument("--cache", default=None)
     return parser
 
 
@@ -111,8 +124,7 @@ def _split_list(text: str, kind: type = str) -> list:
 
 
 def _fidelity(args: argparse.Namespace) -> dict:
-    from .engine import default_cache_dir
-    from .evaluate import GoldConfig, SweepConfig, run_sweep
+    from .evaluate import GoldConfig, SweepConfig
     from .io import atomic_write_bytes
 
     gold = GoldConfig(kind=args.gold, n_subsets=args.subsets, alpha=args.alpha, epochs=_split_list(args.epochs, float),
@@ -122,8 +134,11 @@ def _fidelity(args: argparse.Namespace) -> dict:
                          groupings=_split_list(args.groupings), group_counts=_split_list(args.groups, int),
                          per_example=not args.no_per_example, test_size=args.test_size, seed=args.seed,
                          device=args.device, gold=gold, horizon_matched=args.horizon_matched)
-    cache_dir = Path(args.cache) if args.cache else default_cache_dir()
-    sweep = run_sweep(config, cache_dir=cache_dir, progress=_progress_bar(sys.stderr.isatty()))
+    from .jobs import run_in_foreground
+
+    outcome = run_in_foreground("fidelity", dataclasses.asdict(config), _store(args),
+                                progress=_progress_bar(sys.stderr.isatty()))
+    sweep = {**outcome.summary, "cache_hit": outcome.cache_hit}
     if args.plot:
         from .viz import fidelity_speed_figure
 
@@ -162,9 +177,17 @@ def _progress_bar(enabled: bool):
     return update
 
 
+def _store(args: argparse.Namespace):
+    from .engine import default_cache_dir
+    from .store import ScoreStore
+
+    return ScoreStore(Path(args.cache) if args.cache else default_cache_dir())
+
+
 def _attribute(args: argparse.Namespace) -> dict:
-    from .engine import AttributionRequest, default_cache_dir, run_attribution
-    from .io import atomic_save_npy, atomic_write_json
+    from .engine import AttributionRequest
+    from .io import atomic_save_npy
+    from .jobs import run_in_foreground
 
     options = _parse_options(args.option)
     if args.damping is not None:
@@ -181,18 +204,37 @@ def _attribute(args: argparse.Namespace) -> dict:
         n_groups=args.groups, test_size=args.test_size, seed=args.seed, device=args.device,
         method_options=options,
     )
-    cache_dir = Path(args.cache) if args.cache else default_cache_dir()
-    result = run_attribution(request, cache_dir=cache_dir, progress=_progress_bar(sys.stderr.isatty()))
-    scores_path = out or cache_dir / "scores" / f"{result.key}.npy"
-    groups_path = scores_path.with_name(scores_path.stem + ".groups.npy")
-    meta_path = scores_path.with_name(scores_path.stem + ".json")
-    atomic_save_npy(scores_path, result.scores.astype("float32"))
-    atomic_save_npy(groups_path, result.groups.labels)
-    summary = result.summary()
-    summary.update(scores_path=str(scores_path), groups_path=str(groups_path),
-                   scores_shape=list(result.scores.shape))
-    atomic_write_json(meta_path, {"request": request.to_json(), "result": summary})
+    store = _store(args)
+    outcome = run_in_foreground("attribute", request.to_json(), store, progress=_progress_bar(sys.stderr.isatty()))
+    summary = dict(outcome.summary)
+    scores_path = store.file_path(outcome.key, "scores")
+    if out is not None:
+        atomic_save_npy(out, outcome.arrays["scores"])
+        scores_path = out
+    summary.update(cache_hit=outcome.cache_hit, wall_seconds=round(outcome.seconds, 4), key=outcome.key,
+                   scores_path=str(scores_path), groups_path=str(store.file_path(outcome.key, "groups")),
+                   scores_shape=list(outcome.arrays["scores"].shape))
     return summary
+
+
+def _cache(args: argparse.Namespace) -> None:
+    store = _store(args)
+    if args.cache_command == "ls":
+        runs = store.runs(kind=args.kind)
+        if args.json:
+            print(json.dumps([{k: v for k, v in run.to_json().items() if k != "files"} for run in runs],
+                             indent=2, default=str))
+            return
+        for run in runs:
+            print(f"{run.key}  {run.kind:<7} {run.status:<9} {run.progress:4.0%}  "
+                  f"{(run.seconds or 0):8.2f} s  {run.error or ''}")
+    elif args.cache_command == "rm":
+        missing = [key for key in args.keys if not store.delete(key)]
+        if missing:
+            raise GDAError(f"no such run: {', '.join(missing)}")
+    else:
+        removed = store.prune(older_than_days=args.older_than)
+        print(f"removed {len(removed)} run(s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _list(METHODS, args.json)
         elif args.command == "groupings":
             _list(GROUPINGS, args.json)
+        elif args.command == "cache":
+            _cache(args)
         elif args.command == "fidelity":
             sweep = _fidelity(args)
             if args.json == "-":

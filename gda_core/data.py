@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 from .errors import GDAError
+from .io import atomic_write_bytes
 
 
 @dataclass
@@ -135,6 +139,21 @@ BUILTIN_DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str]
 }
 
 
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split keeping each class's share in both parts (sorted row indices)."""
+    rng = np.random.default_rng(seed)
+    test_rows = []
+    for cls in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        count = int(round(test_fraction * len(rows)))
+        test_rows.append(rows[:min(count, len(rows) - 1)])
+    test = np.sort(np.concatenate(test_rows))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    if len(test) == 0:
+        raise GDAError("the test fraction leaves no test points; use a larger fraction or more data")
+    return train, test
+
+
 def split_and_standardise(
     features: np.ndarray,
     labels: np.ndarray,
@@ -150,17 +169,11 @@ def split_and_standardise(
     Constant columns (e.g. the always-blank corner pixels of digits) are left centred, not
     divided by a zero standard deviation.
     """
-    from sklearn.model_selection import train_test_split
-
     if not 0.0 < test_fraction < 1.0:
         raise GDAError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    rows = np.arange(len(labels))
-    train_rows, test_rows = train_test_split(
-        rows, test_size=test_fraction, random_state=seed, stratify=labels
-    )
-    train_rows, test_rows = np.sort(train_rows), np.sort(test_rows)
+    train_rows, test_rows = stratified_split(labels, test_fraction, seed)
     mean = features[train_rows].mean(axis=0)
     std = features[train_rows].std(axis=0)
     std[std < 1e-12] = 1.0
@@ -183,11 +196,32 @@ def split_and_standardise(
     return DataSplit(train=part(train_rows), test=part(test_rows))
 
 
+def _raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+    """The raw arrays of a built-in set, kept as .npz in the cache folder after the first load:
+    importing scikit-learn's loaders costs more than a cached attribution lookup."""
+    path = Path(os.environ.get("GDA_CACHE_DIR", "cache")) / "data" / f"{name}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            shape = tuple(int(s) for s in stored["image_shape"]) or None
+            return stored["features"], stored["labels"], [str(c) for c in stored["class_names"]], shape
+    except (OSError, KeyError, ValueError):
+        pass
+    features, labels, class_names, image_shape = BUILTIN_DATASETS[name]()
+    try:
+        buffer = io.BytesIO()
+        np.savez(buffer, features=features, labels=labels, class_names=np.array(class_names),
+                 image_shape=np.array(image_shape or (), dtype=np.int64))
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return features, labels, class_names, image_shape
+
+
 def load_builtin(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> DataSplit:
     """One of the built-in data sets (``digits``, ``breast_cancer``, ``wine``), split and standardised."""
     if name not in BUILTIN_DATASETS:
         raise GDAError(f"unknown data set {name!r}; choose from: {', '.join(BUILTIN_DATASETS)}")
-    features, labels, class_names, image_shape = BUILTIN_DATASETS[name]()
+    features, labels, class_names, image_shape = _raw_builtin(name)
     return split_and_standardise(
         features, labels, class_names, name=name, test_fraction=test_fraction, seed=seed,
         image_shape=image_shape,

@@ -128,9 +128,18 @@ def load_inputs(request: AttributionRequest, cache_dir: Path, device: torch.devi
     return split, model
 
 
+Parts = tuple[Callable[[str], "np.ndarray | None"], Callable[[str, np.ndarray], None]]
+
+
 def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None = None,
-                    progress: Progress | None = None) -> AttributionResult:
-    """Carry out one request. ``progress(phase, fraction)`` is called along the way."""
+                    progress: Progress | None = None, parts: Parts | None = None,
+                    test_chunk: int = 64) -> AttributionResult:
+    """Carry out one request. ``progress(phase, fraction)`` is called along the way.
+
+    With ``parts = (load, save)`` the test points are scored in chunks, each saved as it
+    finishes and loaded instead of recomputed on a rerun: an interrupted job resumes. Chunks
+    are only used while the training side fits in memory (otherwise each chunk would redo
+    the training-side gradient pass)."""
     progress = progress or (lambda phase, fraction: None)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     device = resolve_device(request.device)
@@ -152,9 +161,24 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
 
     method = make_method(request.method, model, **request.method_options)
     method.fit(train, groups, progress=progress)
-    scores = method.attribute(test, progress=progress)
+    train_side_bytes = groups.n_groups * method.views_[0].engine.space.dim * 4 * len(method.views_)
+    if parts is None or train_side_bytes > method.options.cache_bytes:
+        test_chunk = len(test)
+    chunks = []
+    started = time.perf_counter()
+    n_chunks = -(-len(test) // test_chunk)
+    for index, start in enumerate(range(0, len(test), test_chunk)):
+        name = f"scores-{index}-of-{n_chunks}"
+        chunk = parts[0](name) if parts is not None else None
+        if chunk is None:
+            chunk = method.attribute(test.subset(slice(start, start + test_chunk)),
+                                     progress=lambda phase, f, i=index: progress(phase, (i + f) / n_chunks))
+            if parts is not None:
+                parts[1](name, chunk)
+        chunks.append(chunk)
+    scores = np.concatenate(chunks)
     timings["fit"] = method.fit_seconds_
-    timings["attribute"] = method.attribute_seconds_
+    timings["attribute"] = time.perf_counter() - started
     info = {"options": method.options.to_json()}
     for attribute in ("damping_", "solver_info_"):
         if hasattr(method, attribute):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import json
 import os
 import threading
 import time
@@ -30,7 +28,6 @@ from .errors import GDAError
 from .gold import (GoldStandard, LDSEnsemble, Recipe, further_training, lds, lds_ensemble,
                    leave_group_out)
 from .grouping import GROUPINGS, Groups, make_grouping
-from .io import atomic_write_bytes
 from .methods import METHODS, make_method
 from .methods.influence import InverseCurvatureMethod
 from .models import TrainedModel, demo_model
@@ -133,29 +130,6 @@ class PeakMemory:
 
 
 # ------------------------------------------------------------------------- gold caching
-def _gold_key(kind: str, model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, params: dict) -> str:
-    digest = hashlib.sha256(json.dumps([kind, params, __version__, model.fingerprint(), train.fingerprint(),
-                                        test.fingerprint()], sort_keys=True, default=str).encode())
-    digest.update(np.ascontiguousarray(groups.labels).tobytes())
-    return digest.hexdigest()[:24]
-
-
-def _cached_arrays(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Arrays from an .npz cache entry, or computed and written atomically. An unreadable
-    entry is recomputed, never used."""
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                return {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, EOFError, KeyError):
-            pass
-    arrays = compute()
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-    return arrays
-
-
 @dataclass
 class GoldConfig:
     """Which gold standard a sweep compares against, and its parameters."""
@@ -185,33 +159,46 @@ class GoldConfig:
 
 def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: Dataset, groups: Groups,
                  cache_dir: Path, progress: Progress) -> GoldStandard | LDSEnsemble:
-    """The gold standard for these groups, from the cache when it was computed before."""
-    params = dataclasses.asdict(config)
-    path = cache_dir / "gold" / f"{config.kind}-{_gold_key(config.kind, model, train, test, groups, params)}.npz"
+    """The gold standard for these groups, from the store when it was computed before."""
+    from .store import ScoreStore
+
+    params = {"gold": dataclasses.asdict(config), "model": model.fingerprint(), "train": train.fingerprint(),
+              "test": test.fingerprint(),
+              "groups": hashlib.sha256(np.ascontiguousarray(groups.labels).tobytes()).hexdigest()}
+    store = ScoreStore(cache_dir)
     if config.kind == "lds":
-        def compute() -> dict[str, np.ndarray]:
+        def compute_lds(report: Progress) -> tuple[dict, dict]:
             ensemble = lds_ensemble(model, train, test, groups, n_subsets=config.n_subsets, alpha=config.alpha,
-                                    seeds=config.seeds, measurement=config.measurement, progress=progress)
-            return {"masks": ensemble.masks, "outputs": ensemble.outputs}
+                                    seeds=config.seeds, measurement=config.measurement,
+                                    progress=_both(progress, report))
+            return {"masks": ensemble.masks, "outputs": ensemble.outputs}, ensemble.params
 
-        arrays = _cached_arrays(path, compute)
-        return LDSEnsemble(arrays["masks"].astype(bool), arrays["outputs"], config.alpha, params)
+        arrays, summary, _ = store.get_or_compute("lds", params, compute_lds)
+        return LDSEnsemble(arrays["masks"].astype(bool), arrays["outputs"], config.alpha, summary)
 
-    def compute() -> dict[str, np.ndarray]:
+    def compute(report: Progress) -> tuple[dict, dict]:
         if config.kind == "further-training":
             gold = further_training(model, train, test, groups, epochs=list(config.epochs), epsilon=config.epsilon,
                                     seeds=config.seeds, recipe=config.recipe(), measurement=config.measurement,
-                                    progress=progress)
+                                    progress=_both(progress, report))
         else:
             gold = leave_group_out(model, train, test, groups, seeds=config.seeds,
-                                   measurement=config.measurement, progress=progress)
-        return {"scores": gold.scores, "standard_error": gold.standard_error, "differences": gold.differences,
-                "horizons": np.array(gold.horizons), "weight_change": np.array(gold.weight_change)}
+                                   measurement=config.measurement, progress=_both(progress, report))
+        arrays = {"scores": gold.scores, "standard_error": gold.standard_error, "differences": gold.differences}
+        return arrays, {**gold.params, "horizons": gold.horizons, "weight_change": gold.weight_change}
 
-    arrays = _cached_arrays(path, compute)
-    return GoldStandard(config.kind, [float(h) for h in arrays["horizons"]], arrays["scores"],
-                        arrays["standard_error"], arrays["differences"], float(arrays["weight_change"]),
-                        config.measurement, params)
+    arrays, summary, _ = store.get_or_compute("gold", params, compute)
+    return GoldStandard(config.kind, [float(h) for h in summary["horizons"]], arrays["scores"],
+                        arrays["standard_error"], arrays["differences"], float(summary["weight_change"]),
+                        config.measurement, summary)
+
+
+def _both(first: Progress, second: Progress) -> Progress:
+    def update(phase: str, fraction: float) -> None:
+        first(phase, fraction)
+        second(phase, fraction)
+
+    return update
 
 
 # ----------------------------------------------------------------------------------- sweep

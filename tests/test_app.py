@@ -20,7 +20,7 @@ def test_home_page_shows_the_demo(app):
     app.run()
     assert not app.exception
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["Training points"] == "1437" and metrics["Classes"] == "10"
+    assert metrics["Training points"] == "1438" and metrics["Classes"] == "10"
     assert float(metrics["Test accuracy"].rstrip("%")) > 90
     assert any(SIGN_NOTE in info.value for info in app.info)
     assert "Nothing computed yet" in " ".join(m.value for m in app.markdown)

@@ -1,0 +1,195 @@
+"""Jobs: engine requests run through the store, in a worker process or in the foreground.
+
+The same job code runs in both places: :func:`run_in_foreground` (the CLI, with a terminal
+progress bar) and :class:`JobManager` (the app: a spawned worker process per job, so torch
+work never blocks the Streamlit server). Progress (phase, fraction, ETA) goes to the store,
+where any process can read it; cancel is a flag in the store that the job sees at its next
+progress report (and a worker that does not stop within a few seconds is terminated).
+Attribution results are saved in chunks of test points as they finish, so a job that was
+killed resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .errors import GDAError
+from .store import JobCancelled, Run, ScoreStore, content_key
+
+Progress = Callable[[str, float], None]
+JOB_KINDS = {"attribute": "scores", "fidelity": "sweep"}
+
+
+@dataclass
+class JobOutcome:
+    key: str
+    arrays: dict[str, np.ndarray]
+    summary: dict
+    cache_hit: bool
+    seconds: float
+
+
+def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
+    """What a job's result depends on: the request, and for attribution the fingerprints of
+    the data and of the model's weights (so a retrained model is a different run)."""
+    if kind == "attribute":
+        from .engine import AttributionRequest, load_inputs, resolve_device
+
+        parsed = AttributionRequest(**request)
+        split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
+        params = {k: v for k, v in parsed.to_json().items() if k != "device"}
+        return {**params, "data_fingerprint": split.train.fingerprint() + split.test.fingerprint(),
+                "model_fingerprint": model.fingerprint()}
+    if kind == "fidelity":
+        from .evaluate import SweepConfig
+
+        SweepConfig(**request)  # validates
+        return {k: v for k, v in request.items() if k != "device"}
+    raise GDAError(f"unknown job kind {kind!r}; choose from: {', '.join(JOB_KINDS)}")
+
+
+def job_key(kind: str, request: dict, store: ScoreStore) -> tuple[str, dict]:
+    params = job_params(kind, request, store)
+    return content_key(JOB_KINDS[kind], params), params
+
+
+def execute(kind: str, request: dict, store: ScoreStore, key: str, report: Progress) -> tuple[dict, dict]:
+    """Compute one job's arrays and summary. ``report`` may raise :class:`JobCancelled`."""
+    if kind == "attribute":
+        from .engine import AttributionRequest, run_attribution
+
+        def save(name: str, array: np.ndarray) -> None:
+            store.save_part(key, name, array)
+
+        result = run_attribution(AttributionRequest(**request), cache_dir=store.root, progress=report,
+                                 parts=(lambda name: store.load_part(key, name), save))
+        return {"scores": result.scores.astype(np.float32), "groups": result.groups.labels}, result.summary()
+    from .evaluate import SweepConfig, run_sweep
+
+    sweep = run_sweep(SweepConfig(**request), cache_dir=store.root, progress=report)
+    return {}, sweep
+
+
+def run_in_foreground(kind: str, request: dict, store: ScoreStore | None = None,
+                      progress: Progress | None = None) -> JobOutcome:
+    """Run a job here (the CLI path): a cache hit returns at once; otherwise compute, report
+    progress to the store and to ``progress``, and store the result."""
+    store = store or ScoreStore()
+    started = time.perf_counter()
+    key, params = job_key(kind, request, store)
+
+    def compute(report: Progress) -> tuple[dict, dict]:
+        def both(phase: str, fraction: float) -> None:
+            if progress is not None:
+                progress(phase, fraction)
+            report(phase, fraction)
+
+        return execute(kind, request, store, key, _throttled(both))
+
+    arrays, summary, hit = store.get_or_compute(JOB_KINDS[kind], params, compute)
+    return JobOutcome(key, arrays, summary, hit, time.perf_counter() - started)
+
+
+def _throttled(report: Progress, interval: float = 0.25) -> Progress:
+    """Report at most every ``interval`` seconds (and every phase change): the store is a
+    database, not a progress bar. Throttling never hides a cancel for long."""
+    state = {"last": 0.0, "phase": None, "started": time.perf_counter()}
+
+    def update(phase: str, fraction: float) -> None:
+        now = time.perf_counter()
+        if phase != state["phase"] or fraction >= 1.0 or now - state["last"] >= interval:
+            state["last"], state["phase"] = now, phase
+            report(phase, fraction)
+
+    return update
+
+
+def _worker(root: str, kind: str, request: dict, key: str) -> None:
+    """Entry point of a spawned worker process."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    store = ScoreStore(root)
+    store.set_worker(key, os.getpid())
+    started = time.perf_counter()
+
+    def report(phase: str, fraction: float) -> None:
+        elapsed = time.perf_counter() - started
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+        store.report(key, phase, fraction, eta)
+
+    try:
+        arrays, summary = execute(kind, request, store, key, _throttled(report))
+    except JobCancelled:
+        store.mark_cancelled(key)
+        return
+    except BaseException as error:  # noqa: BLE001 - a worker reports every failure to the store
+        store.fail(key, f"{type(error).__name__}: {error}")
+        return
+    store.complete(key, arrays, summary)
+
+
+class JobManager:
+    """Submits jobs to worker processes and reads their state back from the store."""
+
+    def __init__(self, store: ScoreStore | None = None):
+        self.store = store or ScoreStore()
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
+
+    def submit(self, kind: str, request: dict) -> tuple[str, bool]:
+        """Start a job unless its result is stored. Returns (key, cache_hit)."""
+        key, params = job_key(kind, request, self.store)
+        if self.store.load(key) is not None:
+            return key, True
+        if self.store.claim(key, JOB_KINDS[kind], params):
+            process = self._context.Process(target=_worker, args=(str(self.store.root), kind, request, key),
+                                            daemon=True)
+            process.start()
+            self.store.set_worker(key, process.pid)
+            self._processes[key] = process
+        return key, False
+
+    def status(self, key: str) -> Run | None:
+        run = self.store.get(key)
+        process = self._processes.get(key)
+        if run is not None and run.status == "running" and process is not None and not process.is_alive():
+            process.join()
+            run = self.store.get(key)
+            if run.status == "running":  # died without a word (killed)
+                self.store.fail(key, f"worker exited with code {process.exitcode}")
+                run = self.store.get(key)
+        return run
+
+    def wait(self, key: str, timeout: float = 600, poll: float = 0.1) -> Run:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            run = self.status(key)
+            if run is not None and run.status not in ("queued", "running"):
+                return run
+            time.sleep(poll)
+        raise GDAError(f"job {key} did not finish within {timeout:.0f} s")
+
+    def cancel(self, key: str, grace: float = 3.0) -> Run | None:
+        """Ask the job to stop; a worker that has not stopped after ``grace`` s is terminated."""
+        self.store.request_cancel(key)
+        process = self._processes.get(key)
+        deadline = time.time() + grace
+        while process is not None and process.is_alive() and time.time() < deadline:
+            time.sleep(0.05)
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(5)
+        run = self.store.get(key)
+        if run is not None and run.status in ("queued", "running"):
+            self.store.mark_cancelled(key)
+        return self.store.get(key)
+
+    def result(self, key: str) -> dict[str, np.ndarray] | None:
+        return self.store.load(key)

@@ -65,7 +65,7 @@ def _wait_for(condition, timeout=240.0, poll=0.05):
     return False
 
 
-def test_killed_worker_leaves_nothing_done_and_rerun_resumes(store):
+def test_killed_worker_leaves_nothing_done_and_rerun_resumes(store, monkeypatch):
     manager = JobManager(store)
     key, hit = manager.submit("attribute", SLOW)
     assert not hit
@@ -77,7 +77,13 @@ def test_killed_worker_leaves_nothing_done_and_rerun_resumes(store):
     assert store.load(key) is None and not store.file_path(key, "scores").exists()
     finished = {p.stem: np.load(p) for p in parts.glob("*.npy")}
     assert finished and len(finished) < 6
+    from gda_core.methods.base import AttributionMethod
+
+    calls = []
+    original = AttributionMethod.attribute
+    monkeypatch.setattr(AttributionMethod, "attribute", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     outcome = run_in_foreground("attribute", SLOW, store)
+    assert len(calls) == 6 - len(finished)  # only the unfinished chunks were computed
     assert not outcome.cache_hit and outcome.arrays["scores"].shape == (359, 1438)
     assert store.get(key).status == "done" and not parts.exists()
     for name, part in finished.items():  # finished chunks were reused, not recomputed

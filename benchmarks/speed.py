@@ -61,7 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FULL = {"n_samples": 20000, "n_test_pool": 2000, "n_test": 200, "train_epochs": 5}
-QUICK = {"n_samples": 4000, "n_test_pool": 2000, "n_test": 200, "train_epochs": 2}
+# make_synthetic splits by a test *fraction*, so n_test_pool / n_samples must round cleanly
+# (4000 / 2000 gives 1999 / 2001): 2200 / 200 gives exactly 2000 training points.
+QUICK = {"n_samples": 2200, "n_test_pool": 200, "n_test": 200, "train_epochs": 2}
 N_FEATURES, N_CLASSES, HIDDEN = 64, 10, (128, 128)
 TRAIN_LR, TRAIN_BATCH = 3e-3, 64
 EPOCH_RUNS = 3
@@ -135,11 +137,24 @@ class PeakMemory:
         return out
 
 
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes on the machine have used (from /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields[:8]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 class Clock:
-    """Wall and CPU seconds of a phase (CUDA is synchronised before each reading)."""
+    """Wall and CPU seconds of a phase (CUDA is synchronised before each reading), and the CPU
+    seconds *other* processes used meanwhile: a direct measure of contention for the cores."""
 
     def __init__(self, device) -> None:
         self.device = device
+        self.other_cpu = 0.0
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -149,11 +164,16 @@ class Clock:
 
     def start(self) -> None:
         self._sync()
+        self.busy = _busy_cpu_seconds()
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def stop(self) -> tuple[float, float]:
         self._sync()
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        busy = _busy_cpu_seconds()
+        if busy is not None and self.busy is not None:
+            self.other_cpu += max(0.0, busy - self.busy - cpu)
+        return wall, cpu
 
 
 def _setup(spec: dict):
@@ -215,12 +235,15 @@ def worker(spec: dict) -> dict:
         seconds, _ = clock.stop()
         save_model(trained, work / "model")
         return {"train_seconds": seconds, "test_accuracy": accuracy(trained.module, test),
+                "n_train": len(train), "n_test": len(test),
                 "n_parameters": sum(p.numel() for p in trained.module.parameters()),
                 "n_checkpoints": len(trained.checkpoints), "final_train_loss": trained.history[-1]}
 
     if job == "epoch":
         from gda_core.models import train_model
 
+        if spec["warmup"]:  # first-call costs (lazy imports in torch.optim) are not an epoch's
+            train_model(_model_config(), train.subset(slice(0, 256)), _train_config(1), device=device)
         runs, peaks = [], []
         for _ in range(EPOCH_RUNS):
             memory.start()
@@ -228,7 +251,7 @@ def worker(spec: dict) -> dict:
             train_model(_model_config(), train, _train_config(1), device=device)
             runs.append(clock.stop()[0])
             peaks.append(memory.stop()["peak_mb"])
-        return {"runs": runs, "peak_mb": max(peaks)}
+        return {"runs": runs, "peak_mb": max(peaks), "other_cpu_seconds": clock.other_cpu}
 
     from gda_core.models import load_model
 
@@ -238,8 +261,17 @@ def worker(spec: dict) -> dict:
     if job == "grouping":
         from gda_core.grouping import make_grouping
 
-        strategy = (make_grouping("per-example") if spec["grouping"] == "per-example"
-                    else make_grouping(spec["grouping"], spec["k"], seed=0))
+        def strategy_for(k):
+            return (make_grouping("per-example") if spec["grouping"] == "per-example"
+                    else make_grouping(spec["grouping"], k, seed=0))
+
+        warmup = 0.0
+        if spec["warmup"]:  # one-time imports and first-call costs, on 256 points
+            clock.start()
+            strategy_for(min(spec["k"], 8)).fit(train.subset(slice(0, 256)), model.module)
+            warmup = clock.stop()[0]
+            clock.other_cpu = 0.0
+        strategy = strategy_for(spec["k"])
         memory.start()
         clock.start()
         groups = strategy.fit(train, model.module)
@@ -250,6 +282,7 @@ def worker(spec: dict) -> dict:
         np.save(work / spec["labels_file"], groups.labels)
         sizes = groups.sizes
         return {"seconds": seconds, "cpu_seconds": cpu, **peak, "n_groups": int(groups.n_groups),
+                "warmup_seconds": warmup, "other_cpu_seconds": clock.other_cpu,
                 "group_size_min": int(sizes.min()), "group_size_max": int(sizes.max()),
                 "group_size_median": float(np.median(sizes))}
 
@@ -261,6 +294,15 @@ def worker(spec: dict) -> dict:
 
         labels = np.load(work / spec["labels_file"])
         groups = Groups(labels, int(labels.max()) + 1, spec["grouping"])
+        warmup = 0.0
+        if spec["warmup"]:
+            # One-time costs (lazy imports, first vmap/functional_call traces) on 64 training
+            # points and 2 test points, so the clock sees what a warm app process would pay.
+            small = train.subset(slice(0, 64))
+            clock.start()
+            make_method(spec["method"], model).fit(small, Groups(np.arange(64), 64)).attribute(test.subset(slice(0, 2)))
+            warmup = clock.stop()[0]
+            clock.other_cpu = 0.0
         method = make_method(spec["method"], model)
         memory.start()
         clock.start()
@@ -275,7 +317,8 @@ def worker(spec: dict) -> dict:
             if hasattr(method, name):
                 info[name.rstrip("_")] = _json_safe(getattr(method, name))
         return {"fit_seconds": fit_seconds, "attribute_seconds": attribute_seconds,
-                "cpu_seconds": fit_cpu + attribute_cpu, **peak,
+                "cpu_seconds": fit_cpu + attribute_cpu, **peak, "warmup_seconds": warmup,
+                "other_cpu_seconds": clock.other_cpu,
                 "scores_shape": list(scores.shape), "scores_finite": bool(np.isfinite(scores).all()),
                 "method_info": info}
 
@@ -297,7 +340,7 @@ class Runner:
     def run(self, job: dict, timeout: float) -> dict:
         """The worker's result, or {"status": "timeout" | "error", "note": ...}."""
         spec = {**self.sizes, "threads": self.args.threads, "device": self.args.device,
-                "work_dir": str(self.work_dir), **job}
+                "warmup": not self.args.no_warmup, "work_dir": str(self.work_dir), **job}
         self.count += 1
         log_path = self.work_dir / f"worker-{self.count}.log"
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -357,6 +400,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="epochs of the attributed model (default 5; 2 with --quick)")
     parser.add_argument("--work-dir", default=None, help="keep the model, groupings and worker logs here")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="time cold calls (by default each worker first runs the method on 64 points)")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.max_seconds <= 0:
@@ -382,10 +427,6 @@ def main(argv=None) -> int:
     sizes = dict(QUICK if args.quick else FULL)
     if args.train_epochs is not None:
         sizes["train_epochs"] = args.train_epochs
-    n_train = sizes["n_samples"] - sizes["n_test_pool"]
-    ks = ([int(k) for k in args.ks.split(",")] if args.ks
-          else [max(1, n_train // 100), max(1, n_train // 10)])
-    target_k = max(1, n_train // 100)
     names = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
     unknown = [m for m in names if m not in METHODS]
     if unknown:
@@ -407,12 +448,15 @@ def main(argv=None) -> int:
             "compete for the cores and will slow every measurement")
 
     # -- the attributed model, trained once and saved (safetensors) for the workers
-    log(f"training the model ({sizes['train_epochs']} epochs on {n_train} points) ...")
+    log(f"training the model ({sizes['train_epochs']} epochs) ...")
     model_info = runner.run({"job": "train", "train_epochs": sizes["train_epochs"]}, timeout)
     if model_info["status"] != "ok":
         log(f"training failed: {model_info['note']}")
         return 1
-    n_parameters = model_info["n_parameters"]
+    n_parameters, n_train = model_info["n_parameters"], model_info["n_train"]
+    ks = ([int(k) for k in args.ks.split(",")] if args.ks
+          else [max(1, n_train // 100), max(1, n_train // 10)])
+    target_k = max(1, n_train // 100)
     log(f"  {model_info['train_seconds']:.1f} s, test accuracy {model_info['test_accuracy']:.3f}, "
         f"{n_parameters} parameters")
 
@@ -433,7 +477,8 @@ def main(argv=None) -> int:
         log(f"grouping {grouping} K={k} ...")
         result = measure_repeated(runner, {"job": "grouping", "grouping": grouping, "k": k,
                                            "labels_file": labels_file},
-                                  args.repeats, timeout, ["seconds", "cpu_seconds", "peak_mb", "host_peak_mb"])
+                                  args.repeats, timeout, ["seconds", "cpu_seconds", "peak_mb", "host_peak_mb",
+                                                          "other_cpu_seconds"])
         result["labels_file"] = labels_file
         groupings[(grouping, k)] = result
         if result["status"] == "ok":
@@ -456,7 +501,8 @@ def main(argv=None) -> int:
     runnable.sort(key=lambda m: m != "grad-dot")
     order = [(m, "grad-kmeans", k) for m in runnable for k in ks]
     order += [(m, "per-example", n_train) for m in runnable]
-    keys = ["fit_seconds", "attribute_seconds", "cpu_seconds", "peak_mb", "host_peak_mb"]
+    keys = ["fit_seconds", "attribute_seconds", "cpu_seconds", "peak_mb", "host_peak_mb",
+            "warmup_seconds", "other_cpu_seconds"]
     for index, (method, grouping, k) in enumerate(order, 1):
         label = f"[{index}/{len(order)}] {method} {grouping} K={k}"
         grouping_result = groupings[(grouping, k)]
@@ -513,7 +559,7 @@ def main(argv=None) -> int:
             "data": f"make_classification(n_samples={sizes['n_samples']}, n_features={N_FEATURES}, "
                     f"n_classes={N_CLASSES}), seed 0",
             "n_train": n_train,
-            "n_test": sizes["n_test"],
+            "n_test": model_info["n_test"],
             "model": f"mlp {N_FEATURES}-{'-'.join(map(str, HIDDEN))}-{N_CLASSES} (tanh)",
             "n_parameters": n_parameters,
             "model_training": {"epochs": sizes["train_epochs"], "lr": TRAIN_LR, "batch_size": TRAIN_BATCH,
@@ -528,9 +574,11 @@ def main(argv=None) -> int:
             "memory_measure": PeakMemory(device).how + (
                 "; device peak via torch.cuda.max_memory_allocated" if device.type == "cuda" else ""),
             "process_per_measurement": True,
+            "warmup": not args.no_warmup,
             "load_average_start": None if load_start is None else [round(x, 2) for x in load_start],
             "load_average_end": None if load_end is None else [round(x, 2) for x in load_end],
         },
+        "warnings": _contention_warnings(epoch, groupings, entries, os.cpu_count() or 1),
         "epoch_seconds": _round(epoch_seconds),
         "epoch_seconds_runs": [_round(r) for r in epoch["runs"]],
         "epoch_peak_mb": epoch["peak_mb"],
@@ -545,6 +593,25 @@ def main(argv=None) -> int:
     if temporary is not None:
         temporary.cleanup()
     return 0
+
+
+def _contention_warnings(epoch, groupings, entries, cpus) -> list[str]:
+    """Measurements during which other processes used > 5% of the machine's CPU capacity."""
+    warnings = []
+
+    def check(label, other, wall):
+        if other is not None and wall and other > 0.05 * wall * cpus:
+            warnings.append(f"{label}: other processes used {other:.1f} CPU-s during {wall:.1f} s "
+                            f"({100 * other / (wall * cpus):.0f}% of {cpus} CPUs); its time is inflated")
+
+    check("epoch", epoch.get("other_cpu_seconds"), sum(epoch["runs"]))
+    for (grouping, k), result in groupings.items():
+        if result.get("status") == "ok":
+            check(f"grouping {grouping} K={k}", result.get("other_cpu_seconds"), result["seconds"])
+    for (method, grouping, k), entry in entries.items():
+        if entry.get("status") == "ok":
+            check(f"{method} {grouping} K={k}", entry.get("other_cpu_seconds"), entry["attribution_seconds"])
+    return warnings
 
 
 def _ok(entry) -> bool:
@@ -568,7 +635,8 @@ def _estimate_per_example(entries: dict, method: str, ks: list[int], n_train: in
 
 def _format_entry(entry: dict) -> dict:
     keep = ["method", "grouping", "k", "status", "grouping_seconds", "fit_seconds", "attribute_seconds",
-            "attribution_seconds", "total_seconds", "cpu_seconds", "peak_mb", "host_peak_mb",
+            "attribution_seconds", "total_seconds", "cpu_seconds", "other_cpu_seconds", "warmup_seconds",
+            "peak_mb", "host_peak_mb",
             "grouping_peak_mb", "estimated_seconds", "note", "load_average_1min", "scores_shape",
             "scores_finite", "method_info", "runs"]
     out = {}
@@ -580,7 +648,8 @@ def _format_entry(entry: dict) -> dict:
 
 
 def _format_grouping(result: dict) -> dict:
-    keep = ["status", "seconds", "cpu_seconds", "peak_mb", "host_peak_mb", "n_groups", "group_size_min",
+    keep = ["status", "seconds", "cpu_seconds", "other_cpu_seconds", "warmup_seconds", "peak_mb",
+            "host_peak_mb", "n_groups", "group_size_min",
             "group_size_median", "group_size_max", "note", "runs"]
     return {k: (_round(result[k]) if isinstance(result[k], float) else result[k]) for k in keep if k in result}
 

@@ -73,6 +73,8 @@ TARGET_SPEEDUP = 50.0
 TARGET_EPOCH_RATIO = 2.0
 # Seconds a worker may spend on imports, data and model loading on top of its measurement.
 SETUP_ALLOWANCE = 120.0
+# A measurement during which other processes used more than this share of the CPUs is contended.
+CONTENDED = 0.10
 
 
 def log(message: str) -> None:
@@ -154,7 +156,10 @@ class Clock:
 
     def __init__(self, device) -> None:
         self.device = device
-        self.other_cpu = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.other_cpu, self.clocked = 0.0, 0.0
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -170,6 +175,7 @@ class Clock:
     def stop(self) -> tuple[float, float]:
         self._sync()
         wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self.clocked += wall
         busy = _busy_cpu_seconds()
         if busy is not None and self.busy is not None:
             self.other_cpu += max(0.0, busy - self.busy - cpu)
@@ -251,7 +257,8 @@ def worker(spec: dict) -> dict:
             train_model(_model_config(), train, _train_config(1), device=device)
             runs.append(clock.stop()[0])
             peaks.append(memory.stop()["peak_mb"])
-        return {"runs": runs, "peak_mb": max(peaks), "other_cpu_seconds": clock.other_cpu}
+        return {"runs": runs, "peak_mb": max(peaks), "other_cpu_seconds": clock.other_cpu,
+                "clocked_seconds": clock.clocked}
 
     from gda_core.models import load_model
 
@@ -270,7 +277,7 @@ def worker(spec: dict) -> dict:
             clock.start()
             strategy_for(min(spec["k"], 8)).fit(train.subset(slice(0, 256)), model.module)
             warmup = clock.stop()[0]
-            clock.other_cpu = 0.0
+            clock.reset()
         strategy = strategy_for(spec["k"])
         memory.start()
         clock.start()
@@ -282,7 +289,7 @@ def worker(spec: dict) -> dict:
         np.save(work / spec["labels_file"], groups.labels)
         sizes = groups.sizes
         return {"seconds": seconds, "cpu_seconds": cpu, **peak, "n_groups": int(groups.n_groups),
-                "warmup_seconds": warmup, "other_cpu_seconds": clock.other_cpu,
+                "warmup_seconds": warmup, "other_cpu_seconds": clock.other_cpu, "clocked_seconds": clock.clocked,
                 "group_size_min": int(sizes.min()), "group_size_max": int(sizes.max()),
                 "group_size_median": float(np.median(sizes))}
 
@@ -302,7 +309,7 @@ def worker(spec: dict) -> dict:
             clock.start()
             make_method(spec["method"], model).fit(small, Groups(np.arange(64), 64)).attribute(test.subset(slice(0, 2)))
             warmup = clock.stop()[0]
-            clock.other_cpu = 0.0
+            clock.reset()
         method = make_method(spec["method"], model)
         memory.start()
         clock.start()
@@ -318,11 +325,12 @@ def worker(spec: dict) -> dict:
                 info[name.rstrip("_")] = _json_safe(getattr(method, name))
         return {"fit_seconds": fit_seconds, "attribute_seconds": attribute_seconds,
                 "cpu_seconds": fit_cpu + attribute_cpu, **peak, "warmup_seconds": warmup,
-                "other_cpu_seconds": clock.other_cpu,
+                "other_cpu_seconds": clock.other_cpu, "clocked_seconds": clock.clocked,
                 "scores_shape": list(scores.shape), "scores_finite": bool(np.isfinite(scores).all()),
                 "method_info": info}
 
     raise ValueError(f"unknown job {job!r}")
+
 
 
 # ====================================================================== parent side
@@ -338,6 +346,32 @@ class Runner:
         self.count = 0
 
     def run(self, job: dict, timeout: float) -> dict:
+        """Run a job; with --retries, again (after waiting for a quiet machine) while other
+        processes took more than CONTENDED of the CPUs during the measured phases."""
+        result = None
+        for attempt in range(self.args.retries + 1):
+            if attempt or self.args.quiet_wait:
+                self.wait_until_quiet()
+            result = self.run_once(job, timeout)
+            result["attempts"] = attempt + 1
+            if result["status"] != "ok" or _contention(result) <= CONTENDED:
+                break
+            log(f"  contended ({100 * _contention(result):.0f}% of the CPUs busy elsewhere): "
+                + ("retrying" if attempt < self.args.retries else "keeping it"))
+        return result
+
+    def wait_until_quiet(self) -> None:
+        """Wait (up to --quiet-wait seconds) until other processes use < 0.25 CPU."""
+        deadline = time.perf_counter() + self.args.quiet_wait
+        while True:
+            before = _busy_cpu_seconds()
+            time.sleep(1.0)
+            after = _busy_cpu_seconds()
+            if before is None or after is None or after - before < 0.25 or time.perf_counter() > deadline:
+                return
+            time.sleep(4.0)
+
+    def run_once(self, job: dict, timeout: float) -> dict:
         """The worker's result, or {"status": "timeout" | "error", "note": ...}."""
         spec = {**self.sizes, "threads": self.args.threads, "device": self.args.device,
                 "warmup": not self.args.no_warmup, "work_dir": str(self.work_dir), **job}
@@ -361,6 +395,14 @@ class Runner:
         result = json.loads(lines[-1])
         result.update(status="ok", worker_wall_seconds=wall, load_average_1min=load)
         return result
+
+
+def _contention(result: dict) -> float:
+    """Share of the machine's CPU capacity other processes used during the measured phases."""
+    other, clocked = result.get("other_cpu_seconds"), result.get("clocked_seconds")
+    if other is None or not clocked:
+        return 0.0
+    return other / (clocked * (os.cpu_count() or 1))
 
 
 def _median(values):
@@ -400,12 +442,18 @@ def parse_args(argv=None):
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="epochs of the attributed model (default 5; 2 with --quick)")
     parser.add_argument("--work-dir", default=None, help="keep the model, groupings and worker logs here")
+    parser.add_argument("--retries", type=int, default=0,
+                        help="re-run a measurement up to this many times while other processes "
+                             f"took > {CONTENDED:.0%} of the CPUs during it (default 0)")
+    parser.add_argument("--quiet-wait", type=float, default=0.0,
+                        help="before each measurement (and retry), wait up to this many seconds "
+                             "for other processes to go idle (default 0)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="time cold calls (by default each worker first runs the method on 64 points)")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1 or args.max_seconds <= 0:
-        parser.error("--threads and --repeats must be >= 1, --max-seconds > 0")
+    if args.threads < 1 or args.repeats < 1 or args.max_seconds <= 0 or args.retries < 0 or args.quiet_wait < 0:
+        parser.error("--threads and --repeats must be >= 1, --max-seconds > 0, --retries and --quiet-wait >= 0")
     return args
 
 
@@ -443,9 +491,12 @@ def main(argv=None) -> int:
     runner = Runner(args, sizes, work_dir)
     timeout = args.max_seconds + SETUP_ALLOWANCE
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    if load_start and load_start[0] > (os.cpu_count() or 1) - args.threads + 0.5:
-        log(f"warning: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs: other processes "
-            "compete for the cores and will slow every measurement")
+    before = _busy_cpu_seconds()
+    time.sleep(1.0)
+    after = _busy_cpu_seconds()
+    if before is not None and after is not None and after - before > 0.25:
+        log(f"warning: other processes are using {after - before:.1f} CPUs of {os.cpu_count()}: they "
+            "compete for the cores and slow the measurements (see --retries, --quiet-wait)")
 
     # -- the attributed model, trained once and saved (safetensors) for the workers
     log(f"training the model ({sizes['train_epochs']} epochs) ...")
@@ -478,7 +529,7 @@ def main(argv=None) -> int:
         result = measure_repeated(runner, {"job": "grouping", "grouping": grouping, "k": k,
                                            "labels_file": labels_file},
                                   args.repeats, timeout, ["seconds", "cpu_seconds", "peak_mb", "host_peak_mb",
-                                                          "other_cpu_seconds"])
+                                                          "other_cpu_seconds", "clocked_seconds"])
         result["labels_file"] = labels_file
         groupings[(grouping, k)] = result
         if result["status"] == "ok":
@@ -502,7 +553,7 @@ def main(argv=None) -> int:
     order = [(m, "grad-kmeans", k) for m in runnable for k in ks]
     order += [(m, "per-example", n_train) for m in runnable]
     keys = ["fit_seconds", "attribute_seconds", "cpu_seconds", "peak_mb", "host_peak_mb",
-            "warmup_seconds", "other_cpu_seconds"]
+            "warmup_seconds", "other_cpu_seconds", "clocked_seconds"]
     for index, (method, grouping, k) in enumerate(order, 1):
         label = f"[{index}/{len(order)}] {method} {grouping} K={k}"
         grouping_result = groupings[(grouping, k)]
@@ -575,6 +626,8 @@ def main(argv=None) -> int:
                 "; device peak via torch.cuda.max_memory_allocated" if device.type == "cuda" else ""),
             "process_per_measurement": True,
             "warmup": not args.no_warmup,
+            "retries": args.retries,
+            "quiet_wait": args.quiet_wait,
             "load_average_start": None if load_start is None else [round(x, 2) for x in load_start],
             "load_average_end": None if load_end is None else [round(x, 2) for x in load_end],
         },
@@ -596,21 +649,21 @@ def main(argv=None) -> int:
 
 
 def _contention_warnings(epoch, groupings, entries, cpus) -> list[str]:
-    """Measurements during which other processes used > 5% of the machine's CPU capacity."""
+    """Measurements during which other processes used > CONTENDED of the machine's CPUs."""
     warnings = []
 
     def check(label, other, wall):
-        if other is not None and wall and other > 0.05 * wall * cpus:
+        if other is not None and wall and other > CONTENDED * wall * cpus:
             warnings.append(f"{label}: other processes used {other:.1f} CPU-s during {wall:.1f} s "
                             f"({100 * other / (wall * cpus):.0f}% of {cpus} CPUs); its time is inflated")
 
-    check("epoch", epoch.get("other_cpu_seconds"), sum(epoch["runs"]))
+    check("epoch", epoch.get("other_cpu_seconds"), epoch.get("clocked_seconds"))
     for (grouping, k), result in groupings.items():
         if result.get("status") == "ok":
-            check(f"grouping {grouping} K={k}", result.get("other_cpu_seconds"), result["seconds"])
+            check(f"grouping {grouping} K={k}", result.get("other_cpu_seconds"), result.get("clocked_seconds"))
     for (method, grouping, k), entry in entries.items():
         if entry.get("status") == "ok":
-            check(f"{method} {grouping} K={k}", entry.get("other_cpu_seconds"), entry["attribution_seconds"])
+            check(f"{method} {grouping} K={k}", entry.get("other_cpu_seconds"), entry.get("clocked_seconds"))
     return warnings
 
 
@@ -637,7 +690,7 @@ def _format_entry(entry: dict) -> dict:
     keep = ["method", "grouping", "k", "status", "grouping_seconds", "fit_seconds", "attribute_seconds",
             "attribution_seconds", "total_seconds", "cpu_seconds", "other_cpu_seconds", "warmup_seconds",
             "peak_mb", "host_peak_mb",
-            "grouping_peak_mb", "estimated_seconds", "note", "load_average_1min", "scores_shape",
+            "grouping_peak_mb", "estimated_seconds", "note", "attempts", "load_average_1min", "scores_shape",
             "scores_finite", "method_info", "runs"]
     out = {}
     for key in keep:
@@ -649,7 +702,7 @@ def _format_entry(entry: dict) -> dict:
 
 def _format_grouping(result: dict) -> dict:
     keep = ["status", "seconds", "cpu_seconds", "other_cpu_seconds", "warmup_seconds", "peak_mb",
-            "host_peak_mb", "n_groups", "group_size_min",
+            "host_peak_mb", "attempts", "n_groups", "group_size_min",
             "group_size_median", "group_size_max", "note", "runs"]
     return {k: (_round(result[k]) if isinstance(result[k], float) else result[k]) for k in keep if k in result}
 

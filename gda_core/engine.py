@@ -8,8 +8,6 @@ saved as JSON beside results); :func:`run_attribution` carries it out and return
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +17,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__
 from .data import BUILTIN_DATASETS, DataSplit, load_builtin
 from .errors import GDAError
 from .grouping import GROUPINGS, Groups, make_grouping
@@ -83,12 +80,19 @@ class AttributionRequest:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def key(self, split: DataSplit, model: TrainedModel) -> str:
-        """Content key: the request (device aside), the data and weights, the package version."""
+    def identity(self, split: DataSplit, model: TrainedModel) -> dict:
+        """What the result depends on: the request (the device aside), and the fingerprints of
+        the data and of the model's weights, so a retrained model is a different run."""
         payload = {k: v for k, v in self.to_json().items() if k != "device"}
         payload.update(data_fingerprint=split.train.fingerprint() + split.test.fingerprint(),
-                       model_fingerprint=model.fingerprint(), version=__version__)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+                       model_fingerprint=model.fingerprint())
+        return payload
+
+    def key(self, split: DataSplit, model: TrainedModel) -> str:
+        """The store's content key of this request (see :func:`gda_core.store.content_key`)."""
+        from .store import content_key
+
+        return content_key("scores", self.identity(split, model))
 
 
 @dataclass

@@ -43,9 +43,7 @@ def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
 
         parsed = AttributionRequest(**request)
         split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
-        params = {k: v for k, v in parsed.to_json().items() if k != "device"}
-        return {**params, "data_fingerprint": split.train.fingerprint() + split.test.fingerprint(),
-                "model_fingerprint": model.fingerprint()}
+        return parsed.identity(split, model)
     if kind == "fidelity":
         from .evaluate import SweepConfig
 

@@ -170,13 +170,17 @@ class AttributionMethod:
         objective, weights = self._train_objective(index, view)
         chunks: list[GradientChunk] | None = []
         budget = self.options.cache_bytes // max(1, len(self.views_))
-        used = 0
         for chunk in view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
                                                  objective=objective, weights=weights):
             chunk = self._transform_train(index, view, chunk)
+            if chunks is not None and not chunks:
+                # Decide from the first chunk whether all K groups fit the budget, rather than
+                # holding up to the budget in memory before giving up.
+                per_group = chunk.gradients.element_size() * chunk.gradients.shape[1]
+                if per_group * self.groups_.n_groups > budget:
+                    chunks = None
             if chunks is not None:
-                used += chunk.gradients.numel() * chunk.gradients.element_size()
-                chunks = chunks + [chunk] if used <= budget else None
+                chunks.append(chunk)
             yield chunk
         if chunks is not None:
             self._train_cache[index] = chunks

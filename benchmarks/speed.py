@@ -397,6 +397,19 @@ class Runner:
         return result
 
 
+def _git_state() -> dict | None:
+    """The commit and whether gda_core/ has uncommitted changes: workers import the engine from
+    disk, so an edit during the run would mix versions (compare the start and end states)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gda_core"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head or None, "gda_core_uncommitted_changes": bool(dirty)}
+
+
 def _contention(result: dict) -> float:
     """Share of the machine's CPU capacity other processes used during the measured phases."""
     other, clocked = result.get("other_cpu_seconds"), result.get("clocked_seconds")
@@ -491,6 +504,7 @@ def main(argv=None) -> int:
     runner = Runner(args, sizes, work_dir)
     timeout = args.max_seconds + SETUP_ALLOWANCE
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    git_start = _git_state()
     before = _busy_cpu_seconds()
     time.sleep(1.0)
     after = _busy_cpu_seconds()
@@ -628,6 +642,8 @@ def main(argv=None) -> int:
             "warmup": not args.no_warmup,
             "retries": args.retries,
             "quiet_wait": args.quiet_wait,
+            "git_start": git_start,
+            "git_end": _git_state(),
             "load_average_start": None if load_start is None else [round(x, 2) for x in load_start],
             "load_average_end": None if load_end is None else [round(x, 2) for x in load_end],
         },

@@ -457,7 +457,7 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", default=None, help="keep the model, groupings and worker logs here")
     parser.add_argument("--retries", type=int, default=0,
                         help="re-run a measurement up to this many times while other processes "
-                             f"took > {CONTENDED:.0%} of the CPUs during it (default 0)")
+                             f"took > {round(CONTENDED * 100)}%% of the CPUs during it (default 0)")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
                         help="before each measurement (and retry), wait up to this many seconds "
                              "for other processes to go idle (default 0)")

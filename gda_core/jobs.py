@@ -115,15 +115,8 @@ def _worker(root: str, kind: str, request: dict, key: str) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     store = ScoreStore(root)
     store.set_worker(key, os.getpid())
-    started = time.perf_counter()
-
-    def report(phase: str, fraction: float) -> None:
-        elapsed = time.perf_counter() - started
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
-        store.report(key, phase, fraction, eta)
-
     try:
-        arrays, summary = execute(kind, request, store, key, _throttled(report))
+        arrays, summary = execute(kind, request, store, key, _throttled(store.reporter(key)))
     except JobCancelled:
         store.mark_cancelled(key)
         return

@@ -245,6 +245,16 @@ class ScoreStore:
         if row is not None and row[0]:
             raise JobCancelled(key)
 
+    def reporter(self, key: str) -> Callable[[str, float], None]:
+        """A progress callback for one run that also estimates the time left."""
+        started = time.perf_counter()
+
+        def report(phase: str, fraction: float) -> None:
+            elapsed = time.perf_counter() - started
+            self.report(key, phase, fraction, elapsed * (1 - fraction) / fraction if fraction > 0.01 else None)
+
+        return report
+
     def save_part(self, key: str, name: str, array: np.ndarray) -> None:
         """A finished chunk of a run in progress, kept for resuming after a crash."""
         buffer = io.BytesIO()
@@ -329,7 +339,7 @@ class ScoreStore:
                 raise GDAError(f"timed out waiting for run {key} computed by another process")
             time.sleep(poll)
         try:
-            arrays, summary = compute(lambda phase, fraction: self.report(key, phase, fraction))
+            arrays, summary = compute(self.reporter(key))
         except JobCancelled:
             self.mark_cancelled(key)
             raise

@@ -146,6 +146,8 @@ def test_readers_see_no_error_while_a_worker_writes(store):
     for thread in threads:
         thread.start()
     assert _wait_for(lambda: (store.get(key).progress or 0) > 0.05)
+    running = store.get(key)
+    assert running.status == "running" and running.phase and running.eta is not None and running.eta >= 0
     stop.set()
     for thread in threads:
         thread.join()

@@ -40,9 +40,6 @@ class Groups:
     def sizes(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.n_groups)
 
-    def members(self, group: int) -> np.ndarray:
-        return np.flatnonzero(self.labels == group)
-
     def membership_matrix(self) -> np.ndarray:
         """(K, N) 0/1 matrix: row k marks the members of group k."""
         matrix = np.zeros((self.n_groups, len(self.labels)), dtype=np.float32)

@@ -366,8 +366,3 @@ def demo_model(
     trained = train_model(config, train, train_config, device=device, progress=progress)
     save_model(trained, folder)
     return trained
-
-
-def set_seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)

@@ -192,9 +192,6 @@ class AttributionMethod:
         rng = np.random.default_rng(self.options.seed)
         return np.sort(rng.choice(n_train, size=n_samples, replace=False))
 
-    def params_(self) -> dict:
-        return {"method": self.name, **self.options.to_json()}
-
 
 def make_method(name: str, model: TrainedModel, **options) -> AttributionMethod:
     """The method registered as ``name``, built with its options."""

@@ -147,3 +147,22 @@ def test_groups_must_cover_the_training_set(zoo, small_digits):
     train, _ = small_digits
     with pytest.raises(GDAError, match="grouping covers"):
         make_method("grad-dot", zoo["mlp"]).fit(train, Groups(np.arange(10) % 2, 2))
+
+
+def test_trak_ensemble_averages_independently_trained_models(zoo, small_digits):
+    from gda_core.models import TrainConfig, TrainedModel, train_model
+
+    train, test = small_digits
+    model = zoo["mlp"]
+    groups = make_grouping("random", 12, seed=0).fit(train)
+    ensemble = make_method("trak", model, projection_dim=64, ensemble=2).fit(train, groups)
+    scores = ensemble.attribute(test)
+    assert len(ensemble.views_) == 2
+    # The second member is the same recipe with another seed; each member's TRAK uses its own
+    # projection seed (seed + member index).
+    settings = TrainConfig(**{**model.train_config.to_json(), "seed": model.train_config.seed + 1000})
+    member = train_model(model.config, train, settings)
+    first = make_method("trak", model, projection_dim=64).fit(train, groups).attribute(test)
+    second_method = make_method("trak", TrainedModel(member.module, model.config, settings), projection_dim=64, seed=1)
+    second = second_method.fit(train, groups).attribute(test)
+    np.testing.assert_allclose(scores, 0.5 * (first + second), rtol=1e-4, atol=1e-6 * np.abs(scores).max())

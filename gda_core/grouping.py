@@ -129,10 +129,13 @@ class GroupingStrategy:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_model: ClassVar[bool] = False
+    #: what K is for groupings that fix it themselves (e.g. "N"); empty when K is a parameter
+    fixed_count_name: ClassVar[str] = ""
     fixed_group_count: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        cls.fixed_group_count = bool(cls.fixed_count_name)
         if cls.name:
             GROUPINGS[cls.name] = cls
 
@@ -151,9 +154,17 @@ class GroupingStrategy:
         return Groups(labels, n_groups, self.name)
 
     def _resolve_group_count(self, train: Dataset) -> int:
+        if self.fixed_count_name:
+            fixed = self._fixed_count(train)
+            if self.n_groups not in (None, fixed):
+                raise GDAError(f"{self.name} grouping has K = {self.fixed_count_name} = {fixed}, got {self.n_groups}")
+            return fixed
         if self.n_groups is None:
             raise GDAError(f"grouping {self.name!r} needs a number of groups")
         return int(self.n_groups)
+
+    def _fixed_count(self, train: Dataset) -> int:
+        raise NotImplementedError
 
     def _labels(self, train: Dataset, model: torch.nn.Module | None, n_groups: int) -> np.ndarray:
         raise NotImplementedError
@@ -162,11 +173,9 @@ class GroupingStrategy:
 class PerExample(GroupingStrategy):
     name = "per-example"
     description = "one point per group (K = N): classic per-example attribution"
-    fixed_group_count = True
+    fixed_count_name = "N"
 
-    def _resolve_group_count(self, train: Dataset) -> int:
-        if self.n_groups not in (None, len(train)):
-            raise GDAError(f"per-example grouping has K = N = {len(train)}, got {self.n_groups}")
+    def _fixed_count(self, train: Dataset) -> int:
         return len(train)
 
     def _labels(self, train, model, n_groups):
@@ -187,13 +196,10 @@ class RandomGrouping(GroupingStrategy):
 class PerClass(GroupingStrategy):
     name = "per-class"
     description = "one group per class (K = number of classes present)"
-    fixed_group_count = True
+    fixed_count_name = "number of classes"
 
-    def _resolve_group_count(self, train: Dataset) -> int:
-        present = int(len(np.unique(train.labels.numpy())))
-        if self.n_groups not in (None, present):
-            raise GDAError(f"per-class grouping has K = number of classes = {present}, got {self.n_groups}")
-        return present
+    def _fixed_count(self, train: Dataset) -> int:
+        return int(len(np.unique(train.labels.numpy())))
 
     def _labels(self, train, model, n_groups):
         _, labels = np.unique(train.labels.numpy(), return_inverse=True)

@@ -42,6 +42,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def input_fingerprints(split: DataSplit, model: TrainedModel) -> dict:
+    """Content hashes of the data and of the model's weights, for cache keys: a retrained
+    model or edited data is a different run."""
+    return {"data_fingerprint": split.train.fingerprint() + split.test.fingerprint(),
+            "model_fingerprint": model.fingerprint()}
+
+
 @dataclass
 class AttributionRequest:
     """Everything one attribution run depends on."""
@@ -84,8 +91,7 @@ class AttributionRequest:
         """What the result depends on: the request (the device aside), and the fingerprints of
         the data and of the model's weights, so a retrained model is a different run."""
         payload = {k: v for k, v in self.to_json().items() if k != "device"}
-        payload.update(data_fingerprint=split.train.fingerprint() + split.test.fingerprint(),
-                       model_fingerprint=model.fingerprint())
+        payload.update(input_fingerprints(split, model))
         return payload
 
     def key(self, split: DataSplit, model: TrainedModel) -> str:
@@ -194,16 +200,17 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     )
 
 
-def top_groups(result: AttributionResult, train_labels: np.ndarray, class_names: list[str],
-               test_index: int, count: int = 5) -> dict[str, list[dict]]:
-    """The most helpful (highest score) and most harmful (lowest) groups for one test point."""
-    if not 0 <= test_index < result.n_test:
-        raise GDAError(f"test point must lie in 0..{result.n_test - 1}, got {test_index}")
-    row = result.scores[test_index]
+def top_groups(scores: np.ndarray, group_labels: np.ndarray, train_labels: np.ndarray,
+               class_names: list[str], test_index: int, count: int = 5) -> dict[str, list[dict]]:
+    """The most helpful (highest score) and most harmful (lowest) groups for one test point,
+    from a result's ``scores`` (n_test x K) and its training points' ``group_labels``."""
+    if not 0 <= test_index < len(scores):
+        raise GDAError(f"test point must lie in 0..{len(scores) - 1}, got {test_index}")
+    row = scores[test_index]
     order = np.argsort(-row, kind="stable")
 
     def describe(group: int) -> dict:
-        members = np.flatnonzero(result.groups.labels == group)
+        members = np.flatnonzero(group_labels == group)
         majority = int(np.bincount(train_labels[members], minlength=len(class_names)).argmax())
         return {"group": int(group), "score": float(row[group]), "size": int(len(members)),
                 "majority_class": class_names[majority], "members": members[:16].tolist()}

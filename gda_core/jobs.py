@@ -23,7 +23,7 @@ from .errors import GDAError
 from .store import JobCancelled, Run, ScoreStore, content_key
 
 Progress = Callable[[str, float], None]
-JOB_KINDS = {"attribute": "scores", "fidelity": "sweep"}
+JOB_KINDS = {"attribute": "scores", "fidelity": "sweep", "embed": "umap"}
 
 
 @dataclass
@@ -49,6 +49,13 @@ def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
 
         SweepConfig(**request)  # validates
         return {k: v for k, v in request.items() if k != "device"}
+    if kind == "embed":
+        from .engine import input_fingerprints, load_inputs, resolve_device
+        from .viz import EmbeddingRequest
+
+        parsed = EmbeddingRequest(**request)
+        split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
+        return {**{k: v for k, v in request.items() if k != "device"}, **input_fingerprints(split, model)}
     raise GDAError(f"unknown job kind {kind!r}; choose from: {', '.join(JOB_KINDS)}")
 
 
@@ -68,10 +75,30 @@ def execute(kind: str, request: dict, store: ScoreStore, key: str, report: Progr
         result = run_attribution(AttributionRequest(**request), cache_dir=store.root, progress=report,
                                  parts=(lambda name: store.load_part(key, name), save))
         return {"scores": result.scores.astype(np.float32), "groups": result.groups.labels}, result.summary()
+    if kind == "embed":
+        return _embed(request, store, report)
     from .evaluate import SweepConfig, run_sweep
 
     sweep = run_sweep(SweepConfig(**request), cache_dir=store.root, progress=report)
     return {}, sweep
+
+
+def _embed(request: dict, store: ScoreStore, report: Progress) -> tuple[dict, dict]:
+    from .engine import load_inputs, resolve_device
+    from .viz import EmbeddingRequest, embed_points, embedding_inputs
+
+    parsed = EmbeddingRequest(**request)
+    started = time.perf_counter()
+    report("load", 0.0)
+    split, model = load_inputs(parsed, store.root, resolve_device(parsed.device), report)
+    train, test = embedding_inputs(split, model, parsed.space)
+    report(f"embed ({parsed.embedder})", 0.1)
+    train_xy, test_xy = embed_points(train, test, embedder=parsed.embedder, seed=parsed.seed,
+                                     n_neighbors=parsed.n_neighbors)
+    report(f"embed ({parsed.embedder})", 1.0)
+    summary = {"embedder": parsed.embedder, "space": parsed.space, "n_train": len(train_xy),
+               "n_test": len(test_xy), "seconds": round(time.perf_counter() - started, 3)}
+    return {"train": train_xy, "test": test_xy}, summary
 
 
 def run_in_foreground(kind: str, request: dict, store: ScoreStore | None = None,

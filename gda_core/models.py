@@ -192,9 +192,16 @@ def mean_loss(module: nn.Module, features: torch.Tensor, labels: torch.Tensor) -
 
 
 def accuracy(module: nn.Module, data: Dataset) -> float:
+    predicted, _ = predict(module, data)
+    return float((predicted == data.labels.cpu().numpy()).mean())
+
+
+def predict(module: nn.Module, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted class of every point and the model's probability for it."""
     with torch.no_grad():
-        predictions = module(data.features.to(next(module.parameters()))).argmax(dim=1).cpu()
-    return float((predictions == data.labels.cpu()).float().mean())
+        probabilities = torch.softmax(module(data.features.to(next(module.parameters()))), dim=1).cpu()
+    confidence, predicted = probabilities.max(dim=1)
+    return predicted.numpy(), confidence.numpy()
 
 
 def train_model(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
+import torch
 
-from .data import Dataset
+from .data import Dataset, DataSplit
+from .errors import GDAError
+from .models import TrainedModel
 
 SIGN_NOTE = ("A group is a set of training points scored together. Positive score: up-weighting "
              "the group lowers this test point's loss (it helps); negative: it hurts.")
@@ -75,4 +80,121 @@ def fidelity_speed_figure(sweep: dict, metric: str | None = None) -> go.Figure:
         xaxis=dict(title="attribution time (s, log scale)", type="log"),
         yaxis=dict(title=metric), height=480, margin=dict(l=10, r=10, t=50, b=10),
     )
+    return figure
+
+
+# ------------------------------------------------------------------------------ embedding
+EMBEDDERS = ("umap", "pca")
+EMBEDDING_SPACES = ("features", "inputs")
+
+
+@dataclass
+class EmbeddingRequest:
+    """A 2-D map of the training (and test) points of one data set and model.
+
+    ``space="features"`` embeds the model's hidden representation (what its last layer sees),
+    ``"inputs"`` the raw inputs. ``embedder="pca"`` is a fast stand-in for UMAP, whose numba
+    compile costs ~35 s in every new process: that is why embeddings run as store-cached jobs."""
+
+    data: str = "digits"
+    model: str = "mlp"
+    seed: int = 0
+    space: str = "features"
+    embedder: str = "umap"
+    n_neighbors: int = 15
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.embedder not in EMBEDDERS:
+            raise GDAError(f"unknown embedder {self.embedder!r}; choose from: {', '.join(EMBEDDERS)}")
+        if self.space not in EMBEDDING_SPACES:
+            raise GDAError(f"unknown embedding space {self.space!r}; choose from: {', '.join(EMBEDDING_SPACES)}")
+        if self.n_neighbors < 2:
+            raise GDAError(f"n_neighbors must be >= 2, got {self.n_neighbors}")
+
+
+def embed_points(train: np.ndarray, test: np.ndarray, *, embedder: str = "umap", seed: int = 0,
+                 n_neighbors: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """Fit a 2-D embedding on the training points and place the test points in it."""
+    train = np.asarray(train, dtype=np.float32).reshape(len(train), -1)
+    test = np.asarray(test, dtype=np.float32).reshape(len(test), -1)
+    if embedder == "pca":
+        from sklearn.decomposition import PCA
+
+        model = PCA(n_components=2, random_state=seed).fit(train)
+    else:
+        import umap  # imported here: its numba compile is slow, and only jobs embed
+
+        model = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(train) - 1), min_dist=0.1,
+                          random_state=seed).fit(train)
+    return (model.transform(train) if embedder == "pca" else model.embedding_).astype(np.float32), \
+        model.transform(test).astype(np.float32)
+
+
+def embedding_inputs(split: DataSplit, model: TrainedModel, space: str) -> tuple[np.ndarray, np.ndarray]:
+    """What gets embedded: the model's hidden features (zoo models) or the raw inputs."""
+    def features(data: Dataset) -> np.ndarray:
+        with torch.no_grad():
+            inputs = data.features.to(next(model.module.parameters()).device)
+            if space == "features" and hasattr(model.module, "features"):
+                return model.module.features(inputs).cpu().numpy()
+            return inputs.cpu().numpy()
+
+    return features(split.train), features(split.test)
+
+
+GROUP_PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+
+
+def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_names: list[str],
+                         group_labels: np.ndarray | None = None, *, group_scores: np.ndarray | None = None,
+                         helpful: list[int] = (), harmful: list[int] = (), test_xy: np.ndarray | None = None,
+                         test_labels: np.ndarray | None = None, selected_test: int | None = None,
+                         title: str = "Training points") -> go.Figure:
+    """The training points in 2-D, coloured by group (or by class without groups).
+
+    Hover shows index, label, group and, with ``group_scores`` (one per group, for the chosen
+    test point), the group's score. Members of the ``helpful`` / ``harmful`` groups get green /
+    red rings; test points are grey crosses (a click on one selects it) and the chosen one a star.
+    The first trace always holds exactly the training points, in order."""
+    train_xy, train_labels = np.asarray(train_xy), np.asarray(train_labels)
+    colour_by = np.asarray(group_labels) if group_labels is not None else train_labels
+    names = np.array(class_names, dtype=object)[train_labels]
+    custom = np.column_stack([np.arange(len(train_xy)), names, colour_by,
+                              np.asarray(group_scores)[colour_by] if group_scores is not None and group_labels is not None
+                              else np.full(len(train_xy), np.nan)]).tolist()
+    score_line = "<br>group score %{customdata[3]:.3g}" if group_scores is not None else ""
+    figure = go.Figure(go.Scatter(
+        x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points",
+        marker=dict(size=6, color=[GROUP_PALETTE[int(c) % len(GROUP_PALETTE)] for c in colour_by], opacity=0.8),
+        customdata=custom,
+        hovertemplate=("train #%{customdata[0]}<br>label %{customdata[1]}<br>group %{customdata[2]}"
+                       + score_line + "<extra></extra>"),
+    ))
+    for groups, colour, name in ((helpful, "#2a9d8f", "most helpful groups"), (harmful, "#e63946", "most harmful groups")):
+        members = np.flatnonzero(np.isin(colour_by, list(groups))) if len(groups) and group_labels is not None else []
+        if len(members):
+            figure.add_trace(go.Scatter(
+                x=train_xy[members, 0], y=train_xy[members, 1], mode="markers", name=name, hoverinfo="skip",
+                marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(color=colour, width=2)),
+            ))
+    if test_xy is not None:
+        test_xy = np.asarray(test_xy)
+        test_names = (np.array(class_names, dtype=object)[np.asarray(test_labels)] if test_labels is not None
+                      else np.full(len(test_xy), "?", dtype=object))
+        figure.add_trace(go.Scatter(
+            x=test_xy[:, 0], y=test_xy[:, 1], mode="markers", name="test points (click to choose)",
+            marker=dict(size=7, symbol="x-thin", line=dict(width=1, color="grey"), color="grey"), opacity=0.6,
+            customdata=np.column_stack([np.arange(len(test_xy)), test_names]).tolist(),
+            hovertemplate="test #%{customdata[0]}<br>label %{customdata[1]}<extra></extra>",
+        ))
+        if selected_test is not None:
+            figure.add_trace(go.Scatter(
+                x=[test_xy[selected_test, 0]], y=[test_xy[selected_test, 1]], mode="markers",
+                name=f"chosen test point #{selected_test}", hoverinfo="skip",
+                marker=dict(size=18, symbol="star", color="gold", line=dict(color="black", width=1)),
+            ))
+    figure.update_layout(title=title, height=560, margin=dict(l=10, r=10, t=40, b=10),
+                         xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
+                         legend=dict(orientation="h", yanchor="bottom", y=-0.08), clickmode="event+select")
     return figure

@@ -1,0 +1,155 @@
+"""What every page shares: the user's choices, cached loaders, the job manager, and the job
+progress panel. UI only: all math lives in gda_core."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import streamlit as st
+
+from gda_core.data import DataSplit, load_builtin
+from gda_core.engine import default_cache_dir, load_inputs, resolve_device
+from gda_core.jobs import JOB_KINDS, JobManager
+from gda_core.models import TrainedModel, predict
+from gda_core.store import Run, ScoreStore
+
+#: the user's choices, kept in st.session_state under these keys (the widgets' keys too)
+CHOICES = {"data": "digits", "model": "mlp", "method": "grad-dot", "grouping": "grad-kmeans",
+           "n_groups": 50, "test_index": 0, "result_key": None}
+ACTIVE = ("queued", "running")
+POLL_SECONDS = 0.5
+
+
+def page_setup(title: str) -> None:
+    """Call first on every page. Re-assigning the choices stops Streamlit from dropping a
+    widget's value when the user moves to a page that does not show that widget."""
+    st.set_page_config(page_title=f"{title} - GDA Explorer", layout="wide")
+    for name, default in CHOICES.items():
+        st.session_state[name] = st.session_state.get(name, default)
+
+
+def cache_dir() -> str:
+    return str(default_cache_dir())
+
+
+@st.cache_resource(show_spinner="Loading the data set...")
+def _split(data: str) -> DataSplit:
+    return load_builtin(data, seed=0)
+
+
+def data_split() -> DataSplit:
+    """The chosen data set (without its model)."""
+    return _split(st.session_state["data"])
+
+
+@st.cache_resource(show_spinner="Loading the data and the model (a demo model trains on first use, then is cached)...")
+def _inputs(data: str, model: str, directory: str) -> tuple[DataSplit, TrainedModel]:
+    spec = SimpleNamespace(data=data, model=model, seed=0)
+    return load_inputs(spec, Path(directory), resolve_device("auto"))
+
+
+def inputs() -> tuple[DataSplit, TrainedModel]:
+    """The chosen data set and model, loaded once per server process."""
+    return _inputs(st.session_state["data"], st.session_state["model"], cache_dir())
+
+
+@st.cache_resource(show_spinner=False)
+def _predictions(data: str, model: str, directory: str) -> tuple[np.ndarray, np.ndarray]:
+    split, trained = _inputs(data, model, directory)
+    return predict(trained.module, split.test)
+
+
+def test_predictions() -> tuple[np.ndarray, np.ndarray]:
+    """The model's predicted class and its probability for every test point."""
+    return _predictions(st.session_state["data"], st.session_state["model"], cache_dir())
+
+
+@st.cache_resource(show_spinner=False)
+def _manager(directory: str) -> JobManager:
+    return JobManager(ScoreStore(directory))
+
+
+def manager() -> JobManager:
+    return _manager(cache_dir())
+
+
+def store() -> ScoreStore:
+    return manager().store
+
+
+def finished_runs(kind: str) -> list[Run]:
+    """Done runs of one job kind for the chosen data set and model, newest first."""
+    data, model = st.session_state["data"], st.session_state["model"]
+    runs = store().runs(kind=JOB_KINDS[kind], status="done")
+    mine = [run for run in runs if run.params.get("data") == data and run.params.get("model") == model]
+    return sorted(mine, key=lambda run: run.created, reverse=True)
+
+
+def submit(kind: str, request: dict, slot: str) -> tuple[str, bool]:
+    """Start (or find in the store) a job; ``slot`` names it in the session for its page."""
+    key, cache_hit = manager().submit(kind, request)
+    st.session_state[f"job:{slot}"] = key
+    st.session_state[f"job:{slot}:hit"] = cache_hit
+    return key, cache_hit
+
+
+def job_run(slot: str) -> Run | None:
+    key = st.session_state.get(f"job:{slot}")
+    return None if key is None else manager().status(key)
+
+
+def describe_eta(run: Run) -> str:
+    if run.eta is None or not np.isfinite(run.eta):
+        return ""
+    return f", about {run.eta:.0f} s left" if run.eta >= 1 else ", almost done"
+
+
+def show_job(slot: str, label: str) -> Run | None:
+    """Progress of the job in ``slot``: a progress bar with phase and ETA and a cancel button
+    while it runs (polled in a fragment, so only this panel reruns), a notice when the result
+    came from the cache, the error when it failed. Returns the run once it is done."""
+    run = job_run(slot)
+    if run is None:
+        return None
+    if run.status in ACTIVE:
+        _progress_panel(slot, label)
+        return None
+    if run.status == "failed":
+        st.error(f"{label} failed: {run.error}")
+    elif run.status == "cancelled":
+        st.warning(f"{label} was cancelled.")
+    elif st.session_state.get(f"job:{slot}:hit"):
+        st.success(f"{label}: loaded from the cache (computed earlier in {run.seconds or 0:.1f} s).")
+    return run if run.status == "done" else None
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _progress_panel(slot: str, label: str) -> None:
+    run = job_run(slot)
+    if run is None or run.status not in ACTIVE:
+        st.rerun()  # the whole page, which now shows the result
+        return
+    phase = run.phase or "starting"
+    st.progress(min(max(run.progress, 0.0), 1.0),
+                text=f"{label}: {phase} ({run.progress:.0%}{describe_eta(run)})")
+    if st.button("Cancel", key=f"cancel:{slot}"):
+        manager().cancel(run.key)
+        st.rerun()
+
+
+def wait_for(slot: str, timeout: float = 300) -> Run | None:
+    """Block until the job in ``slot`` ends (for flows where waiting is the point)."""
+    key = st.session_state.get(f"job:{slot}")
+    return None if key is None else manager().wait(key, timeout=timeout)
+
+
+def request_json(request) -> dict:
+    return dataclasses.asdict(request)
+
+
+def elapsed(since: float) -> str:
+    return f"{time.time() - since:.0f} s ago"

@@ -1,0 +1,53 @@
+"""Fidelity: how close each method x grouping x K comes to the gold standard, against its time."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pandas as pd
+import streamlit as st
+
+from gda_app import state
+from gda_core.evaluate import GoldConfig, SweepConfig
+from gda_core.viz import GOLD_NAMES, fidelity_speed_figure
+
+#: a sweep small enough for a demo (a minute or two on a laptop CPU); `gda fidelity` runs big ones
+QUICK_SWEEP = dict(methods=("grad-dot", "if-arnoldi"), groupings=("random", "grad-kmeans"), group_counts=(15, 60),
+                   per_example=True, test_size=50, gold=GoldConfig(kind="lds", n_subsets=20))
+
+state.page_setup("Fidelity")
+st.title("Fidelity against speed")
+data, arch = st.session_state["data"], st.session_state["model"]
+st.caption("Each point is one method on one grouping and group count: its agreement with a gold standard "
+           "(LDS: Spearman correlation with retraining on random subsets; cosine: with further training of "
+           "the final model) against the seconds it took. Up and to the left is better.")
+
+if st.button("Run a small sweep", help="Grad-Dot and Arnoldi influence, random and gradient K-means groups, "
+             "K = 15 and 60 and per-example, against LDS with 20 subsets, on 50 test points."):
+    config = SweepConfig(data=data, model=arch, **QUICK_SWEEP)
+    state.submit("fidelity", dataclasses.asdict(config), slot="fidelity")
+state.show_job("fidelity", "Sweep")
+
+sweeps = state.finished_runs("fidelity")
+if not sweeps:
+    st.info(f"No sweep for {data} / {arch} yet. Press **Run a small sweep**, or run a bigger one from the "
+            f"command line: `gda fidelity --data {data} --model {arch} ...` (it lands in the same cache).")
+    st.stop()
+
+labels = {run.key: (f"{', '.join(run.params['methods'])} | {', '.join(run.params['groupings'])} | gold "
+                    f"{GOLD_NAMES.get(run.params['gold']['kind'], run.params['gold']['kind'])} | "
+                    f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run.finished or run.created))}")
+          for run in sweeps}
+chosen = st.selectbox("Sweep", list(labels), format_func=labels.get, key="sweep")
+sweep = next(run for run in sweeps if run.key == chosen).summary
+st.plotly_chart(fidelity_speed_figure(sweep), key="fidelity_figure")
+st.caption(f"Gold standard: {GOLD_NAMES.get(sweep['gold'], sweep['gold'])}; {sweep['n_train']} training points, "
+           f"{sweep['n_test']} test points; timings with {sweep.get('torch_threads')} torch threads.")
+metric = sweep["metric"]
+table = pd.DataFrame([{
+    "method": p["method"], "grouping": p["grouping"], "groups": p["n_groups"], metric: p.get(metric),
+    "standard error": p.get(f"{metric}_se"), "method s": p["seconds"], "grouping s": p["grouping_seconds"],
+    "peak MB": p.get("peak_mb"),
+} for p in sweep["points"]])
+st.dataframe(table.sort_values([metric], ascending=False), hide_index=True, key="fidelity_table")

@@ -9,6 +9,8 @@ PORT ?= 8501
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gda-installed
 
+CHROMIUM ?= /usr/bin/chromium
+
 .PHONY: app test install benchmark clean
 
 $(BIN)/python:
@@ -26,7 +28,12 @@ app: install
 	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) \
 		--browser.gatherUsageStats false
 
-test: install
+# The browser test drives Debian's chromium with Playwright (no browser download).
+$(CHROMIUM):
+	(apt-get update -qq && apt-get install -y -qq chromium) || \
+		(sudo apt-get update -qq && sudo apt-get install -y -qq chromium)
+
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 benchmark: install

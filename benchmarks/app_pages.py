@@ -1,0 +1,72 @@
+"""Page load times of the Streamlit app once everything is computed (served from the cache).
+
+Fills a cache with the demo's runs (an attribution, the map, a small sweep), then times each
+page's script run with Streamlit's AppTest (the server-side work of a page load: what the
+user waits for beyond the browser drawing). Prints JSON: median and max seconds per page.
+
+    python benchmarks/app_pages.py [--repeats 7] [--embedder umap|pca]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = {"home": "app.py", "compute": "pages/1_Compute.py", "explore": "pages/2_Explore.py",
+         "fidelity": "pages/3_Fidelity.py"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--embedder", default="umap", choices=("umap", "pca"))
+    args = parser.parse_args()
+    os.environ.setdefault("GDA_CACHE_DIR", tempfile.mkdtemp(prefix="gda-pages-"))
+    os.environ["GDA_EMBEDDER"] = args.embedder
+
+    import torch
+    from streamlit.testing.v1 import AppTest
+
+    from gda_core.engine import AttributionRequest
+    from gda_core.evaluate import GoldConfig, SweepConfig
+    from gda_core.jobs import run_in_foreground
+    from gda_core.store import ScoreStore
+    from gda_core.viz import EmbeddingRequest
+
+    torch.set_num_threads(1)
+    store = ScoreStore(os.environ["GDA_CACHE_DIR"])
+    started = time.perf_counter()
+    request = AttributionRequest(data="digits", model="mlp", method="grad-dot", grouping="grad-kmeans", n_groups=50,
+                                 test_size=None)
+    run_in_foreground("attribute", request.to_json(), store)
+    run_in_foreground("embed", dataclasses.asdict(EmbeddingRequest(embedder=args.embedder)), store)
+    sweep = SweepConfig(methods=("grad-dot",), groupings=("random", "grad-kmeans"), group_counts=(15,),
+                        per_example=False, test_size=20, gold=GoldConfig(kind="lds", n_subsets=5))
+    run_in_foreground("fidelity", dataclasses.asdict(sweep), store)
+    fill_seconds = time.perf_counter() - started
+
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    app.run()  # first load: imports, data and model into Streamlit's resource cache
+    times = {}
+    for name, path in PAGES.items():
+        app.switch_page(path)
+        samples = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            app.run()
+            samples.append(time.perf_counter() - started)
+            assert not app.exception, app.exception
+        times[name] = {"median_s": round(statistics.median(samples), 3), "max_s": round(max(samples), 3)}
+    print(json.dumps({"embedder": args.embedder, "repeats": args.repeats, "torch_threads": 1,
+                      "fill_cache_s": round(fill_seconds, 1), "pages": times}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

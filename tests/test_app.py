@@ -159,3 +159,17 @@ def test_fidelity_page_names_its_gold_standard(app, app_cache):
     titles = [s["layout"].get("title", {}).get("text", "") for s in plotly_specs(app)]
     assert any("Fidelity vs speed" in t and "gold: LDS" in t for t in titles)
     assert len(app.dataframe[0].value) == 1
+
+
+def test_a_running_job_shows_progress_and_can_be_cancelled(app):
+    app.switch_page(PAGES["compute"]).run()
+    app.selectbox(key="method").set_value("if-cg")
+    app.selectbox(key="grouping").set_value("per-example").run()
+    assert any("fixed by this grouping" in m.value for m in app.markdown)
+    button(app, "Compute").click().run()
+    assert not app.exception
+    progress = app.get("progress")
+    assert progress and "Attribution:" in progress[0].proto.text
+    button(app, "Cancel").click().run()
+    run_until(app, lambda a: any("was cancelled" in w.value for w in a.warning), timeout=60)
+    assert not any(b.label == "Cancel" for b in app.button)

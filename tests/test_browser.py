@@ -20,10 +20,26 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROOT = Path(__file__).resolve().parents[1]
-N_TRAIN = 1438
+N_TRAIN, N_TEST = 1438, 359
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed "
                                 "(make test installs it: apt-get install -y chromium)")
+
+
+#: (index, x, y) of the test point (the trace of grey crosses) farthest from every other point
+ISOLATED_TEST_POINT = """() => {
+  const traces = [...document.querySelectorAll('.js-plotly-plot .scatterlayer .trace')];
+  const centre = p => { const r = p.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; };
+  const all = traces.flatMap(t => [...t.querySelectorAll('path.point')].map(centre));
+  const tests = [...traces.find(t => t.querySelectorAll('path.point').length === %d).querySelectorAll('path.point')];
+  let best = [-1, 0, 0, -1];
+  tests.forEach((p, i) => {
+    const [x, y] = centre(p);
+    const nearest = Math.min(...all.map(([a, b]) => (a - x) ** 2 + (b - y) ** 2).filter(d => d > 0.01));
+    if (i > 0 && nearest > best[3]) best = [i, x, y, nearest];
+  });
+  return best.slice(0, 3);
+}"""
 
 
 def free_port() -> int:
@@ -86,6 +102,12 @@ def test_demo_compute_explore_in_a_real_browser(server, tmp_path):
                 time.sleep(1)
             assert points.count() == N_TRAIN  # the first trace holds exactly the training points
             page.get_by_text("Most helpful groups").first.wait_for()
+
+            # a click on a test point (grey cross) chooses it: click the cross farthest from any
+            # other point, so that plotly's nearest-point pick cannot land on a neighbour
+            index, x, y = page.evaluate(ISOLATED_TEST_POINT % N_TEST)
+            page.mouse.click(x, y)
+            page.get_by_text(f"chosen test point #{index}").wait_for(timeout=60_000)
             page.wait_for_timeout(1000)  # let the member thumbnails finish drawing
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=False)

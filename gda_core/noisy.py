@@ -462,21 +462,20 @@ def run_pruning(config: PruneConfig, *, cache_dir: str | Path | None = None,
 
 # ----------------------------------------------------------------------- flagging a model
 def run_flagging(request: FlagRequest, *, cache_dir: str | Path | None = None,
-                 progress: Progress | None = None) -> tuple[Flags, dict]:
-    """Flag the training points of a data set's demo model (what the review page shows).
-    The demo model trained on the whole training split, so the test split serves as the
-    validation set of the ``validation`` signal."""
+                 progress: Progress | None = None) -> tuple[Flags, Dataset, dict]:
+    """Flag the training points of a data set's demo model (what the review page shows);
+    returns the flags, the training set and a JSON-ready summary. The demo model trained on
+    the whole training split, so the test split serves as the ``validation`` signal's set."""
     from .engine import load_inputs
 
     progress = progress or _no_progress
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     device = resolve_device(request.device)
     split, model = load_inputs(request, cache_dir, device, progress)
-    train = split.train.to(device)
-    flags = flag_training_points(model, train, split.test.to(device), request, progress)
+    flags = flag_training_points(model, split.train.to(device), split.test.to(device), request, progress)
     summary = {**flags.summary(), "config": request.to_json(), "data": request.data, "model": request.model,
-               "n_groups": flags.n_groups}
-    return flags, summary
+               "n_groups": flags.n_groups, "class_names": list(split.train.class_names)}
+    return flags, split.train, summary
 
 
 __all__ = ["SIGNALS", "BASELINES", "ScoringSpec", "FlagRequest", "NoisyConfig", "PruneConfig", "Flags",

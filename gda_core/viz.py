@@ -198,3 +198,54 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
                          xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
                          legend=dict(orientation="h", yanchor="bottom", y=-0.08), clickmode="event+select")
     return figure
+
+
+# --------------------------------------------------------------------- noisy labels, pruning
+RANKING_COLOURS = {"influence": "#1d3557", "loss": "#e76f51", "confident-learning": "#2a9d8f", "random": "#999999"}
+
+
+def noisy_detection_figure(evaluation: dict) -> go.Figure:
+    """Fraction of flipped labels found against the fraction of the training set inspected,
+    one line per ranking (from :func:`gda_core.noisy.run_noisy`), with the area in the legend."""
+    figure = go.Figure()
+    for name, ranking in evaluation["rankings"].items():
+        figure.add_trace(go.Scatter(
+            x=ranking["inspected"], y=ranking["recall"], mode="lines",
+            name=f"{ranking['label']} (AUC {ranking['auc']:.3f}, {ranking['seconds']:.1f} s)",
+            line=dict(color=RANKING_COLOURS.get(name), dash="dash" if name == "random" else "solid"),
+            hovertemplate="inspected %{x:.0%}<br>found %{y:.1%}<extra></extra>",
+        ))
+    config = evaluation["config"]
+    figure.update_layout(
+        title=(f"Finding {evaluation['n_flipped']} flipped labels ({config['flip']:.0%}) on "
+               f"{config['data']} / {config['model']}"),
+        xaxis=dict(title="fraction of the training set inspected", tickformat=".0%", range=[0, 1]),
+        yaxis=dict(title="fraction of flipped labels found", tickformat=".0%", range=[0, 1.02]),
+        height=460, margin=dict(l=10, r=10, t=50, b=10), legend=dict(yanchor="bottom", y=0.02, xanchor="right", x=0.98),
+    )
+    return figure
+
+
+def pruning_figure(pruning: dict) -> go.Figure:
+    """Test accuracy against the fraction of training points removed (from
+    :func:`gda_core.noisy.run_pruning`): lowest-value groups first versus random groups,
+    mean over seeds with standard-error bars; the full-data accuracy at 0."""
+    fractions = [0.0] + list(pruning["fractions"])
+    full = pruning["full_accuracy"]
+    figure = go.Figure()
+    for key, label, colour in (("accuracy", "lowest-value groups removed", "#1d3557"),
+                               ("random_accuracy", "random groups removed", "#999999")):
+        points = [full] + pruning[key]
+        figure.add_trace(go.Scatter(
+            x=fractions, y=[p["mean"] for p in points], name=label, mode="lines+markers",
+            error_y=dict(type="data", array=[p["se"] for p in points], visible=True), line=dict(color=colour),
+            hovertemplate="removed %{x:.0%}<br>accuracy %{y:.1%}<extra></extra>",
+        ))
+    config = pruning["config"]
+    figure.update_layout(
+        title=(f"Pruning {config['data']} / {config['model']} by {config['method']} on {config['grouping']} "
+               f"(K={pruning['n_groups']}), {config['seeds']} seed(s)"),
+        xaxis=dict(title="fraction of training points removed", tickformat=".0%"),
+        yaxis=dict(title="test accuracy", tickformat=".0%"), height=420, margin=dict(l=10, r=10, t=50, b=10),
+    )
+    return figure

@@ -397,16 +397,24 @@ def points_to_remove(group_order: np.ndarray, group_labels: np.ndarray, fraction
     return removed
 
 
-def _accuracy_after_removal(arch: str, train: Dataset, test: Dataset, removed_points: np.ndarray, seed: int,
-                            device: torch.device) -> float:
-    kept = np.setdiff1d(np.arange(len(train)), removed_points)
-    model = train_model(model_config_for(arch, train), train.subset(kept), default_train_config(arch, seed=seed),
-                        device=device)
-    predicted, _ = predict(model.module, test)
-    return float((predicted == test.labels.cpu().numpy()).mean())
+def retrained_accuracies(model: TrainedModel, train: Dataset, test: Dataset, removals: list[np.ndarray], seed: int,
+                         progress: Progress = _no_progress) -> np.ndarray:
+    """Test accuracy of the model retrained from a seeded initialisation once per removal
+    (training indices left out), all at once as a batch of models (as LDS retrains). A test
+    point is right when its negative margin is below zero."""
+    from .gold import BatchedTrainer, Recipe, retraining_epochs
+
+    weights = torch.ones(len(removals), len(train))
+    for row, removed in enumerate(removals):
+        weights[row, torch.as_tensor(removed, dtype=torch.long)] = 0.0
+    recipe = Recipe.of_model(model)
+    steps = max(1, round(retraining_epochs(model) * np.ceil(len(train) / recipe.batch_size)))
+    margins = BatchedTrainer(model, recipe).run(weights, train, test, seed=seed, init_seed=seed, record_steps=[steps],
+                                                measurement="margin", progress=progress)[0]
+    return (margins < 0).double().mean(1).cpu().numpy()
 
 
-def _mean_and_error(values: list[float]) -> dict:
+def _mean_and_error(values: np.ndarray) -> dict:
     values = np.asarray(values, dtype=np.float64)
     error = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
     return {"mean": round(float(values.mean()), 4), "se": round(error, 4), "values": values.round(4).tolist()}
@@ -430,26 +438,21 @@ def run_pruning(config: PruneConfig, *, cache_dir: str | Path | None = None,
     scoring_seconds = time.perf_counter() - started
     lowest_first = np.argsort(values, kind="stable")
 
-    # Retrain on the full set and after each removal, for every seed; random removal draws
-    # a fresh random group order per seed.
-    n_runs = config.seeds * (1 + 2 * len(config.fractions))
-    full: list[float] = []
-    by_value: list[list[float]] = [[] for _ in config.fractions]
-    by_random: list[list[float]] = [[] for _ in config.fractions]
-
-    def retrain(removed: np.ndarray, seed: int) -> float:
-        accuracy = _accuracy_after_removal(config.model, train, inputs.test, removed, seed, device)
-        retrain.done += 1
-        progress("retrain", retrain.done / n_runs)
-        return accuracy
-
-    retrain.done = 0
-    for seed in range(config.seed, config.seed + config.seeds):
-        full.append(retrain(np.array([], dtype=np.int64), seed))
+    # Per seed, one batch of models: the full set, then each fraction removed by value and at
+    # random (a fresh random group order per seed).
+    accuracies = []
+    for run, seed in enumerate(range(config.seed, config.seed + config.seeds)):
         random_order = np.random.default_rng(1000 + seed).permutation(groups.n_groups)
-        for index, fraction in enumerate(config.fractions):
-            by_value[index].append(retrain(points_to_remove(lowest_first, groups.labels, fraction, seed), seed))
-            by_random[index].append(retrain(points_to_remove(random_order, groups.labels, fraction, seed), seed))
+        removals = [np.array([], dtype=np.int64)]
+        removals += [points_to_remove(lowest_first, groups.labels, f, seed) for f in config.fractions]
+        removals += [points_to_remove(random_order, groups.labels, f, seed) for f in config.fractions]
+        accuracies.append(retrained_accuracies(inputs.model, train, inputs.test, removals, seed,
+                                               lambda phase, f, run=run: progress("retrain", (run + f) / config.seeds)))
+    accuracies = np.array(accuracies)  # (seeds, 1 + 2 x fractions)
+    n_fractions = len(config.fractions)
+    full = accuracies[:, 0]
+    by_value = [accuracies[:, 1 + i] for i in range(n_fractions)]
+    by_random = [accuracies[:, 1 + n_fractions + i] for i in range(n_fractions)]
     return {
         "config": config.to_json(), "n_train": len(train), "n_validation": len(inputs.validation),
         "n_test": len(inputs.test), "n_groups": groups.n_groups, "scoring_seconds": round(scoring_seconds, 4),

@@ -15,6 +15,7 @@ from gda_core.jobs import run_in_foreground
 from gda_core.noisy import NoisyConfig
 from gda_core.review import ReviewSession
 from gda_core.store import ScoreStore
+from test_app import button  # tests/ is on the path under pytest's default import mode
 
 PAGE = "pages/4_Noisy_labels.py"
 
@@ -30,12 +31,6 @@ def app(app_cache, monkeypatch):
     app = AppTest.from_file("../app.py", default_timeout=240)
     app.run()
     return app.switch_page(PAGE)
-
-
-def button(app: AppTest, label: str):
-    matches = [b for b in app.button if b.label == label]
-    assert matches, f"no button {label!r}; buttons: {[b.label for b in app.button]}"
-    return matches[0]
 
 
 def current_point(app: AppTest) -> int:

@@ -39,6 +39,7 @@ columns = st.columns(4)
 columns[0].selectbox("Method", list(METHODS), key="flag_method")
 columns[1].selectbox("Grouping", list(GROUPINGS), key="flag_grouping")
 grouping = GROUPINGS[st.session_state["flag_grouping"]]
+st.session_state["flag_groups"] = min(max(2, int(st.session_state["flag_groups"])), n_train)  # e.g. after a smaller data set
 if grouping.fixed_group_count:
     columns[2].markdown(f"Groups (K): **{grouping.fixed_count_name}**")
 else:

@@ -22,8 +22,10 @@ def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8) -
     images = np.asarray(images, dtype=float)
     figure = px.imshow(images, facet_col=0, facet_col_wrap=min(columns, len(images)),
                        binary_string=False, color_continuous_scale="gray_r", aspect="equal")
-    for annotation, title in zip(figure.layout.annotations, titles):
-        annotation.text = title
+    # Plotly lists the facet titles bottom row first while image 0 sits top left: match each
+    # title to its image by the facet index it names ("facet_col=3"), not by position.
+    for annotation in figure.layout.annotations:
+        annotation.text = titles[int(annotation.text.rsplit("=", 1)[-1])]
     figure.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
     figure.update_layout(coloraxis_showscale=False, margin=dict(l=0, r=0, t=30, b=0),
                          height=120 * int(np.ceil(len(images) / columns)) + 40)

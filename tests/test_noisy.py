@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from gda_core.cli import main
 from gda_core.errors import GDAError
@@ -222,4 +221,16 @@ def test_cli_bad_input_exits_2_with_one_line(argv, capsys):
     assert error.startswith("error:") and "\n" not in error
 
 
-torch.set_num_threads(2)
+
+def test_image_grid_titles_sit_over_their_images():
+    """Plotly orders facet titles bottom row first; each title must still name its own image."""
+    from gda_core.viz import image_grid_figure
+
+    figure = image_grid_figure(np.zeros((12, 8, 8)), [f"image {i}" for i in range(12)], columns=8)
+    for index, trace in enumerate(figure.data):
+        suffix = trace.xaxis[1:]
+        x_domain = figure.layout[f"xaxis{suffix}"].domain
+        y_domain = figure.layout[f"yaxis{suffix}"].domain
+        (title,) = [a for a in figure.layout.annotations
+                    if x_domain[0] <= a.x <= x_domain[1] and abs(a.y - y_domain[1]) < 1e-6]
+        assert title.text == f"image {index}"

@@ -12,7 +12,7 @@ import pytest
 
 from gda_core.cli import main
 from gda_core.errors import GDAError
-from gda_core.grouping import Groups, make_grouping
+from gda_core.grouping import make_grouping
 from gda_core.jobs import run_in_foreground
 from gda_core.methods import make_method
 from gda_core.noisy import (FlagRequest, NoisyConfig, PruneConfig, detection_curve, flip_labels, points_to_remove,

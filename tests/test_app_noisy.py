@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from gda_core.jobs import run_in_foreground
-from gda_core.noisy import NoisyConfig
+from gda_core.noisy import NoisyConfig, PruneConfig
 from gda_core.review import ReviewSession
 from gda_core.store import ScoreStore
 from test_app import button  # tests/ is on the path under pytest's default import mode
@@ -101,12 +101,18 @@ def test_a_decision_from_a_stale_tab_is_refused(app, app_cache):
     assert current_point(app) != shown  # the page now shows the other tab's decision
 
 
-def test_evaluation_figure_from_the_store(app, app_cache):
-    config = NoisyConfig(method="grad-dot", grouping="per-example", baselines=("loss",))
-    run_in_foreground("noisy", config.to_json(), ScoreStore(app_cache))
+def test_evaluation_and_pruning_figures_from_the_store(app, app_cache):
+    app.run()
+    assert any("No pruning run" in i.value for i in app.info)
+    store = ScoreStore(app_cache)
+    run_in_foreground("noisy", NoisyConfig(method="grad-dot", grouping="per-example", baselines=("loss",)).to_json(),
+                      store)
+    run_in_foreground("prune", PruneConfig(method="grad-dot", grouping="grad-kmeans", n_groups=20, fractions=(0.2,),
+                                           seeds=1).to_json(), store)
     app.run()
     assert not app.exception
     titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in app.get("plotly_chart")]
     assert any(t.startswith("Finding 130 flipped labels") for t in titles)
+    assert any(t.startswith("Pruning digits / mlp by grad-dot") for t in titles)
     table = next(d.value for d in app.dataframe if "AUC" in d.value.columns)
     assert len(table) == 3 and table["found at 20%"].iloc[0] > 0.8

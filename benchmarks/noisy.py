@@ -41,9 +41,9 @@ def flagging(method: str, groups: int, seed: int) -> dict:
     row["per-example"] = row.pop("influence")
     coarse = grouped["rankings"]["influence"]
     row[f"grad-kmeans K={groups}"] = {"recall@20%": coarse["recall_at"][BUDGET], "auc": coarse["auc"],
-                                       "seconds": coarse["seconds"], "timings": coarse["timings"],
-                                       "n_refined": coarse["n_refined"]}
-    row["per-example"]["timings"] = rankings["influence"]["timings"]
+                                       "seconds": coarse["seconds"], "cpu_seconds": coarse["cpu_seconds"],
+                                       "timings": coarse["timings"], "n_refined": coarse["n_refined"]}
+    row["per-example"].update(timings=rankings["influence"]["timings"], cpu_seconds=rankings["influence"]["cpu_seconds"])
     row["n_train"], row["n_flipped"] = per_example["n_train"], per_example["n_flipped"]
     return row
 
@@ -75,6 +75,9 @@ def main() -> None:
         "grouped_within_5_points": per_example["recall@20%"] - grouped["recall@20%"] <= 0.05,
         "grouped_time_fraction_of_per_example": round(grouped["seconds"] / per_example["seconds"], 3),
         "grouped_at_a_tenth_of_the_time": grouped["seconds"] <= 0.1 * per_example["seconds"],
+        "grouped_cpu_time_fraction_of_per_example": round(
+            float(np.mean([rows[s][grouped_name]["cpu_seconds"] for s in seeds]))
+            / float(np.mean([rows[s]["per-example"]["cpu_seconds"] for s in seeds])), 3),
         "best_at_20%": max(contenders, key=contenders.get),
         "confident_learning_vs_per_example_recall@20%": [mean["confident-learning"]["recall@20%"],
                                                           per_example["recall@20%"]],

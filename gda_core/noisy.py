@@ -159,6 +159,8 @@ class Flags:
     refined: np.ndarray
     group_labels: np.ndarray
     timings: dict[str, float]
+    #: CPU seconds of this process (all threads): steadier than wall time on a shared machine
+    cpu_seconds: float = float("nan")
 
     @property
     def n_groups(self) -> int:
@@ -167,7 +169,7 @@ class Flags:
     def summary(self) -> dict:
         return {"n_train": len(self.order), "n_refined": int(self.refined.sum()),
                 "timings": {k: round(v, 4) for k, v in self.timings.items()},
-                "seconds": round(sum(self.timings.values()), 4)}
+                "seconds": round(sum(self.timings.values()), 4), "cpu_seconds": round(self.cpu_seconds, 4)}
 
 
 def suspicion(method: AttributionMethod, signal: str, validation: Dataset | None,
@@ -197,6 +199,7 @@ def flag_training_points(model: TrainedModel, train: Dataset, validation: Datase
                          progress: Progress = _no_progress) -> Flags:
     """Rank ``train`` most suspicious first with ``request``'s method, grouping and signal."""
     timings: dict[str, float] = {}
+    cpu_started = time.process_time()
     started = time.perf_counter()
     progress("grouping", 0.0)
     groups = make_grouping(request.grouping, request.n_groups, seed=request.seed).fit(train, model.module)
@@ -228,7 +231,7 @@ def flag_training_points(model: TrainedModel, train: Dataset, validation: Datase
         order = np.concatenate([refined_points[np.argsort(-scores[refined_points], kind="stable")],
                                 rest[np.argsort(-scores[rest], kind="stable")]])
         timings["refine"] = time.perf_counter() - started
-    return Flags(order, scores, refined, groups.labels, timings)
+    return Flags(order, scores, refined, groups.labels, timings, time.process_time() - cpu_started)
 
 
 # ---------------------------------------------------------------------------- the inputs
@@ -356,7 +359,8 @@ def run_noisy(config: NoisyConfig, *, cache_dir: str | Path | None = None,
     n_groups = flags.n_groups
     rankings = {"influence": {"label": f"{_flag_label(config, n_groups)}, {config.signal}",
                               **detection_curve(flags.order, inputs.flipped), "seconds": round(sum(flags.timings.values()), 4),
-                              "timings": flags.summary()["timings"], "n_refined": int(flags.refined.sum())}}
+                              "timings": flags.summary()["timings"], "cpu_seconds": flags.summary()["cpu_seconds"],
+                              "n_refined": int(flags.refined.sum())}}
     if "loss" in config.baselines:
         started = time.perf_counter()
         order = loss_ranking(inputs.model, inputs.train)

@@ -12,6 +12,7 @@ import torch
 from .data import Dataset, DataSplit
 from .errors import GDAError
 from .models import TrainedModel
+from .uploads import check_data_choice, check_model_choice
 
 SIGN_NOTE = ("A group is a set of training points scored together. Positive score: up-weighting "
              "the group lowers this test point's loss (it helps); negative: it hurts.")
@@ -105,6 +106,8 @@ class EmbeddingRequest:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_data_choice(self.data)
+        check_model_choice(self.model)
         if self.embedder not in EMBEDDERS:
             raise GDAError(f"unknown embedder {self.embedder!r}; choose from: {', '.join(EMBEDDERS)}")
         if self.space not in EMBEDDING_SPACES:

@@ -535,6 +535,21 @@ def store_model_upload(files: dict[str, bytes], cache_dir: str | Path) -> Path:
     return (folder / f"{digest}.safetensors").resolve()
 
 
+def prepare_data_choice(choice: str, options: DataOptions, cache_dir: str | Path) -> str:
+    """The data choice jobs should get: a built-in name as it is; a data file parsed with
+    ``options`` (a CSV's label column, image size), validated, and stored normalised."""
+    if choice in BUILTIN_DATASETS:
+        return choice
+    check_data_choice(choice)
+    return str(store_upload(parse_data_file(choice, options), cache_dir))
+
+
+def prepare_model_choice(choice: str) -> str:
+    """A zoo name as it is; a model file as an absolute path (jobs may run elsewhere)."""
+    check_model_choice(choice)
+    return choice if is_zoo_model(choice) else str(Path(choice).resolve())
+
+
 # ------------------------------------------------------------------------ choice resolver
 def _is_path_choice(choice: str) -> bool:
     return "/" in choice or "\\" in choice or Path(choice).suffix != ""

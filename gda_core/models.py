@@ -12,7 +12,9 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import math
+import pickle
 import threading
 import warnings
 from contextlib import contextmanager
@@ -412,13 +414,17 @@ def _unpickling_refused():
     def refuse(*args, **kwargs):
         raise GDAError("the .pt2 program holds pickled objects, which are never loaded; export plain tensors")
 
+    # torch.export logs a failed load with its traceback; the user gets our one line instead.
+    logger = logging.getLogger("torch.export")
     with _EXPORT_LOAD_LOCK:
         torch.load, torch._C._pickle_load_obj = weights_only_load, refuse
         package.pickle = SimpleNamespace(loads=refuse, load=refuse, dumps=original_pickle.dumps)
+        logger_disabled, logger.disabled = logger.disabled, True
         try:
             yield
         finally:
             torch.load, torch._C._pickle_load_obj, package.pickle = original_load, original_pickle_obj, original_pickle
+            logger.disabled = logger_disabled
 
 
 def _check_pt2_archive(payload: bytes, name: str, limits) -> None:
@@ -451,6 +457,9 @@ def _load_program(payload: bytes, name: str, device: torch.device | str, limits)
             program = torch.export.load(io.BytesIO(payload))
     except GDAError:
         raise
+    except pickle.UnpicklingError:
+        raise GDAError(f"{name} holds pickled objects beyond plain tensors, which are never loaded "
+                       f"(they could run code); export plain tensors") from None
     except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
         raise GDAError(f"{name} is not a valid torch.export program ({reason})") from None
@@ -463,7 +472,8 @@ def _load_program(payload: bytes, name: str, device: torch.device | str, limits)
     if not any(True for _ in module.parameters()):
         raise GDAError(f"{name}: the exported program has no parameters to attribute to; export the nn.Module "
                        f"itself (torch.export.export(model, ...)) so its weights stay parameters")
-    return TrainedModel(module.to(device).eval(), None)
+    # no .eval(): an exported program is fixed in the mode it was exported in (and refuses eval())
+    return TrainedModel(module.to(device), None)
 
 
 def _as_zoo_model(program, module: nn.Module) -> nn.Module:
@@ -472,7 +482,8 @@ def _as_zoo_model(program, module: nn.Module) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             unflattened = torch.export.unflatten(program)
-        body, head = unflattened.body, unflattened.head
+        # logreg's body is nn.Identity, which export leaves out of the program
+        body, head = getattr(unflattened, "body", nn.Identity()), unflattened.head
         weight = dict(head.named_parameters()).get("weight")
         if weight is None or weight.ndim != 2:
             return module

@@ -83,8 +83,8 @@ def check_size(size: int, name: str, limits: UploadLimits) -> None:
     if size == 0:
         raise GDAError(f"{name} is empty")
     if size > limits.max_file_bytes:
-        raise GDAError(f"{name} is {size / MB:.0f} MB, over the upload limit of "
-                       f"{limits.max_file_bytes / MB:.0f} MB (GDA_MAX_UPLOAD_MB)")
+        raise GDAError(f"{name} is {size / MB:.3g} MB, over the upload limit of "
+                       f"{limits.max_file_bytes / MB:.3g} MB (GDA_MAX_UPLOAD_MB)")
 
 
 def read_upload(path: str | Path, limits: UploadLimits | None = None) -> bytes:
@@ -127,8 +127,8 @@ def checked_zip(payload: bytes, name: str, limits: UploadLimits) -> zipfile.ZipF
                            f"such archives are refused")
     unpacked = sum(entry.file_size for entry in entries)
     if unpacked > limits.max_unpacked_bytes:
-        raise GDAError(f"{name} unpacks to {unpacked / MB:.0f} MB, over the limit of "
-                       f"{limits.max_unpacked_bytes / MB:.0f} MB (a zip bomb?)")
+        raise GDAError(f"{name} unpacks to {unpacked / MB:.3g} MB, over the limit of "
+                       f"{limits.max_unpacked_bytes / MB:.3g} MB (GDA_MAX_UNPACKED_MB; a zip bomb?)")
     return archive
 
 

@@ -544,6 +544,20 @@ def prepare_data_choice(choice: str, options: DataOptions, cache_dir: str | Path
     return str(store_upload(parse_data_file(choice, options), cache_dir))
 
 
+def accept_data_upload(name: str, payload: bytes, cache_dir: str | Path, options: DataOptions = DataOptions(),
+                       test_payload: bytes | None = None) -> str:
+    """An uploaded file's bytes (the app's path), validated and stored normalised: the data choice."""
+    return str(store_upload(parse_data(payload, name, options, test_payload=test_payload), cache_dir))
+
+
+def accept_model_upload(files: dict[str, bytes], train, cache_dir: str | Path) -> str:
+    """Uploaded model files, stored and loaded once against the training data (so a model
+    that does not fit is refused at upload): the model choice."""
+    path = store_model_upload(files, cache_dir)
+    load_model_choice(str(path), train, cache_dir)
+    return str(path)
+
+
 def prepare_model_choice(choice: str) -> str:
     """A zoo name as it is; a model file as an absolute path (jobs may run elsewhere)."""
     check_model_choice(choice)
@@ -625,6 +639,19 @@ def load_model_choice(choice: str, train, cache_dir: str | Path, *, seed: int = 
 
 
 # ----------------------------------------------------------------------- example files
+EXAMPLE_FILES = ("wine.csv", "wine.npz", "digits-images.zip", "wine-logreg.safetensors", "wine-logreg.json",
+                 "wine-logreg.pt2")
+FORMATS_HELP = (
+    "**Data**: a CSV of numeric feature columns plus a label column (name it; optionally a `split` column "
+    "of train/test), an `.npz` with `X` (rows x features, or rows x height x width) and `y` (optionally "
+    "`X_test`, `y_test`), or a zip with one folder of PNG/JPEG images per class (turned grey and resized). "
+    "Without a test part the data is split 80/20, stratified and seeded. "
+    "**Model**: a `torch.export` program (`.pt2`, exported with a dynamic batch dimension, "
+    "`torch.export.Dim`), or a `.safetensors` state dict of a zoo model with its `.json` config "
+    "(`arch`, `n_features`, `n_classes`, `hidden`, ...). Pickles (`.pkl`, `.pt`, `.pth`) are refused. "
+    "Files up to 500 MB (`GDA_MAX_UPLOAD_MB`).")
+
+
 def example_files(cache_dir: str | Path | None = None) -> dict[str, bytes]:
     """Small valid files of every upload format, for the app's downloads and the README:
     a CSV and an NPZ of wine, a zip of digit images, and a logistic regression trained on
@@ -632,7 +659,7 @@ def example_files(cache_dir: str | Path | None = None) -> dict[str, bytes]:
     from PIL import Image
 
     from .data import _raw_builtin
-    from .models import export_program, model_config_for, train_model, default_train_config, weights_files
+    from .models import default_train_config, export_program, model_config_for, train_model, weights_files
 
     features, labels, class_names, _ = _raw_builtin("wine")
     header = [f"f{i}" for i in range(features.shape[1])] + ["label"]
@@ -656,10 +683,9 @@ def example_files(cache_dir: str | Path | None = None) -> dict[str, bytes]:
     files["digits-images.zip"] = archive_buffer.getvalue()
 
     split = UploadedData(features.astype(np.float64), labels.astype(np.int64), class_names, name="wine").split()
-    from .models import ModelConfig  # noqa: F401  (documents what the JSON holds)
-
     trained = train_model(model_config_for("logreg", split.train), split.train, default_train_config("logreg"))
     weights, config = weights_files(trained)
     files["wine-logreg.safetensors"], files["wine-logreg.json"] = weights, config
     files["wine-logreg.pt2"] = export_program(trained.module, split.train.n_features)
+    assert tuple(files) == EXAMPLE_FILES
     return files

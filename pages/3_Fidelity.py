@@ -31,7 +31,7 @@ state.show_job("fidelity", "Sweep")
 
 sweeps = state.finished_runs("fidelity")
 if not sweeps:
-    st.info(f"No sweep for {data} / {arch} yet. Press **Run a small sweep**, or run a bigger one from the "
+    st.info(f"No sweep for {state.describe(data)} / {state.describe(arch)} yet. Press **Run a small sweep**, or run a bigger one from the "
             f"command line: `gda fidelity --data {data} --model {arch} ...` (it lands in the same cache).")
     st.stop()
 

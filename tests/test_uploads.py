@@ -428,3 +428,47 @@ def test_cli_bad_file_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     assert main(["attribute", *args, "--grouping", "per-class", "--cache", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("error: ")
+
+
+# ------------------------------------------------------------------------------- the app
+def test_home_page_upload_path(tmp_path, monkeypatch):
+    """Upload data and a model on the home page: bad files are one st.error line, good ones
+    become the choices that every page uses."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GDA_CACHE_DIR", str(tmp_path))
+    examples = example_files()
+    app = AppTest.from_file("../app.py", default_timeout=120)
+    app.run()
+    assert len(app.get("download_button")) == len(examples)
+    app.radio(key="data_source").set_value("Upload").run()
+    assert any("Upload a data file" in info.value for info in app.info)
+
+    app.file_uploader(key="data_file").set_value(("bad.csv", b"x,label\n1,0\nabc,1\n", "text/csv")).run()
+    assert not app.exception
+    assert [e.value for e in app.error] == ["bad.csv: column 'x' is not numeric (row 3: 'abc')"]
+
+    app.file_uploader(key="data_file").set_value(("wine.csv", examples["wine.csv"], "text/csv")).run()
+    assert not app.exception and not app.error
+    metrics = {m.label: m.value for m in app.metric}
+    assert (metrics["Classes"], metrics["Features"], metrics["Training points"]) == ("3", "13", "142")
+    data_choice = app.session_state["data"]
+    assert Path(data_choice).parent == tmp_path / "uploads"
+
+    app.radio(key="model_source").set_value("Upload").run()
+    model_files = app.file_uploader(key="model_files")
+    model_files.set_value([("wine-logreg.safetensors", examples["wine-logreg.safetensors"], "application/octet-stream"),
+                           ("wine-logreg.json", examples["wine-logreg.json"], "application/json")]).run()
+    assert not app.exception and not app.error
+    assert any("wine-logreg.safetensors" in c.value for c in app.caption)
+    assert float({m.label: m.value for m in app.metric}["Test accuracy"].rstrip("%")) > 90
+
+    program = export_program(build_model(ModelConfig("logreg", 64, 10)), 64)
+    app.file_uploader(key="model_files").set_value([("digits.pt2", program, "application/octet-stream")]).run()
+    assert not app.exception
+    assert len(app.error) == 1 and "the model does not accept a batch of 3 rows of 13 features" in app.error[0].value
+
+    app.file_uploader(key="model_files").set_value([("wine-logreg.pt2", examples["wine-logreg.pt2"], "application/octet-stream")]).run()
+    app.switch_page("pages/1_Compute.py").run()
+    assert not app.exception
+    assert "wine.csv" in app.caption[0].value and "wine-logreg.pt2" in app.caption[0].value

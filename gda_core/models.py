@@ -571,11 +571,17 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
         return nn.functional.cross_entropy(functional_call(module, p, (x[None],)), y[None])
 
     try:
-        vmap(grad(loss), in_dims=(None, 0, 0))(params, sample[:2], data.labels[:2].to(reference.device))
+        gradients = vmap(grad(loss), in_dims=(None, 0, 0))(params, sample, data.labels[:len(sample)].to(reference.device))
     except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
         raise GDAError(f"the model cannot be differentiated per example with torch.func ({reason}); upload "
                        f"a .safetensors state dict of a zoo architecture instead") from None
+    # A cross-entropy gradient is never exactly zero everywhere (the output bias alone gets
+    # softmax - onehot), unless the outputs do not depend on the parameters at all.
+    if all(not bool(g.any()) for g in gradients.values()):
+        raise GDAError("the model's outputs do not depend on its parameters (torch.no_grad or .detach() in "
+                       "forward?), so there is nothing to attribute; export it without them, or upload a "
+                       ".safetensors state dict with its .json config")
 
 
 def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = None) -> ModelConfig:

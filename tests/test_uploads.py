@@ -109,6 +109,16 @@ def test_exported_zoo_model_keeps_last_layer_mode(files, cache):
     assert run_attribution(request, cache_dir=cache).scores.shape == (6, 8)
 
 
+def test_retraining_an_exported_program_asks_for_safetensors(files, cache):
+    from gda_core.evaluate import GoldConfig, run_sweep
+
+    config = SweepConfig(data="digits", model=str(files["pt2"]), methods=("grad-dot",), groupings=("random",),
+                         group_counts=(5,), per_example=False, test_size=4, gold=GoldConfig(kind="lds", n_subsets=2))
+    with pytest.raises(GDAError, match=r"^Retraining from scratch \(LDS, leave-group-out\) needs to rebuild the "
+                                       r"model, which an uploaded \.pt2 program cannot do; upload a \.safetensors"):
+        run_sweep(config, cache_dir=cache)
+
+
 def test_every_request_type_accepts_paths(files):
     for request in (SweepConfig(data=str(files["npz"]), model=str(files["pt2"])),
                     EmbeddingRequest(data=str(files["csv"]), model=str(files["safetensors"]))):
@@ -244,7 +254,22 @@ def _static_program(folder: Path) -> Path:
     return folder / "static.pt2"
 
 
+class _Detached(torch.nn.Module):
+    """Outputs that do not depend on the parameters: nothing to attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, inputs):
+        with torch.no_grad():
+            return self.linear(inputs)
+
+
 def _bad_model(case: str, folder: Path, files: dict[str, Path]) -> Path:
+    if case == "detached program":
+        (folder / "detached.pt2").write_bytes(export_program(_Detached(), 64))
+        return folder / "detached.pt2"
     if case == "features mismatch (safetensors)":
         return _model_files(folder, ModelConfig("mlp", 13, 10))
     if case == "features mismatch (pt2)":
@@ -286,6 +311,7 @@ BAD_MODELS = {
     "features mismatch (pt2)": "the model does not accept a batch of 3 rows of 64 features",
     "labels outside the outputs": "labels go up to 9 but the model has 3 outputs (classes 0..2)",
     "static batch program": "export it with a dynamic batch dimension (torch.export.Dim)",
+    "detached program": "the model's outputs do not depend on its parameters (torch.no_grad or .detach()",
     "no config beside safetensors": "lonely.safetensors needs its config beside it: lonely.json",
     "config of another shape": "weights do not fit the mlp config",
     "unknown architecture": "model.json: unknown model 'resnet'",

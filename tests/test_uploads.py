@@ -267,6 +267,18 @@ class _Detached(torch.nn.Module):
 
 
 def _bad_model(case: str, folder: Path, files: dict[str, Path]) -> Path:
+    if case == "program with pickled weights":
+        source, buffer = zipfile.ZipFile(files["pt2"]), io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for entry in source.infolist():
+                payload = source.read(entry)
+                if entry.filename.endswith("model_weights_config.json"):
+                    config = json.loads(payload)
+                    next(iter(config["config"].values()))["use_pickle"] = True
+                    payload = json.dumps(config).encode()
+                archive.writestr(entry, payload)
+        (folder / "pickled.pt2").write_bytes(buffer.getvalue())
+        return folder / "pickled.pt2"
     if case == "detached program":
         (folder / "detached.pt2").write_bytes(export_program(_Detached(), 64))
         return folder / "detached.pt2"
@@ -311,6 +323,7 @@ BAD_MODELS = {
     "features mismatch (pt2)": "the model does not accept a batch of 3 rows of 64 features",
     "labels outside the outputs": "labels go up to 9 but the model has 3 outputs (classes 0..2)",
     "static batch program": "export it with a dynamic batch dimension (torch.export.Dim)",
+    "program with pickled weights": "pickled.pt2 stores weights or constants pickled",
     "detached program": "the model's outputs do not depend on its parameters (torch.no_grad or .detach()",
     "no config beside safetensors": "lonely.safetensors needs its config beside it: lonely.json",
     "config of another shape": "weights do not fit the mlp config",

@@ -18,7 +18,7 @@ from gda_core.store import Run, ScoreStore
 
 #: the user's choices, kept in st.session_state under these keys (the widgets' keys too)
 CHOICES = {"data": "digits", "model": "mlp", "method": "grad-dot", "grouping": "grad-kmeans",
-           "n_groups": 50, "test_index": 0, "result_key": None}
+           "n_groups": 50, "test_index": 0, "result_key": None, "map_colour": "group"}
 ACTIVE = ("queued", "running")
 POLL_SECONDS = 0.5
 

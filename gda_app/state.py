@@ -4,7 +4,6 @@ progress panel. UI only: all math lives in gda_core."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +20,7 @@ from gda_core.uploads import example_files, is_builtin_data, is_zoo_model, load_
 
 #: the user's choices, kept in st.session_state under these keys (the widgets' keys too)
 CHOICES = {"data": "digits", "model": "mlp", "method": "grad-dot", "grouping": "grad-kmeans",
-           "n_groups": 50, "test_index": 0, "result_key": None}
+           "n_groups": 50, "test_index": 0, "result_key": None, "map_colour": "group"}
 ACTIVE = ("queued", "running")
 POLL_SECONDS = 0.5
 
@@ -169,15 +168,5 @@ def _progress_panel(slot: str, label: str) -> None:
         st.rerun()
 
 
-def wait_for(slot: str, timeout: float = 300) -> Run | None:
-    """Block until the job in ``slot`` ends (for flows where waiting is the point)."""
-    key = st.session_state.get(f"job:{slot}")
-    return None if key is None else manager().wait(key, timeout=timeout)
-
-
 def request_json(request) -> dict:
     return dataclasses.asdict(request)
-
-
-def elapsed(since: float) -> str:
-    return f"{time.time() - since:.0f} s ago"

@@ -576,7 +576,8 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
         return nn.functional.cross_entropy(functional_call(module, p, (x[None],)), y[None])
 
     try:
-        gradients = vmap(grad(loss), in_dims=(None, 0, 0))(params, sample, data.labels[:len(sample)].to(reference.device))
+        labels = data.labels[:len(sample)].to(reference.device)
+        gradients = vmap(grad(loss), in_dims=(None, 0, 0))(params, sample, labels)
     except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
         raise GDAError(f"the model cannot be differentiated per example with torch.func ({reason}); upload "

@@ -136,7 +136,8 @@ def read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, name: str) -> b
     try:
         return archive.read(entry)
     except Exception:  # CRC errors, truncation, unsupported compression, encryption: all corrupt to us
-        raise GDAError(f"{name}: entry {_one_line(entry.filename)} cannot be read (truncated or corrupt archive)") from None
+        raise GDAError(f"{name}: entry {_one_line(entry.filename)} cannot be read "
+                       f"(truncated or corrupt archive)") from None
 
 
 # --------------------------------------------------------------------------- parsed data

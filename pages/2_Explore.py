@@ -26,8 +26,8 @@ if st.session_state.get("result_key") not in runs and runs:
     st.session_state["result_key"] = next(iter(runs))
 run = runs.get(st.session_state.get("result_key"))
 if run is None:
-    st.info(f"No group scores computed yet for {state.describe(data)} / {state.describe(arch)}. Compute them here with Grad-Dot on "
-            "gradient K-means groups (K = 50), or choose another method on the Compute page.")
+    st.info(f"No group scores computed yet for {state.describe(data)} / {state.describe(arch)}. Compute them "
+            "here with Grad-Dot on gradient K-means groups (K = 50), or choose another method on the Compute page.")
     if st.button("Compute group scores", type="primary"):
         request = AttributionRequest(data=data, model=arch, method="grad-dot", grouping="grad-kmeans",
                                      n_groups=min(50, len(split.train)), test_size=None)

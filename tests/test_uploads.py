@@ -206,15 +206,18 @@ BAD_DATA = {
     "npz test columns": ("data.npz", _npz(X=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]), X_test=np.zeros((2, 3)),
                                           y_test=np.array([0, 1])), "test features have 3 columns"),
     "npy not npz": ("data.npz", b"\x93NUMPY" + b"\x00" * 20, "not a valid zip archive"),
-    "truncated zip": ("images.zip", _zip({"a/1.png": _png(), "b/2.png": _png()})[:-30], "not a valid zip archive (truncated or corrupt)"),
+    "truncated zip": ("images.zip", _zip({"a/1.png": _png(), "b/2.png": _png()})[:-30],
+                      "not a valid zip archive (truncated or corrupt)"),
     "corrupt zip entry": ("images.zip", _corrupt_entry(), "cannot be read (truncated or corrupt archive)"),
-    "zip with ..": ("images.zip", _zip({"a/1.png": _png(), "../b/2.png": _png()}), "'../b/2.png' has an absolute path or '..'"),
+    "zip with ..": ("images.zip", _zip({"a/1.png": _png(), "../b/2.png": _png()}),
+                    "'../b/2.png' has an absolute path or '..'"),
     "zip absolute path": ("images.zip", _zip({"/etc/a/1.png": _png()}), "has an absolute path or '..'"),
     "zip bomb": ("images.zip", _zip({"a/1.png": _png(), "b/zeros.png": bytes(3 * 2 ** 20)}, zipfile.ZIP_DEFLATED),
                  "unpacks to 3 MB, over the limit of 1 MB"),
     "image fails to decode": ("images.zip", _zip({"a/1.png": _png(), "b/2.png": b"\x89PNG\r\n\x1a\nnot really"}),
                               "image 'b/2.png' cannot be decoded"),
-    "image outside class folders": ("images.zip", _zip({"1.png": _png(), "a/2.png": _png()}), "is not inside a class folder"),
+    "image outside class folders": ("images.zip", _zip({"1.png": _png(), "a/2.png": _png()}),
+                                    "is not inside a class folder"),
     "one image class": ("images.zip", _zip({"a/1.png": _png(), "a/2.png": _png()}), "at least 2 classes"),
     "no images": ("images.zip", _zip({"a/readme.txt": b"hi"}), "holds no PNG or JPEG images"),
     "unsupported type": ("data.xlsx", b"PK...", "unsupported data file type '.xlsx'"),
@@ -507,7 +510,8 @@ def test_home_page_upload_path(tmp_path, monkeypatch):
     assert not app.exception
     assert len(app.error) == 1 and "the model does not accept a batch of 3 rows of 13 features" in app.error[0].value
 
-    app.file_uploader(key="model_files").set_value([("wine-logreg.pt2", examples["wine-logreg.pt2"], "application/octet-stream")]).run()
+    program = ("wine-logreg.pt2", examples["wine-logreg.pt2"], "application/octet-stream")
+    app.file_uploader(key="model_files").set_value([program]).run()
     app.switch_page("pages/1_Compute.py").run()
     assert not app.exception
     assert "wine.csv" in app.caption[0].value and "wine-logreg.pt2" in app.caption[0].value

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from torch import nn
 from .data import Dataset
 from .errors import GDAError
 from .io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .uploads import UploadLimits
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -427,7 +430,7 @@ def _unpickling_refused():
             logger.disabled = logger_disabled
 
 
-def _check_pt2_archive(payload: bytes, name: str, limits) -> None:
+def _check_pt2_archive(payload: bytes, name: str, limits: UploadLimits) -> None:
     """Refuse, with a reason, a .pt2 whose weights or constants are stored pickled."""
     from .uploads import checked_zip, read_entry
 
@@ -448,7 +451,7 @@ def _check_pt2_archive(payload: bytes, name: str, limits) -> None:
                                f"never loaded; export with plain tensors")
 
 
-def _load_program(payload: bytes, name: str, device: torch.device | str, limits) -> TrainedModel:
+def _load_program(payload: bytes, name: str, device: torch.device | str, limits: UploadLimits) -> TrainedModel:
     """An uploaded ``torch.export`` program as a model the gradient engine can use.
 
     ``ExportedProgram.module()`` keeps the weights as parameters, so ``functional_call`` and
@@ -510,7 +513,8 @@ def _input_width(module: nn.Module) -> int:
     raise ValueError("no 2-d input")
 
 
-def load_model_file(path: str | Path, *, device: torch.device | str = "cpu", limits=None) -> TrainedModel:
+def load_model_file(path: str | Path, *, device: torch.device | str = "cpu",
+                    limits: UploadLimits | None = None) -> TrainedModel:
     """An uploaded model: a ``.pt2`` program, or a ``.safetensors`` state dict with its config
     in ``<name>.json`` (or ``config.json``) beside it. Pickles are refused, never opened."""
     from .uploads import UploadLimits, read_upload, refuse_pickle

@@ -572,9 +572,9 @@ def _is_path_choice(choice: str) -> bool:
 
 def check_data_choice(choice: str) -> None:
     """A built-in name, or an existing data file with a supported suffix; one line otherwise."""
-    if not isinstance(choice, str) or choice in BUILTIN_DATASETS:
-        if not isinstance(choice, str):
-            raise GDAError(f"the data choice must be a name or a path, got {_one_line(choice)}")
+    if not isinstance(choice, str):
+        raise GDAError(f"the data choice must be a name or a path, got {_one_line(choice)}")
+    if choice in BUILTIN_DATASETS:
         return
     if not _is_path_choice(choice):
         raise GDAError(f"unknown data set {choice!r}; choose from: {', '.join(BUILTIN_DATASETS)}, "
@@ -659,10 +659,9 @@ def example_files(cache_dir: str | Path | None = None) -> dict[str, bytes]:
     wine as ``.safetensors`` + ``.json`` and as a ``.pt2`` program."""
     from PIL import Image
 
-    from .data import _raw_builtin
     from .models import default_train_config, export_program, model_config_for, train_model, weights_files
 
-    features, labels, class_names, _ = _raw_builtin("wine")
+    features, labels, class_names, _ = BUILTIN_DATASETS["wine"]()
     header = [f"f{i}" for i in range(features.shape[1])] + ["label"]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -673,7 +672,7 @@ def example_files(cache_dir: str | Path | None = None) -> dict[str, bytes]:
     np.savez(buffer, X=features, y=labels)
     files = {"wine.csv": text.getvalue().encode(), "wine.npz": buffer.getvalue()}
 
-    digits, digit_labels, digit_names, shape = _raw_builtin("digits")
+    digits, digit_labels, digit_names, shape = BUILTIN_DATASETS["digits"]()
     archive_buffer = io.BytesIO()
     with zipfile.ZipFile(archive_buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for index in range(200):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from gda_core.cli import main
-from gda_core.data import _raw_builtin
+from gda_core.data import BUILTIN_DATASETS
 from gda_core.engine import AttributionRequest, load_inputs, run_attribution
 from gda_core.errors import GDAError
 from gda_core.evaluate import SweepConfig
@@ -54,7 +54,7 @@ def files(builtin, tmp_path_factory) -> dict[str, Path]:
     paths["safetensors"].write_bytes(weights)
     (folder / "mlp.json").write_bytes(config)
 
-    features, labels, _, shape = _raw_builtin("digits")
+    features, labels, _, shape = BUILTIN_DATASETS["digits"]()
     paths["csv"] = folder / "digits.csv"
     with open(paths["csv"], "w", newline="") as stream:
         writer = csv.writer(stream)

@@ -179,6 +179,8 @@ class TrainedModel:
     train_config: TrainConfig = field(default_factory=TrainConfig)
     checkpoints: list[Checkpoint] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
+    #: input features an uploaded program was exported for (zoo models have them in ``config``)
+    input_width: int | None = None
 
     def fingerprint(self) -> str:
         """A content hash of the final weights and the config, for cache keys."""
@@ -382,8 +384,9 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
     try:
         module.load_state_dict(final)
     except RuntimeError as error:
-        first_line = " ".join(str(error).strip().splitlines()[:2])[:160]
-        raise GDAError(f"weights do not fit the {config.arch} config: {first_line}") from None
+        reason = " ".join(str(error).split())  # torch's message spans lines and tabs
+        reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")
+        raise GDAError(f"weights do not fit the {config.arch} config: {reason[:160]}") from None
     module.eval()
     checkpoints = []
     for index, (lr, epoch) in enumerate(checkpoint_meta):
@@ -470,21 +473,24 @@ def _load_program(payload: bytes, name: str, device: torch.device | str, limits:
                        f"(they could run code); export plain tensors") from None
     except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        if reason.startswith("We ran into an error when deserializing"):  # it points at logs we silenced
+            reason = "no readable exported program in the archive"
         raise GDAError(f"{name} is not a valid torch.export program ({reason})") from None
     try:
         module: nn.Module = program.module()
     except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
         raise GDAError(f"{name}: the exported program cannot be turned into a module ({reason})") from None
-    module = _as_zoo_model(program, module)
+    width = _input_width(module)
+    module = _as_zoo_model(program, module, width)
     if not any(True for _ in module.parameters()):
         raise GDAError(f"{name}: the exported program has no parameters to attribute to; export the nn.Module "
                        f"itself (torch.export.export(model, ...)) so its weights stay parameters")
     # no .eval(): an exported program is fixed in the mode it was exported in (and refuses eval())
-    return TrainedModel(module.to(device), None)
+    return TrainedModel(module.to(device), None, input_width=width)
 
 
-def _as_zoo_model(program, module: nn.Module) -> nn.Module:
+def _as_zoo_model(program, module: nn.Module, width: int | None) -> nn.Module:
     """``ZooModel(body, head)`` from the unflattened program when that computes the same thing."""
     try:
         with warnings.catch_warnings():
@@ -493,10 +499,10 @@ def _as_zoo_model(program, module: nn.Module) -> nn.Module:
         # logreg's body is nn.Identity, which export leaves out of the program
         body, head = getattr(unflattened, "body", nn.Identity()), unflattened.head
         weight = dict(head.named_parameters()).get("weight")
-        if weight is None or weight.ndim != 2:
+        if weight is None or weight.ndim != 2 or width is None:
             return module
         wrapped = ZooModel(body, head)
-        probe = torch.randn(3, _input_width(module), dtype=weight.dtype)
+        probe = torch.randn(3, width, dtype=weight.dtype)
         with torch.no_grad():
             if torch.allclose(wrapped(probe), module(probe), atol=1e-5):
                 return wrapped
@@ -505,12 +511,15 @@ def _as_zoo_model(program, module: nn.Module) -> nn.Module:
     return module
 
 
-def _input_width(module: nn.Module) -> int:
-    """The input width of a program, read from its placeholder's recorded shape."""
+def _input_width(module: nn.Module) -> int | None:
+    """The input width an exported program was traced with (its 2-d placeholder), if any."""
     for node in module.graph.nodes:
-        if node.op == "placeholder" and "val" in node.meta and node.meta["val"].ndim == 2:
-            return int(node.meta["val"].shape[1])
-    raise ValueError("no 2-d input")
+        if node.op == "placeholder" and "val" in node.meta and getattr(node.meta["val"], "ndim", 0) == 2:
+            try:
+                return int(node.meta["val"].shape[1])
+            except (TypeError, ValueError, RuntimeError):  # a symbolic (dynamic) feature dimension
+                return None
+    return None
 
 
 def load_model_file(path: str | Path, *, device: torch.device | str = "cpu",
@@ -555,8 +564,9 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
 
     module = model.module
     reference = next(module.parameters())
-    if model.config is not None and model.config.n_features != data.n_features:
-        raise GDAError(f"the model takes {model.config.n_features} input features but the data has {data.n_features}")
+    expected = model.config.n_features if model.config is not None else model.input_width
+    if expected is not None and expected != data.n_features:
+        raise GDAError(f"the model takes {expected} input features but the data has {data.n_features}")
     sample = data.features[:3].to(device=reference.device, dtype=reference.dtype)
     try:
         with torch.no_grad():

@@ -434,7 +434,7 @@ def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, nam
     entries.sort(key=lambda item: item[0])
     class_names = sorted({parts[0] for parts, _ in entries})
     if len(class_names) < 2:
-        raise GDAError(f"the data needs at least 2 classes, found 1 class folder in {name}")
+        raise GDAError(f"{name}: the data needs at least 2 classes, found 1 class folder")
     pixels = np.empty((len(entries), image_size * image_size), dtype=np.float64)
     labels = np.empty(len(entries), dtype=np.int64)
     for row, (parts, entry) in enumerate(entries):
@@ -471,8 +471,17 @@ class DataOptions:
 
 def parse_data(payload: bytes, name: str, options: DataOptions = DataOptions(),
                limits: UploadLimits | None = None, test_payload: bytes | None = None) -> UploadedData:
-    """Parse an uploaded data file by its suffix (``.csv``, ``.npz``, ``.zip``)."""
-    limits = limits or UploadLimits.from_env()
+    """Parse an uploaded data file by its suffix (``.csv``, ``.npz``, ``.zip``); every reason
+    names the file."""
+    try:
+        return _parse_data(payload, name, options, limits or UploadLimits.from_env(), test_payload)
+    except GDAError as error:
+        shown = Path(name).name
+        raise (error if str(error).startswith(shown) else GDAError(f"{shown}: {error}")) from None
+
+
+def _parse_data(payload: bytes, name: str, options: DataOptions, limits: UploadLimits,
+                test_payload: bytes | None) -> UploadedData:
     refuse_pickle(name)
     suffix = Path(name).suffix.lower()
     if suffix == ".csv":
@@ -555,7 +564,15 @@ def accept_model_upload(files: dict[str, bytes], train, cache_dir: str | Path) -
     """Uploaded model files, stored and loaded once against the training data (so a model
     that does not fit is refused at upload): the model choice."""
     path = store_model_upload(files, cache_dir)
-    load_model_choice(str(path), train, cache_dir)
+    try:
+        load_model_choice(str(path), train, cache_dir)
+    except GDAError as error:  # name the files as the user knows them, not by their hash
+        stored = {path.name: next(n for n in files if n.lower().endswith(path.suffix)),
+                  path.with_suffix(".json").name: next((n for n in files if n.lower().endswith(".json")), "")}
+        message = str(error)
+        for hashed, original in stored.items():
+            message = message.replace(hashed, original) if original else message
+        raise GDAError(message) from None
     return str(path)
 
 
@@ -635,7 +652,10 @@ def load_model_choice(choice: str, train, cache_dir: str | Path, *, seed: int = 
     if is_zoo_model(choice):
         return demo_model(choice, train, cache_dir, seed=seed, device=device, progress=progress)
     model = load_model_file(choice, device=device, limits=UploadLimits.from_env())
-    check_model_fits(model, train)
+    try:
+        check_model_fits(model, train)
+    except GDAError as error:
+        raise GDAError(f"{Path(choice).name}: {error}") from None
     return model
 
 

@@ -323,7 +323,7 @@ def _bad_model(case: str, folder: Path, files: dict[str, Path]) -> Path:
 
 BAD_MODELS = {
     "features mismatch (safetensors)": "the model takes 13 input features but the data has 64",
-    "features mismatch (pt2)": "the model does not accept a batch of 3 rows of 64 features",
+    "features mismatch (pt2)": "wine.pt2: the model takes 13 input features but the data has 64",
     "labels outside the outputs": "labels go up to 9 but the model has 3 outputs (classes 0..2)",
     "static batch program": "export it with a dynamic batch dimension (torch.export.Dim)",
     "program with pickled weights": "pickled.pt2 stores weights or constants pickled",
@@ -508,7 +508,7 @@ def test_home_page_upload_path(tmp_path, monkeypatch):
     program = export_program(build_model(ModelConfig("logreg", 64, 10)), 64)
     app.file_uploader(key="model_files").set_value([("digits.pt2", program, "application/octet-stream")]).run()
     assert not app.exception
-    assert len(app.error) == 1 and "the model does not accept a batch of 3 rows of 13 features" in app.error[0].value
+    assert [e.value for e in app.error] == ["digits.pt2: the model takes 64 input features but the data has 13"]
 
     program = ("wine-logreg.pt2", examples["wine-logreg.pt2"], "application/octet-stream")
     app.file_uploader(key="model_files").set_value([program]).run()

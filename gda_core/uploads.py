@@ -116,7 +116,7 @@ def checked_zip(payload: bytes, name: str, limits: UploadLimits) -> zipfile.ZipF
     try:
         archive = zipfile.ZipFile(io.BytesIO(payload))
         entries = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, IndexError):
+    except Exception:  # BadZipFile, NotImplementedError (unknown zip version), OSError, ...: all unusable
         raise GDAError(f"{name} is not a valid zip archive (truncated or corrupt)") from None
     if len(entries) > limits.max_entries:
         raise GDAError(f"{name} has {len(entries)} entries, over the limit of {limits.max_entries}")

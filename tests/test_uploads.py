@@ -175,6 +175,16 @@ def _npz(**arrays) -> bytes:
     return buffer.getvalue()
 
 
+def _future_zip_version() -> bytes:
+    """A zip whose entry needs a zip version Python cannot read (found by fuzzing)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        entry = zipfile.ZipInfo("X.npy")
+        entry.extract_version = 99
+        archive.writestr(entry, b"")
+    return buffer.getvalue()
+
+
 def _corrupt_entry() -> bytes:
     payload = bytearray(_zip({"a/1.png": _png(), "b/2.png": _png(9)}, zipfile.ZIP_DEFLATED))
     start = payload.index(b"a/1.png") + len("a/1.png")
@@ -206,6 +216,7 @@ BAD_DATA = {
     "npz test columns": ("data.npz", _npz(X=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]), X_test=np.zeros((2, 3)),
                                           y_test=np.array([0, 1])), "test features have 3 columns"),
     "npy not npz": ("data.npz", b"\x93NUMPY" + b"\x00" * 20, "not a valid zip archive"),
+    "unknown zip version": ("data.npz", _future_zip_version(), "data.npz is not a valid zip archive"),
     "truncated zip": ("images.zip", _zip({"a/1.png": _png(), "b/2.png": _png()})[:-30],
                       "not a valid zip archive (truncated or corrupt)"),
     "corrupt zip entry": ("images.zip", _corrupt_entry(), "cannot be read (truncated or corrupt archive)"),

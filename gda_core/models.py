@@ -374,15 +374,18 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GDAError(f"{config_name} is not a valid model config ({reason[:80]})") from None
     try:
-        tensors = {k: v.to(device) for k, v in load(weights).items()}
+        tensors = {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in load(weights).items()}
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable header"
         raise GDAError(f"{weights_name} is not a valid safetensors file ({reason[:80]})") from None
-    module = build_model(config).to(device)
+    # Built on the meta device and given the file's tensors: a config asking for huge layers
+    # costs nothing until it is checked against the weights actually there.
+    with torch.device("meta"):
+        module = build_model(config)
     final = ({k.removeprefix("final."): v for k, v in tensors.items() if k.startswith("final.")}
              if any(k.startswith("final.") for k in tensors) else tensors)
     try:
-        module.load_state_dict(final)
+        module.load_state_dict(final, assign=True)
     except RuntimeError as error:
         reason = " ".join(str(error).split())  # torch's message spans lines and tabs
         reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")

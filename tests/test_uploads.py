@@ -313,6 +313,11 @@ def _bad_model(case: str, folder: Path, files: dict[str, Path]) -> Path:
         (folder / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 64, "n_classes": 10,
                                                        "hidden": [8]}))
         return path
+    if case == "config asking for huge layers":  # refused from the weights' shapes, nothing allocated
+        path = _model_files(folder, ModelConfig("mlp", 64, 10))
+        (folder / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 10 ** 10, "n_classes": 10,
+                                                       "hidden": [10 ** 6]}))
+        return path
     if case == "unknown architecture":
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
         (folder / "model.json").write_text(json.dumps({"arch": "resnet", "n_features": 64, "n_classes": 10}))
@@ -341,6 +346,7 @@ BAD_MODELS = {
     "detached program": "the model's outputs do not depend on its parameters (torch.no_grad or .detach()",
     "no config beside safetensors": "lonely.safetensors needs its config beside it: lonely.json",
     "config of another shape": "weights do not fit the mlp config",
+    "config asking for huge layers": "weights do not fit the mlp config: Unexpected key(s)",
     "unknown architecture": "model.json: unknown model 'resnet'",
     "config not JSON": "model.json is not a valid model config",
     "corrupt safetensors": "model.safetensors is not a valid safetensors file",

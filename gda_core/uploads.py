@@ -435,6 +435,11 @@ def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, nam
     class_names = sorted({parts[0] for parts, _ in entries})
     if len(class_names) < 2:
         raise GDAError(f"{name}: the data needs at least 2 classes, found 1 class folder")
+    # Tiny images resized up could fill memory: the pixel array counts against the unpacked limit.
+    pixel_bytes = len(entries) * image_size * image_size * 8
+    if pixel_bytes > limits.max_unpacked_bytes:
+        raise GDAError(f"{name}: {len(entries)} images at {image_size}x{image_size} take {pixel_bytes / MB:.3g} MB, "
+                       f"over the limit of {limits.max_unpacked_bytes / MB:.3g} MB; choose a smaller image size")
     pixels = np.empty((len(entries), image_size * image_size), dtype=np.float64)
     labels = np.empty(len(entries), dtype=np.int64)
     for row, (parts, entry) in enumerate(entries):

@@ -225,6 +225,8 @@ BAD_DATA = {
     "zip absolute path": ("images.zip", _zip({"/etc/a/1.png": _png()}), "has an absolute path or '..'"),
     "zip bomb": ("images.zip", _zip({"a/1.png": _png(), "b/zeros.png": bytes(3 * 2 ** 20)}, zipfile.ZIP_DEFLATED),
                  "unpacks to 3 MB, over the limit of 1 MB"),
+    "images resized too big": ("images.zip", _zip({f"{c}/{i}.png": _png() for c in "ab" for i in range(2)}),
+                               "4 images at 256x256 take 2 MB, over the limit of 1 MB"),
     "image fails to decode": ("images.zip", _zip({"a/1.png": _png(), "b/2.png": b"\x89PNG\r\n\x1a\nnot really"}),
                               "image 'b/2.png' cannot be decoded"),
     "image outside class folders": ("images.zip", _zip({"1.png": _png(), "a/2.png": _png()}),
@@ -245,7 +247,7 @@ def test_bad_data_is_one_line(case, tmp_path, monkeypatch):
     path = tmp_path / name
     path.write_bytes(payload)
     with pytest.raises(GDAError) as error:
-        prepare_data_choice(str(path), DataOptions(image_size=4), tmp_path)
+        prepare_data_choice(str(path), DataOptions(image_size=256 if "too big" in case else 4), tmp_path)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 

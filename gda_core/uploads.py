@@ -25,14 +25,17 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from .data import BUILTIN_DATASETS, DataSplit, load_builtin, split_and_standardise
+from .data import BUILTIN_DATASETS, Dataset, DataSplit, load_builtin, split_and_standardise
 from .errors import GDAError
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes
+
+if TYPE_CHECKING:  # models imports this module; it is only needed for annotations here
+    from .models import TrainedModel
 
 DATA_SUFFIXES = (".csv", ".npz", ".zip")
 MODEL_SUFFIXES = (".pt2", ".safetensors")
@@ -565,7 +568,7 @@ def accept_data_upload(name: str, payload: bytes, cache_dir: str | Path, options
     return str(store_upload(parse_data(payload, name, options, test_payload=test_payload), cache_dir))
 
 
-def accept_model_upload(files: dict[str, bytes], train, cache_dir: str | Path) -> str:
+def accept_model_upload(files: dict[str, bytes], train: Dataset, cache_dir: str | Path) -> str:
     """Uploaded model files, stored and loaded once against the training data (so a model
     that does not fit is refused at upload): the model choice."""
     path = store_model_upload(files, cache_dir)
@@ -646,9 +649,9 @@ def load_data_choice(choice: str, *, seed: int = 0, options: DataOptions = DataO
     return parse_data_file(choice, options).split(seed=seed)
 
 
-def load_model_choice(choice: str, train, cache_dir: str | Path, *, seed: int = 0,
+def load_model_choice(choice: str, train: Dataset, cache_dir: str | Path, *, seed: int = 0,
                       device: torch.device | str = "cpu",
-                      progress: Callable[[float], None] | None = None):
+                      progress: Callable[[float], None] | None = None) -> TrainedModel:
     """A zoo name trains (or loads the cached) demo model on ``train``; a path loads the
     uploaded model and checks that it fits the data (features in, classes out)."""
     from .models import check_model_fits, demo_model, load_model_file
@@ -678,7 +681,7 @@ FORMATS_HELP = (
     "Files up to 500 MB (`GDA_MAX_UPLOAD_MB`).")
 
 
-def example_files(cache_dir: str | Path | None = None) -> dict[str, bytes]:
+def example_files() -> dict[str, bytes]:
     """Small valid files of every upload format, for the app's downloads and the README:
     a CSV and an NPZ of wine, a zip of digit images, and a logistic regression trained on
     wine as ``.safetensors`` + ``.json`` and as a ``.pt2`` program."""

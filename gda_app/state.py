@@ -85,14 +85,19 @@ def inputs() -> tuple[DataSplit, TrainedModel]:
 
 
 @st.cache_resource(show_spinner=False)
-def _predictions(data: str, model: str, directory: str) -> tuple[np.ndarray, np.ndarray]:
+def _predictions(data: str, model: str, directory: str, part: str = "test") -> tuple[np.ndarray, np.ndarray]:
     split, trained = _inputs(data, model, directory)
-    return predict(trained.module, split.test)
+    return predict(trained.module, getattr(split, part))
 
 
 def test_predictions() -> tuple[np.ndarray, np.ndarray]:
     """The model's predicted class and its probability for every test point."""
     return _predictions(st.session_state["data"], st.session_state["model"], cache_dir())
+
+
+def train_predictions() -> tuple[np.ndarray, np.ndarray]:
+    """The model's predicted class and its probability for every training point."""
+    return _predictions(st.session_state["data"], st.session_state["model"], cache_dir(), "train")
 
 
 @st.cache_resource(show_spinner=False)

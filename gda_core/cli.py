@@ -55,21 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("groupings", help="list the groupings")
     listing.add_argument("--json", action="store_true")
 
+    def scoring_arguments(sub: argparse.ArgumentParser, method: str, grouping: str) -> None:
+        """Data, model, method (with its options) and grouping: shared by every scoring command."""
+        _input_arguments(sub, BUILTIN_DATASETS, ARCHITECTURES)
+        sub.add_argument("--method", default=method, help=f"one of: {', '.join(METHODS)}")
+        sub.add_argument("--grouping", default=grouping, help=f"one of: {', '.join(GROUPINGS)}")
+        sub.add_argument("--groups", type=int, default=None, help="number of groups K")
+        sub.add_argument("--device", default="auto", choices=DEVICES)
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--measurement", choices=("loss", "margin"), default=None,
+                         help="test-side quantity (default: the method's own)")
+        sub.add_argument("--damping", type=float, default=None, help="damping for curvature methods")
+        sub.add_argument("--last-layer", action="store_true", help="gradients of the final layer only")
+        sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="any other method option, e.g. --option max_iterations=200")
+        sub.add_argument("--cache", default=None, help="cache folder (default: $GDA_CACHE_DIR or ./cache)")
+
     attribute = commands.add_parser("attribute", help="score training groups for test points")
-    _input_arguments(attribute, BUILTIN_DATASETS, ARCHITECTURES)
-    attribute.add_argument("--method", default="grad-dot", help=f"one of: {', '.join(METHODS)}")
-    attribute.add_argument("--grouping", default="grad-kmeans", help=f"one of: {', '.join(GROUPINGS)}")
-    attribute.add_argument("--groups", type=int, default=None, help="number of groups K")
+    scoring_arguments(attribute, "grad-dot", "grad-kmeans")
     attribute.add_argument("--test-size", type=int, default=200, help="first N test points (default 200)")
-    attribute.add_argument("--device", default="auto", choices=DEVICES)
-    attribute.add_argument("--seed", type=int, default=0)
-    attribute.add_argument("--measurement", choices=("loss", "margin"), default=None,
-                           help="test-side quantity (default: the method's own)")
-    attribute.add_argument("--damping", type=float, default=None, help="damping for curvature methods")
-    attribute.add_argument("--last-layer", action="store_true", help="gradients of the final layer only")
-    attribute.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                           help="any other method option, e.g. --option max_iterations=200")
-    attribute.add_argument("--cache", default=None, help="cache folder (default: $GDA_CACHE_DIR or ./cache)")
     attribute.add_argument("--out", default=None, help="write the scores here (.npy); refuses to overwrite")
     attribute.add_argument("--overwrite", action="store_true", help="allow --out to replace a file")
     attribute.add_argument("--json", action="store_true", help="print one JSON object")
@@ -99,6 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                        help="write the sweep as JSON to PATH (or stdout with no PATH)")
     sweep.add_argument("--plot", default=None, metavar="HTML", help="write the fidelity-vs-speed figure")
+
+    from .noisy import SIGNALS
+
+    flag = commands.add_parser("flag", help="rank the demo model's training points, most suspicious label first")
+    noisy = commands.add_parser("noisy", help="flip labels, retrain, and measure how many flips flagging finds")
+    prune = commands.add_parser("prune", help="remove the lowest-value groups, retrain, report test accuracy")
+    for sub in (flag, noisy):
+        scoring_arguments(sub, "if-cg", "per-example")
+        sub.add_argument("--signal", default="self-influence", choices=SIGNALS,
+                         help="self-influence, or influence on a held-out validation loss")
+        sub.add_argument("--refine", type=float, default=0.3, metavar="FRACTION",
+                         help="grouped runs: re-score per example the top groups covering this fraction")
+    flag.add_argument("--top", type=int, default=20, help="flagged points printed (default 20)")
+    noisy.add_argument("--flip", type=float, default=0.1, help="fraction of training labels flipped (default 0.1)")
+    noisy.add_argument("--folds", type=int, default=3, help="Confident Learning's cross-validation folds")
+    noisy.add_argument("--baselines", default="loss,confident-learning", help="comma-separated, or 'none'")
+    scoring_arguments(prune, "if-cg", "grad-kmeans")
+    prune.add_argument("--fractions", default="0.1,0.2,0.3,0.5", help="fractions of training points removed")
+    prune.add_argument("--seeds", type=int, default=3, help="retraining seeds averaged (default 3)")
+    prune.add_argument("--flip", type=float, default=0.0, help="flip this fraction of labels first (default 0)")
+    for sub in (noisy, prune):
+        sub.add_argument("--validation", type=float, default=0.1, metavar="FRACTION",
+                         help="held-out stratified part of the training split (default 0.1)")
+        sub.add_argument("--plot", default=None, metavar="HTML", help="write the figure")
+    for sub in (flag, noisy, prune):
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     cache = commands.add_parser("cache", help="list, remove or prune stored runs")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, parser_class=_OneLineParser)
@@ -206,11 +236,7 @@ def _store(args: argparse.Namespace):
     return ScoreStore(Path(args.cache) if args.cache else default_cache_dir())
 
 
-def _attribute(args: argparse.Namespace) -> dict:
-    from .engine import AttributionRequest
-    from .io import atomic_save_npy
-    from .jobs import run_in_foreground
-
+def _method_options(args: argparse.Namespace) -> dict:
     options = _parse_options(args.option)
     if args.damping is not None:
         options["damping"] = args.damping
@@ -218,6 +244,70 @@ def _attribute(args: argparse.Namespace) -> dict:
         options["last_layer_only"] = True
     if args.measurement is not None:
         options["measurement"] = args.measurement
+    return options
+
+
+def _scoring_fields(args: argparse.Namespace) -> dict:
+    data, model = _inputs(args)
+    return dict(data=data, model=model, method=args.method, grouping=args.grouping, n_groups=args.groups,
+                seed=args.seed, device=args.device, method_options=_method_options(args))
+
+
+def _noisy_job(kind: str, request, args: argparse.Namespace) -> dict:
+    """Run a flag / noisy / prune job through the store; write its figure if asked."""
+    from .io import atomic_write_bytes
+    from .jobs import run_in_foreground
+
+    outcome = run_in_foreground(kind, request.to_json(), _store(args), progress=_progress_bar(sys.stderr.isatty()))
+    result = {**outcome.summary, "cache_hit": outcome.cache_hit, "wall_seconds": round(outcome.seconds, 4),
+              "key": outcome.key}
+    if kind == "flag":
+        result["flagged"] = outcome.arrays["order"][:args.top].tolist()
+    if getattr(args, "plot", None):
+        from .viz import noisy_detection_figure, pruning_figure
+
+        figure = (noisy_detection_figure if kind == "noisy" else pruning_figure)(result)
+        atomic_write_bytes(args.plot, figure.to_html(include_plotlyjs=True).encode())
+    return result
+
+
+def _noisy_command(args: argparse.Namespace) -> dict:
+    from .noisy import FlagRequest, NoisyConfig, PruneConfig
+
+    if args.command == "flag":
+        request = FlagRequest(**_scoring_fields(args), signal=args.signal, refine_fraction=args.refine)
+    elif args.command == "noisy":
+        baselines = [] if args.baselines.strip() == "none" else _split_list(args.baselines)
+        request = NoisyConfig(**_scoring_fields(args), signal=args.signal, refine_fraction=args.refine, flip=args.flip,
+                              validation_fraction=args.validation, baselines=tuple(baselines), cl_folds=args.folds)
+    else:
+        request = PruneConfig(**_scoring_fields(args), fractions=tuple(_split_list(args.fractions, float)),
+                              seeds=args.seeds, validation_fraction=args.validation, flip=args.flip)
+    return _noisy_job(args.command, request, args)
+
+
+def _print_noisy(command: str, result: dict) -> None:
+    """The human-readable line(s) of a flag / noisy / prune result."""
+    if command == "flag":
+        print(f"{result['config']['method']} / {result['config']['grouping']} K={result['n_groups']}: "
+              f"{result['n_train']} points ranked in {result['seconds']:.2f} s; most suspicious first: "
+              f"{' '.join(map(str, result['flagged']))}")
+    elif command == "noisy":
+        for ranking in result["rankings"].values():
+            print(f"{ranking['label']:<58} AUC {ranking['auc']:.3f}  found at 20%: "
+                  f"{ranking['recall_at']['0.2']:.1%}  {ranking['seconds']:7.2f} s")
+    else:
+        print(f"removed   lowest-value   random      (full data: {result['full_accuracy']['mean']:.1%})")
+        for fraction, value, random in zip(result["fractions"], result["accuracy"], result["random_accuracy"]):
+            print(f"{fraction:>6.0%}   {value['mean']:>10.1%}   {random['mean']:>8.1%}")
+
+
+def _attribute(args: argparse.Namespace) -> dict:
+    from .engine import AttributionRequest
+    from .io import atomic_save_npy
+    from .jobs import run_in_foreground
+
+    options = _method_options(args)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
         raise GDAError(f"{out} exists; pass --overwrite to replace it or choose another --out")
@@ -281,6 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for point in sweep["points"]:
                     print(f"{point['method']:<18} {point['grouping']:<14} K={point['n_groups']:<5} "
                           f"{point['seconds']:8.3f} s  {metric} {point.get(metric, float('nan')):.3f}")
+        elif args.command in ("flag", "noisy", "prune"):
+            result = _noisy_command(args)
+            if args.json:
+                print(json.dumps(result, indent=2, default=float))
+            else:
+                _print_noisy(args.command, result)
         elif args.command == "attribute":
             summary = _attribute(args)
             if args.json:

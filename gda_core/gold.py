@@ -284,6 +284,12 @@ class LDSEnsemble:
     params: dict
 
 
+def retraining_epochs(model: TrainedModel) -> float:
+    """Epochs of a from-scratch retraining: the model's own (100 for L-BFGS models, which the
+    batched Adam recipe needs to reach their optimum)."""
+    return float(model.train_config.epochs) if model.train_config.optimizer != "lbfgs" else 100.0
+
+
 def lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
                  n_subsets: int = 50, alpha: float = 0.5, epochs: float | None = None, seeds: int = 1,
                  seed: int = 0, recipe: Recipe | None = None, measurement: str = "loss",
@@ -294,8 +300,7 @@ def lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, groups: Gro
     if not 0 < alpha < 1:
         raise GDAError(f"alpha must lie strictly between 0 and 1, got {alpha}")
     recipe = recipe or Recipe.of_model(model)
-    if epochs is None:
-        epochs = float(model.train_config.epochs) if model.train_config.optimizer != "lbfgs" else 100.0
+    epochs = retraining_epochs(model) if epochs is None else epochs
     steps = max(1, round(epochs * math.ceil(len(train) / recipe.batch_size)))
     rng = np.random.default_rng(seed)
     keep = max(1, round(alpha * groups.n_groups))

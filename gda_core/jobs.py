@@ -23,7 +23,8 @@ from .errors import GDAError
 from .store import JobCancelled, Run, ScoreStore, content_key
 
 Progress = Callable[[str, float], None]
-JOB_KINDS = {"attribute": "scores", "fidelity": "sweep", "embed": "umap"}
+JOB_KINDS = {"attribute": "scores", "fidelity": "sweep", "embed": "umap", "flag": "flags", "noisy": "noisy",
+             "prune": "prune"}
 
 
 @dataclass
@@ -59,6 +60,18 @@ def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
         parsed = EmbeddingRequest(**request)
         split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
         return {**{k: v for k, v in request.items() if k != "device"}, **input_fingerprints(split, model)}
+    if kind == "flag":
+        from .engine import input_fingerprints, load_inputs, resolve_device
+        from .noisy import FlagRequest
+
+        parsed = FlagRequest(**request)
+        split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
+        return {**parsed.params(), **input_fingerprints(split, model)}
+    if kind in ("noisy", "prune"):
+        from .noisy import NoisyConfig, PruneConfig
+
+        # These retrain their own model on the built-in data: the request names everything.
+        return (NoisyConfig if kind == "noisy" else PruneConfig)(**request).params()
     raise GDAError(f"unknown job kind {kind!r}; choose from: {', '.join(JOB_KINDS)}")
 
 
@@ -80,6 +93,16 @@ def execute(kind: str, request: dict, store: ScoreStore, key: str, report: Progr
         return {"scores": result.scores.astype(np.float32), "groups": result.groups.labels}, result.summary()
     if kind == "embed":
         return _embed(request, store, report)
+    if kind == "flag":
+        return _flag(request, store, report)
+    if kind == "noisy":
+        from .noisy import NoisyConfig, run_noisy
+
+        return {}, run_noisy(NoisyConfig(**request), cache_dir=store.root, progress=report)
+    if kind == "prune":
+        from .noisy import PruneConfig, run_pruning
+
+        return {}, run_pruning(PruneConfig(**request), cache_dir=store.root, progress=report)
     from .evaluate import SweepConfig, run_sweep
 
     sweep = run_sweep(SweepConfig(**request), cache_dir=store.root, progress=report)
@@ -102,6 +125,15 @@ def _embed(request: dict, store: ScoreStore, report: Progress) -> tuple[dict, di
     summary = {"embedder": parsed.embedder, "space": parsed.space, "n_train": len(train_xy),
                "n_test": len(test_xy), "seconds": round(time.perf_counter() - started, 3)}
     return {"train": train_xy, "test": test_xy}, summary
+
+
+def _flag(request: dict, store: ScoreStore, report: Progress) -> tuple[dict, dict]:
+    from .noisy import FlagRequest, run_flagging
+
+    flags, train, summary = run_flagging(FlagRequest(**request), cache_dir=store.root, progress=report)
+    arrays = {"order": flags.order, "scores": flags.scores, "refined": flags.refined, "groups": flags.group_labels,
+              "labels": train.labels.cpu().numpy(), "source_rows": train.indices}
+    return arrays, summary
 
 
 def run_in_foreground(kind: str, request: dict, store: ScoreStore | None = None,

@@ -17,7 +17,7 @@ import os
 import shutil
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,7 +28,7 @@ from . import __version__
 from .errors import GDAError
 from .io import atomic_write_bytes
 
-KINDS = ("scores", "gold", "lds", "sweep", "umap", "groups")
+KINDS = ("scores", "gold", "lds", "sweep", "umap", "groups", "flags", "noisy", "prune")
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 #: a running row whose worker has not reported for this long is considered dead
 STALE_SECONDS = 600.0
@@ -159,6 +159,14 @@ class ScoreStore:
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
+
+    def connection(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A connection to the index, for tables that live beside the runs (e.g. reviews)."""
+        return self._connection()
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on the index (``BEGIN IMMEDIATE``: one writer at a time)."""
+        return self._transaction()
 
     def _update(self, key: str, **values) -> None:
         assignments = ", ".join(f"{name} = ?" for name in values)

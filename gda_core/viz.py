@@ -23,8 +23,10 @@ def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8) -
     images = np.asarray(images, dtype=float)
     figure = px.imshow(images, facet_col=0, facet_col_wrap=min(columns, len(images)),
                        binary_string=False, color_continuous_scale="gray_r", aspect="equal")
-    for annotation, title in zip(figure.layout.annotations, titles):
-        annotation.text = title
+    # Plotly lists the facet titles bottom row first while image 0 sits top left: match each
+    # title to its image by the facet index it names ("facet_col=3"), not by position.
+    for annotation in figure.layout.annotations:
+        annotation.text = titles[int(annotation.text.rsplit("=", 1)[-1])]
     figure.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
     figure.update_layout(coloraxis_showscale=False, margin=dict(l=0, r=0, t=30, b=0),
                          height=120 * int(np.ceil(len(images) / columns)) + 40)
@@ -213,4 +215,55 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
     figure.update_layout(title=title, height=560, margin=dict(l=10, r=10, t=40, b=10),
                          xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
                          legend=dict(orientation="h", yanchor="bottom", y=-0.08), clickmode="event+select")
+    return figure
+
+
+# --------------------------------------------------------------------- noisy labels, pruning
+RANKING_COLOURS = {"influence": "#1d3557", "loss": "#e76f51", "confident-learning": "#2a9d8f", "random": "#999999"}
+
+
+def noisy_detection_figure(evaluation: dict) -> go.Figure:
+    """Fraction of flipped labels found against the fraction of the training set inspected,
+    one line per ranking (from :func:`gda_core.noisy.run_noisy`), with the area in the legend."""
+    figure = go.Figure()
+    for name, ranking in evaluation["rankings"].items():
+        figure.add_trace(go.Scatter(
+            x=ranking["inspected"], y=ranking["recall"], mode="lines",
+            name=f"{ranking['label']} (AUC {ranking['auc']:.3f}, {ranking['seconds']:.1f} s)",
+            line=dict(color=RANKING_COLOURS.get(name), dash="dash" if name == "random" else "solid"),
+            hovertemplate="inspected %{x:.0%}<br>found %{y:.1%}<extra></extra>",
+        ))
+    config = evaluation["config"]
+    figure.update_layout(
+        title=(f"Finding {evaluation['n_flipped']} flipped labels ({config['flip']:.0%}) on "
+               f"{config['data']} / {config['model']}"),
+        xaxis=dict(title="fraction of the training set inspected", tickformat=".0%", range=[0, 1]),
+        yaxis=dict(title="fraction of flipped labels found", tickformat=".0%", range=[0, 1.02]),
+        height=460, margin=dict(l=10, r=10, t=50, b=10), legend=dict(yanchor="bottom", y=0.02, xanchor="right", x=0.98),
+    )
+    return figure
+
+
+def pruning_figure(pruning: dict) -> go.Figure:
+    """Test accuracy against the fraction of training points removed (from
+    :func:`gda_core.noisy.run_pruning`): lowest-value groups first versus random groups,
+    mean over seeds with standard-error bars; the full-data accuracy at 0."""
+    fractions = [0.0] + list(pruning["fractions"])
+    full = pruning["full_accuracy"]
+    figure = go.Figure()
+    for key, label, colour in (("accuracy", "lowest-value groups removed", "#1d3557"),
+                               ("random_accuracy", "random groups removed", "#999999")):
+        points = [full] + pruning[key]
+        figure.add_trace(go.Scatter(
+            x=fractions, y=[p["mean"] for p in points], name=label, mode="lines+markers",
+            error_y=dict(type="data", array=[p["se"] for p in points], visible=True), line=dict(color=colour),
+            hovertemplate="removed %{x:.0%}<br>accuracy %{y:.1%}<extra></extra>",
+        ))
+    config = pruning["config"]
+    figure.update_layout(
+        title=(f"Pruning {config['data']} / {config['model']} by {config['method']} on {config['grouping']} "
+               f"(K={pruning['n_groups']}), {config['seeds']} seed(s)"),
+        xaxis=dict(title="fraction of training points removed", tickformat=".0%"),
+        yaxis=dict(title="test accuracy", tickformat=".0%"), height=420, margin=dict(l=10, r=10, t=50, b=10),
+    )
     return figure

@@ -120,16 +120,65 @@ class AttributionMethod:
 
     def attribute(self, test: Dataset, progress: Progress = _no_progress) -> np.ndarray:
         """Scores of shape (n_test, K): positive means the group helps the test prediction."""
+        return self._scores(lambda engine: engine.test_gradients(test, measurement=self.options.measurement),
+                            len(test), progress)
+
+    def attribute_total(self, test: Dataset, progress: Progress = _no_progress) -> np.ndarray:
+        """Scores of shape (K,) for the summed measurement over ``test`` (e.g. a validation
+        loss): the test set as one aggregate, from one backward of its summed measurement."""
+        def summed(engine: GradientEngine) -> torch.Tensor:
+            zeros = np.zeros(len(test), dtype=np.int64)
+            return engine.stacked(engine.group_gradients(test, zeros, 1, objective=self.options.measurement), 1)
+
+        return self._scores(summed, 1, progress)[0]
+
+    def self_influence(self, progress: Progress = _no_progress) -> np.ndarray:
+        """Each group's score on its own summed measurement, shape (K,): how much up-weighting
+        a group lowers its own loss. Large for points the model finds hard to fit, e.g.
+        mislabeled ones. The test side of every group goes through ``_transform_test`` (an
+        inverse curvature for influence functions), paired chunk by chunk with the train side."""
+        self._require_fit()
+        values = np.zeros(self.groups_.n_groups)
+        n_views = len(self.views_)
+        for index, view in enumerate(self.views_):
+            test_chunks = view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
+                                                      objective=self.options.measurement)
+            done = 0
+            for test_chunk, train_chunk in zip(test_chunks, self._train_side(index, view)):
+                if not np.array_equal(test_chunk.group_ids, train_chunk.group_ids):
+                    raise RuntimeError("test-side and train-side group chunks are out of step")
+                test_side = self._transform_test(index, view, test_chunk.gradients)
+                values[train_chunk.group_ids] += view.weight * (test_side * train_chunk.gradients).sum(1).double().cpu().numpy()
+                done += len(train_chunk.group_ids)
+                progress("self-influence", (index + done / self.groups_.n_groups) / n_views)
+        return values
+
+    def with_groups(self, groups: Groups) -> "AttributionMethod":
+        """The fitted method re-pointed at another grouping of the same training set, keeping
+        the training-side state (curvature, damping, kernels), which never depends on the
+        groups: a coarse-to-fine search refines a few groups without refitting."""
+        self._require_fit()
+        if len(groups.labels) != len(self.train_):
+            raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(self.train_)}")
+        self.groups_ = groups
+        self._train_cache = {}
+        return self
+
+    def _require_fit(self) -> None:
         if not hasattr(self, "groups_"):
             raise GDAError("call fit(train, groups) before attribute(test)")
+
+    def _scores(self, test_gradients: Callable[[GradientEngine], torch.Tensor], n_rows: int,
+                progress: Progress) -> np.ndarray:
+        """(n_rows, K) = sum over views of weight * transformed test side @ train side.T."""
+        self._require_fit()
         started = time.perf_counter()
         scores = None
         n_views = len(self.views_)
         for index, view in enumerate(self.views_):
-            test_side = self._transform_test(index, view, view.engine.test_gradients(
-                test, measurement=self.options.measurement))
+            test_side = self._transform_test(index, view, test_gradients(view.engine))
             if scores is None:
-                scores = torch.zeros(len(test), self.groups_.n_groups, dtype=test_side.dtype,
+                scores = torch.zeros(n_rows, self.groups_.n_groups, dtype=test_side.dtype,
                                      device=test_side.device)
             done = 0
             for chunk in self._train_side(index, view):

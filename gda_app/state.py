@@ -4,22 +4,23 @@ progress panel. UI only: all math lives in gda_core."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import streamlit as st
 
-from gda_core.data import DataSplit, load_builtin
+from gda_core.data import DataSplit
 from gda_core.engine import default_cache_dir, load_inputs, resolve_device
+from gda_core.errors import GDAError
 from gda_core.jobs import JOB_KINDS, JobManager
 from gda_core.models import TrainedModel, predict
 from gda_core.store import Run, ScoreStore
+from gda_core.uploads import example_files, is_builtin_data, is_zoo_model, load_data_choice
 
 #: the user's choices, kept in st.session_state under these keys (the widgets' keys too)
 CHOICES = {"data": "digits", "model": "mlp", "method": "grad-dot", "grouping": "grad-kmeans",
-           "n_groups": 50, "test_index": 0, "result_key": None}
+           "n_groups": 50, "test_index": 0, "result_key": None, "map_colour": "group"}
 ACTIVE = ("queued", "running")
 POLL_SECONDS = 0.5
 
@@ -38,12 +39,37 @@ def cache_dir() -> str:
 
 @st.cache_resource(show_spinner="Loading the data set...")
 def _split(data: str) -> DataSplit:
-    return load_builtin(data, seed=0)
+    return load_data_choice(data, seed=0)
+
+
+def _or_stop(load):
+    """A loader's result, or its one-line reason shown on the page (never a traceback)."""
+    try:
+        return load()
+    except GDAError as error:
+        st.error(f"{error}")
+        st.stop()
 
 
 def data_split() -> DataSplit:
-    """The chosen data set (without its model)."""
-    return _split(st.session_state["data"])
+    """The chosen data set (without its model): a built-in name or a stored upload."""
+    return _or_stop(lambda: _split(st.session_state["data"]))
+
+
+def describe(choice: str) -> str:
+    """How a data or model choice is shown: its name, or the uploaded file's original name."""
+    if is_builtin_data(choice) or is_zoo_model(choice):
+        return choice
+    return st.session_state.get("upload_names", {}).get(choice, Path(choice).name)
+
+
+def remember_upload(path: str, name: str) -> None:
+    st.session_state.setdefault("upload_names", {})[path] = name
+
+
+@st.cache_resource(show_spinner="Preparing the example files (trains a small model once)...")
+def examples() -> dict[str, bytes]:
+    return example_files()
 
 
 @st.cache_resource(show_spinner="Loading the data and the model (a demo model trains on first use, then is cached)...")
@@ -53,8 +79,9 @@ def _inputs(data: str, model: str, directory: str) -> tuple[DataSplit, TrainedMo
 
 
 def inputs() -> tuple[DataSplit, TrainedModel]:
-    """The chosen data set and model, loaded once per server process."""
-    return _inputs(st.session_state["data"], st.session_state["model"], cache_dir())
+    """The chosen data set and model, loaded once per server process; a model that does not
+    fit the data stops the page with its one-line reason."""
+    return _or_stop(lambda: _inputs(st.session_state["data"], st.session_state["model"], cache_dir()))
 
 
 @st.cache_resource(show_spinner=False)
@@ -146,15 +173,5 @@ def _progress_panel(slot: str, label: str) -> None:
         st.rerun()
 
 
-def wait_for(slot: str, timeout: float = 300) -> Run | None:
-    """Block until the job in ``slot`` ends (for flows where waiting is the point)."""
-    key = st.session_state.get(f"job:{slot}")
-    return None if key is None else manager().wait(key, timeout=timeout)
-
-
 def request_json(request) -> dict:
     return dataclasses.asdict(request)
-
-
-def elapsed(since: float) -> str:
-    return f"{time.time() - since:.0f} s ago"

@@ -57,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def scoring_arguments(sub: argparse.ArgumentParser, method: str, grouping: str) -> None:
         """Data, model, method (with its options) and grouping: shared by every scoring command."""
-        sub.add_argument("--data", default="digits", help=f"built-in data set: {', '.join(BUILTIN_DATASETS)}")
-        sub.add_argument("--model", default="mlp", help=f"zoo model: {', '.join(ARCHITECTURES)}")
+        _input_arguments(sub, BUILTIN_DATASETS, ARCHITECTURES)
         sub.add_argument("--method", default=method, help=f"one of: {', '.join(METHODS)}")
         sub.add_argument("--grouping", default=grouping, help=f"one of: {', '.join(GROUPINGS)}")
         sub.add_argument("--groups", type=int, default=None, help="number of groups K")
@@ -80,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--json", action="store_true", help="print one JSON object")
 
     sweep = commands.add_parser("fidelity", help="fidelity-vs-speed sweep against a gold standard")
-    sweep.add_argument("--data", default="digits")
-    sweep.add_argument("--model", default="mlp")
+    _input_arguments(sweep, BUILTIN_DATASETS, ARCHITECTURES)
     sweep.add_argument("--methods", default="grad-dot,if-arnoldi", help="comma-separated methods")
     sweep.add_argument("--groupings", default="random,grad-kmeans", help="comma-separated groupings")
     sweep.add_argument("--groups", default="15,150", help="comma-separated group counts K")
@@ -146,6 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _input_arguments(parser: argparse.ArgumentParser, datasets, architectures) -> None:
+    """--data and --model (a name or a file) and how to read a data file."""
+    parser.add_argument("--data", default="digits", metavar="NAME|PATH",
+                        help=f"built-in data set ({', '.join(datasets)}) or a .csv, .npz or .zip of image folders")
+    parser.add_argument("--model", default="mlp", metavar="NAME|PATH",
+                        help=f"zoo model ({', '.join(architectures)}) or a .pt2 program or a .safetensors "
+                             f"state dict with its .json config beside it")
+    parser.add_argument("--label-column", default="label", help="CSV data: the label column (default: label)")
+    parser.add_argument("--split-column", default=None, help="CSV data: a column of train/test per row")
+    parser.add_argument("--test-file", default=None, metavar="CSV", help="CSV data: a separate test file")
+    parser.add_argument("--image-size", type=int, default=28, help="image zip: resize images to N x N (default 28)")
+
+
+def _inputs(args: argparse.Namespace) -> tuple[str, str]:
+    """The --data and --model choices as jobs take them: data files are validated and stored
+    normalised in the cache (uploads/<sha256>.npz), model files made absolute."""
+    from .uploads import DataOptions, prepare_data_choice, prepare_model_choice
+
+    options = DataOptions(label_column=args.label_column, split_column=args.split_column,
+                          test_path=args.test_file, image_size=args.image_size)
+    return prepare_data_choice(args.data, options, _store(args).root), prepare_model_choice(args.model)
+
+
 def _split_list(text: str, kind: type = str) -> list:
     try:
         return [kind(item.strip()) for item in text.split(",") if item.strip()]
@@ -160,7 +181,8 @@ def _fidelity(args: argparse.Namespace) -> dict:
     gold = GoldConfig(kind=args.gold, n_subsets=args.subsets, alpha=args.alpha, epochs=_split_list(args.epochs, float),
                       seeds=args.seeds, epsilon=None if args.leave_out else args.epsilon, lr=args.lr,
                       optimizer=args.optimizer, batch_size=args.batch_size)
-    config = SweepConfig(data=args.data, model=args.model, methods=_split_list(args.methods),
+    data, model = _inputs(args)
+    config = SweepConfig(data=data, model=model, methods=_split_list(args.methods),
                          groupings=_split_list(args.groupings), group_counts=_split_list(args.groups, int),
                          per_example=not args.no_per_example, test_size=args.test_size, seed=args.seed,
                          device=args.device, gold=gold, horizon_matched=args.horizon_matched)
@@ -226,7 +248,8 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 
 def _scoring_fields(args: argparse.Namespace) -> dict:
-    return dict(data=args.data, model=args.model, method=args.method, grouping=args.grouping, n_groups=args.groups,
+    data, model = _inputs(args)
+    return dict(data=data, model=model, method=args.method, grouping=args.grouping, n_groups=args.groups,
                 seed=args.seed, device=args.device, method_options=_method_options(args))
 
 
@@ -288,8 +311,9 @@ def _attribute(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
         raise GDAError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    data, model = _inputs(args)
     request = AttributionRequest(
-        data=args.data, model=args.model, method=args.method, grouping=args.grouping,
+        data=data, model=model, method=args.method, grouping=args.grouping,
         n_groups=args.groups, test_size=args.test_size, seed=args.seed, device=args.device,
         method_options=options,
     )

@@ -163,17 +163,19 @@ def split_and_standardise(
     test_fraction: float = 0.2,
     seed: int = 0,
     image_shape: tuple[int, ...] | None = None,
+    rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DataSplit:
     """Seeded, stratified train/test split; features standardised with the training statistics.
 
-    Constant columns (e.g. the always-blank corner pixels of digits) are left centred, not
-    divided by a zero standard deviation.
+    ``rows`` gives the (train, test) rows instead, for data that comes with its own test part
+    (an upload with ``X_test``). Constant columns (e.g. the always-blank corner pixels of
+    digits) are left centred, not divided by a zero standard deviation.
     """
     if not 0.0 < test_fraction < 1.0:
         raise GDAError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    train_rows, test_rows = stratified_split(labels, test_fraction, seed)
+    train_rows, test_rows = rows if rows is not None else stratified_split(labels, test_fraction, seed)
     mean = features[train_rows].mean(axis=0)
     std = features[train_rows].std(axis=0)
     std[std < 1e-12] = 1.0

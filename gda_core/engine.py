@@ -17,11 +17,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import BUILTIN_DATASETS, DataSplit, load_builtin
+from .data import DataSplit
 from .errors import GDAError
 from .grouping import GROUPINGS, Groups, make_grouping
 from .methods import METHODS, make_method
-from .models import ARCHITECTURES, TrainedModel, accuracy, demo_model
+from .models import TrainedModel, accuracy
+from .uploads import check_data_choice, check_model_choice, load_data_choice, load_model_choice
 
 Progress = Callable[[str, float], None]
 DEVICES = ("auto", "cpu", "cuda")
@@ -65,10 +66,8 @@ class AttributionRequest:
     grouping_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.data not in BUILTIN_DATASETS:
-            raise GDAError(f"unknown data set {self.data!r}; choose from: {', '.join(BUILTIN_DATASETS)}")
-        if self.model not in ARCHITECTURES:
-            raise GDAError(f"unknown model {self.model!r}; choose from: {', '.join(ARCHITECTURES)}")
+        check_data_choice(self.data)
+        check_model_choice(self.model)
         if self.method not in METHODS:
             raise GDAError(f"unknown method {self.method!r}; choose from: {', '.join(METHODS)}")
         if self.grouping not in GROUPINGS:
@@ -130,11 +129,13 @@ class AttributionResult:
         }
 
 
-def load_inputs(request: AttributionRequest, cache_dir: Path, device: torch.device,
+def load_inputs(request, cache_dir: Path, device: torch.device,
                 progress: Progress | None = None) -> tuple[DataSplit, TrainedModel]:
-    split = load_builtin(request.data, seed=request.seed)
-    model = demo_model(request.model, split.train, cache_dir, seed=request.seed, device=device,
-                       progress=None if progress is None else (lambda f: progress("train model", f)))
+    """The data and model a request names (anything with ``data``, ``model`` and ``seed``):
+    built-in names and zoo names, or paths to uploaded files (see :mod:`gda_core.uploads`)."""
+    split = load_data_choice(request.data, seed=request.seed)
+    model = load_model_choice(request.model, split.train, cache_dir, seed=request.seed, device=device,
+                              progress=None if progress is None else (lambda f: progress("train model", f)))
     return split, model
 
 

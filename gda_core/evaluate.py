@@ -22,15 +22,16 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data import Dataset, load_builtin
-from .engine import DEVICES, default_cache_dir, resolve_device
+from .data import Dataset
+from .engine import DEVICES, default_cache_dir, load_inputs, resolve_device
 from .errors import GDAError
 from .gold import (GoldStandard, LDSEnsemble, Recipe, further_training, lds, lds_ensemble,
                    leave_group_out)
 from .grouping import GROUPINGS, Groups, make_grouping
 from .methods import METHODS, make_method
 from .methods.influence import InverseCurvatureMethod
-from .models import TrainedModel, demo_model
+from .models import TrainedModel
+from .uploads import check_data_choice, check_model_choice
 
 Progress = Callable[[str, float], None]
 GOLDS = ("lds", "further-training", "leave-group-out")
@@ -224,6 +225,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         self.methods, self.groupings = tuple(self.methods), tuple(self.groupings)
         self.group_counts = tuple(int(k) for k in self.group_counts)
+        check_data_choice(self.data)
+        check_model_choice(self.model)
         for name in self.methods:
             if name not in METHODS:
                 raise GDAError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
@@ -258,8 +261,7 @@ def run_sweep(config: SweepConfig, *, cache_dir: str | Path | None = None,
     progress = progress or (lambda phase, fraction: None)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     device = resolve_device(config.device)
-    split = load_builtin(config.data, seed=config.seed)
-    model = demo_model(config.model, split.train, cache_dir, seed=config.seed, device=device)
+    split, model = load_inputs(config, cache_dir, device)
     train = split.train.to(device)
     test = split.test.subset(slice(0, config.test_size)).to(device)
     n_train = len(train)

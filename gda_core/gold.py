@@ -102,7 +102,8 @@ class BatchedTrainer:
         if seed is None:
             return {n: p.detach().clone() for n, p in self.model.module.named_parameters()}
         torch.manual_seed(seed)
-        fresh = build_model(self.model.config).to(device=self.device, dtype=self.dtype)
+        config = self.model.zoo_config("Retraining from scratch (LDS, leave-group-out)")
+        fresh = build_model(config).to(device=self.device, dtype=self.dtype)
         return {n: p.detach().clone() for n, p in fresh.named_parameters()}
 
     def measure(self, params: dict[str, torch.Tensor], test: Dataset, measurement: str) -> torch.Tensor:

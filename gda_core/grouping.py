@@ -244,6 +244,9 @@ class ReprKMeans(_KMeansGrouping):
 
     def grouping_features(self, train, model):
         reference = next(model.parameters())
+        if not hasattr(model, "features"):
+            raise GDAError("representation K-means needs a model with a penultimate layer (a zoo model); "
+                           "use grad-kmeans or inputs-kmeans for this one")
         with torch.no_grad():
             return model.features(train.features.to(reference)).float().cpu().numpy()
 
@@ -262,7 +265,8 @@ class GradKMeans(_KMeansGrouping):
     def grouping_features(self, train, model):
         from .grads import GradientEngine, RandomProjector
 
-        space = self.options.get("gradient_features", "last-layer")
+        # A model without a linear head (e.g. an uploaded program) gets projected full gradients.
+        space = self.options.get("gradient_features", "last-layer" if hasattr(model, "head") else "projected")
         if space not in ("last-layer", "projected"):
             raise GDAError(f"gradient_features must be 'last-layer' or 'projected', got {space!r}")
         engine = GradientEngine(model, last_layer_only=(space == "last-layer"))

@@ -37,8 +37,9 @@ class JobOutcome:
 
 
 def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
-    """What a job's result depends on: the request, and for attribution the fingerprints of
-    the data and of the model's weights (so a retrained model is a different run)."""
+    """What a job's result depends on: the request, and the fingerprints of the data and of
+    the model's weights (so a retrained model, or an uploaded file with new content at the
+    same path, is a different run)."""
     if kind == "attribute":
         from .engine import AttributionRequest, load_inputs, resolve_device
 
@@ -46,10 +47,12 @@ def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
         split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
         return parsed.identity(split, model)
     if kind == "fidelity":
+        from .engine import input_fingerprints, load_inputs, resolve_device
         from .evaluate import SweepConfig
 
-        SweepConfig(**request)  # validates
-        return {k: v for k, v in request.items() if k != "device"}
+        parsed = SweepConfig(**request)
+        split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
+        return {**{k: v for k, v in request.items() if k != "device"}, **input_fingerprints(split, model)}
     if kind == "embed":
         from .engine import input_fingerprints, load_inputs, resolve_device
         from .viz import EmbeddingRequest

@@ -9,11 +9,19 @@ nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import io
 import json
+import logging
 import math
+import pickle
+import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -22,6 +30,9 @@ from torch import nn
 from .data import Dataset
 from .errors import GDAError
 from .io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .uploads import UploadLimits
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -157,25 +168,43 @@ class Checkpoint:
 
 @dataclass
 class TrainedModel:
-    """A trained zoo model with its config, training config and checkpoints."""
+    """A trained model with its config, training config and checkpoints.
 
-    module: ZooModel
-    config: ModelConfig
-    train_config: TrainConfig
+    ``config`` is None for an uploaded ``torch.export`` program: it can be attributed (its
+    parameters work with ``functional_call``) but not rebuilt, so whatever retrains from
+    scratch asks for :meth:`zoo_config` and gets a one-line reason instead."""
+
+    module: nn.Module
+    config: ModelConfig | None
+    train_config: TrainConfig = field(default_factory=TrainConfig)
     checkpoints: list[Checkpoint] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
+    #: input features an uploaded program was exported for (zoo models have them in ``config``)
+    input_width: int | None = None
 
     def fingerprint(self) -> str:
         """A content hash of the final weights and the config, for cache keys."""
-        digest = hashlib.sha256(json.dumps(self.config.to_json(), sort_keys=True).encode())
+        described = self.config.to_json() if self.config is not None else {"arch": "exported program"}
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
         for name, tensor in sorted(self.module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
+    def zoo_config(self, purpose: str) -> ModelConfig:
+        """The zoo config, needed by ``purpose`` (e.g. retraining); an exported program has none."""
+        if self.config is None:
+            raise GDAError(f"{purpose} needs to rebuild the model, which an uploaded .pt2 program cannot do; "
+                           f"upload a .safetensors state dict with its .json config instead")
+        return self.config
+
+    @property
+    def n_classes(self) -> int | None:
+        return None if self.config is None else self.config.n_classes
+
     def checkpoint_module(self, checkpoint: Checkpoint) -> ZooModel:
         """A copy of the model holding a checkpoint's weights."""
-        module = build_model(self.config).to(next(self.module.parameters()))
+        module = build_model(self.zoo_config("TracIn checkpoints")).to(next(self.module.parameters()))
         module.load_state_dict(checkpoint.state)
         module.eval()
         return module
@@ -289,55 +318,293 @@ def save_model(trained: TrainedModel, directory: str | Path) -> Path:
 
     Both are written to temporary names and renamed, config last, so a reader never sees a
     config without its weights."""
+    directory = Path(directory)
+    weights, config = weights_files(trained)
+    atomic_write_bytes(directory / "model.safetensors", weights)
+    atomic_write_bytes(directory / "config.json", config)
+    return directory
+
+
+def weights_files(trained: TrainedModel) -> tuple[bytes, bytes]:
+    """The safetensors bytes (final weights as ``final.*``, checkpoints as ``checkpointN.*``)
+    and the JSON config of a zoo model: what :func:`save_model` writes, and a model upload."""
     from safetensors.torch import save
 
-    directory = Path(directory)
+    config = trained.zoo_config("saving as safetensors")
     tensors = {f"final.{k}": v.detach().cpu().contiguous() for k, v in trained.module.state_dict().items()}
     for index, checkpoint in enumerate(trained.checkpoints):
         tensors.update({f"checkpoint{index}.{k}": v.detach().cpu().contiguous() for k, v in checkpoint.state.items()})
-    atomic_write_bytes(directory / "model.safetensors", save(tensors))
     payload = {
-        "model": trained.config.to_json(),
+        "model": config.to_json(),
         "training": trained.train_config.to_json(),
         "checkpoints": [{"lr": c.lr, "epoch": c.epoch} for c in trained.checkpoints],
         "history": trained.history,
     }
-    atomic_write_bytes(directory / "config.json", json.dumps(payload, indent=2).encode())
-    return directory
+    return save(tensors), json.dumps(payload, indent=2).encode()
 
 
 def load_model(directory: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
     """Load what :func:`save_model` wrote. Raises :class:`GDAError` on a missing or bad file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
     if not config_path.is_file() or not weights_path.is_file():
         raise GDAError(f"{directory} needs both config.json and model.safetensors")
+    return _load_safetensors(weights_path.read_bytes(), config_path.read_bytes(), weights_path.name,
+                             config_path.name, device)
+
+
+def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, config_name: str,
+                      device: torch.device | str) -> TrainedModel:
+    """A zoo model from safetensors bytes and its JSON config: either :func:`save_model`'s
+    ``{"model": {...}, "training": ..., "checkpoints": ...}`` with ``final.*`` tensors, or
+    the bare :class:`ModelConfig` fields with a plain state dict."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
-        payload = json.loads(config_path.read_text())
-        config = ModelConfig.from_json(payload["model"])
+        payload = json.loads(config_text)
+        if not isinstance(payload, dict):
+            raise TypeError("expected a JSON object")
+        config = ModelConfig.from_json(payload["model"] if "model" in payload else payload)
         train_config = TrainConfig(**payload.get("training", {}))
-        tensors = load_file(str(weights_path), device=str(device))
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise GDAError(f"{config_path} is not a valid model config: {error}") from None
-    except SafetensorError as error:
-        raise GDAError(f"{weights_path} is not a valid safetensors file: {error}") from None
-    module = build_model(config).to(device)
-    final = {k.removeprefix("final."): v for k, v in tensors.items() if k.startswith("final.")}
+        checkpoint_meta = [(float(meta["lr"]), int(meta["epoch"])) for meta in payload.get("checkpoints", [])]
+    except GDAError as error:
+        raise GDAError(f"{config_name}: {error}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GDAError(f"{config_name} is not a valid model config ({reason[:80]})") from None
     try:
-        module.load_state_dict(final)
+        tensors = {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in load(weights).items()}
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable header"
+        raise GDAError(f"{weights_name} is not a valid safetensors file ({reason[:80]})") from None
+    # Built on the meta device and given the file's tensors: a config asking for huge layers
+    # costs nothing until it is checked against the weights actually there.
+    with torch.device("meta"):
+        module = build_model(config)
+    final = ({k.removeprefix("final."): v for k, v in tensors.items() if k.startswith("final.")}
+             if any(k.startswith("final.") for k in tensors) else tensors)
+    try:
+        module.load_state_dict(final, assign=True)
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise GDAError(f"weights do not fit the {config.arch} config: {first_line}") from None
+        reason = " ".join(str(error).split())  # torch's message spans lines and tabs
+        reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")
+        raise GDAError(f"weights do not fit the {config.arch} config: {reason[:160]}") from None
     module.eval()
     checkpoints = []
-    for index, meta in enumerate(payload.get("checkpoints", [])):
+    for index, (lr, epoch) in enumerate(checkpoint_meta):
         prefix = f"checkpoint{index}."
         state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-        checkpoints.append(Checkpoint(state, float(meta["lr"]), int(meta["epoch"])))
+        checkpoints.append(Checkpoint(state, lr, epoch))
     return TrainedModel(module, config, train_config, checkpoints, list(payload.get("history", [])))
+
+
+# --------------------------------------------------------------------------- uploaded models
+#: pt2 archive entries that torch.export.load would unpickle (torch.load(weights_only=False),
+#: pickle.loads): any of them makes the upload a refusal, whatever else it holds
+_PT2_PICKLED_PREFIXES = ("custom_obj", "opaque_obj")
+_EXPORT_LOAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _unpickling_refused():
+    """While ``torch.export.load`` runs: every ``torch.load`` is ``weights_only=True`` and its
+    raw ``pickle.loads`` paths raise. ``torch.export.load`` falls back to full unpickling for
+    some entries (sample inputs, legacy files), so a crafted .pt2 could otherwise run code;
+    the archive is also checked up front for a clear message (see :func:`_check_pt2_archive`)."""
+    import torch.export.pt2_archive._package as package
+
+    original_load, original_pickle_obj, original_pickle = torch.load, torch._C._pickle_load_obj, package.pickle
+
+    def weights_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original_load(*args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise GDAError("the .pt2 program holds pickled objects, which are never loaded; export plain tensors")
+
+    # torch.export logs a failed load with its traceback; the user gets our one line instead.
+    logger = logging.getLogger("torch.export")
+    with _EXPORT_LOAD_LOCK:
+        torch.load, torch._C._pickle_load_obj = weights_only_load, refuse
+        package.pickle = SimpleNamespace(loads=refuse, load=refuse, dumps=original_pickle.dumps)
+        logger_disabled, logger.disabled = logger.disabled, True
+        try:
+            yield
+        finally:
+            torch.load, torch._C._pickle_load_obj, package.pickle = original_load, original_pickle_obj, original_pickle
+            logger.disabled = logger_disabled
+
+
+def _check_pt2_archive(payload: bytes, name: str, limits: UploadLimits) -> None:
+    """Refuse, with a reason, a .pt2 whose weights or constants are stored pickled."""
+    from .uploads import checked_zip, read_entry
+
+    archive = checked_zip(payload, name, limits)
+    for entry in archive.infolist():
+        base = PurePosixPath(entry.filename).name
+        if base.startswith(_PT2_PICKLED_PREFIXES):
+            raise GDAError(f"{name} holds pickled objects ({base}), which are never loaded; export plain tensors")
+        if entry.filename.endswith(("_weights_config.json", "_constants_config.json")):
+            try:
+                entries = json.loads(read_entry(archive, entry, name)).get("config", {}).values()
+                pickled = any(isinstance(meta, dict) and meta.get("use_pickle") for meta in entries)
+            except (ValueError, AttributeError):
+                continue  # torch.export.load says what is wrong with it
+            if pickled:
+                # tensor subclasses are saved pickled; weights_only loading could not read them anyway
+                raise GDAError(f"{name} stores weights or constants pickled (tensor subclasses?), which are "
+                               f"never loaded; export with plain tensors")
+
+
+def _load_program(payload: bytes, name: str, device: torch.device | str, limits: UploadLimits) -> TrainedModel:
+    """An uploaded ``torch.export`` program as a model the gradient engine can use.
+
+    ``ExportedProgram.module()`` keeps the weights as parameters, so ``functional_call`` and
+    ``vmap(grad(...))`` work on it (checked on torch 2.13). When the program has a ``body`` and
+    a linear ``head`` (a zoo model exported), the unflattened submodules are wrapped as a
+    :class:`ZooModel`, which adds last-layer mode and representation K-means."""
+    _check_pt2_archive(payload, name, limits)
+    try:
+        with _unpickling_refused(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(io.BytesIO(payload))
+    except GDAError:
+        raise
+    except pickle.UnpicklingError:
+        raise GDAError(f"{name} holds pickled objects beyond plain tensors, which are never loaded "
+                       f"(they could run code); export plain tensors") from None
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        if reason.startswith("We ran into an error when deserializing"):  # it points at logs we silenced
+            reason = "no readable exported program in the archive"
+        raise GDAError(f"{name} is not a valid torch.export program ({reason})") from None
+    try:
+        module: nn.Module = program.module()
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        raise GDAError(f"{name}: the exported program cannot be turned into a module ({reason})") from None
+    width = _input_width(module)
+    module = _as_zoo_model(program, module, width)
+    if not any(True for _ in module.parameters()):
+        raise GDAError(f"{name}: the exported program has no parameters to attribute to; export the nn.Module "
+                       f"itself (torch.export.export(model, ...)) so its weights stay parameters")
+    # no .eval(): an exported program is fixed in the mode it was exported in (and refuses eval())
+    return TrainedModel(module.to(device), None, input_width=width)
+
+
+def _as_zoo_model(program, module: nn.Module, width: int | None) -> nn.Module:
+    """``ZooModel(body, head)`` from the unflattened program when that computes the same thing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            unflattened = torch.export.unflatten(program)
+        # logreg's body is nn.Identity, which export leaves out of the program
+        body, head = getattr(unflattened, "body", nn.Identity()), unflattened.head
+        weight = dict(head.named_parameters()).get("weight")
+        if weight is None or weight.ndim != 2 or width is None:
+            return module
+        wrapped = ZooModel(body, head)
+        probe = torch.randn(3, width, dtype=weight.dtype)
+        with torch.no_grad():
+            if torch.allclose(wrapped(probe), module(probe), atol=1e-5):
+                return wrapped
+    except Exception:  # any program that is not head(body(x)) stays as exported
+        pass
+    return module
+
+
+def _input_width(module: nn.Module) -> int | None:
+    """The input width an exported program was traced with (its 2-d placeholder), if any."""
+    for node in module.graph.nodes:
+        if node.op == "placeholder" and "val" in node.meta and getattr(node.meta["val"], "ndim", 0) == 2:
+            try:
+                return int(node.meta["val"].shape[1])
+            except (TypeError, ValueError, RuntimeError):  # a symbolic (dynamic) feature dimension
+                return None
+    return None
+
+
+def load_model_file(path: str | Path, *, device: torch.device | str = "cpu",
+                    limits: UploadLimits | None = None) -> TrainedModel:
+    """An uploaded model: a ``.pt2`` program, or a ``.safetensors`` state dict with its config
+    in ``<name>.json`` (or ``config.json``) beside it. Pickles are refused, never opened."""
+    from .uploads import UploadLimits, read_upload, refuse_pickle
+
+    path = Path(path)
+    limits = limits or UploadLimits.from_env()
+    refuse_pickle(path.name)
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        return _load_program(read_upload(path, limits), path.name, device, limits)
+    if suffix == ".safetensors":
+        config_path = next((p for p in (path.with_suffix(".json"), path.parent / "config.json") if p.is_file()), None)
+        if config_path is None:
+            raise GDAError(f"{path.name} needs its config beside it: {path.with_suffix('.json').name} "
+                           f"(the zoo architecture and sizes, see ModelConfig)")
+        return _load_safetensors(read_upload(path, limits), read_upload(config_path, limits), path.name,
+                                 config_path.name, device)
+    raise GDAError(f"unsupported model file type {suffix or path.name!r}; use a .pt2 program or a "
+                   f".safetensors state dict with its .json config")
+
+
+def export_program(module: nn.Module, n_features: int) -> bytes:
+    """A model as ``torch.export`` program bytes with a dynamic batch dimension (the engine
+    feeds batches of any size), the form a .pt2 upload should take."""
+    module = module.eval()
+    example = torch.zeros(2, n_features, dtype=next(module.parameters()).dtype)
+    name = next(iter(inspect.signature(module.forward).parameters))
+    program = torch.export.export(module, (example,), dynamic_shapes={name: {0: torch.export.Dim("batch")}})
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def check_model_fits(model: TrainedModel, data: Dataset) -> None:
+    """An uploaded model must take the data's features, return one logit per class for a
+    batch, and be differentiable with ``torch.func``; one line says what does not fit."""
+    from torch.func import functional_call, grad, vmap
+
+    module = model.module
+    reference = next(module.parameters())
+    expected = model.config.n_features if model.config is not None else model.input_width
+    if expected is not None and expected != data.n_features:
+        raise GDAError(f"the model takes {expected} input features but the data has {data.n_features}")
+    sample = data.features[:3].to(device=reference.device, dtype=reference.dtype)
+    try:
+        with torch.no_grad():
+            logits = module(sample)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        raise GDAError(f"the model does not accept a batch of {len(sample)} rows of {data.n_features} features "
+                       f"({reason}); export it with a dynamic batch dimension (torch.export.Dim)") from None
+    if not isinstance(logits, torch.Tensor) or logits.shape[:1] != sample.shape[:1] or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise GDAError(f"the model must return logits of shape (batch, classes), got {shape}")
+    n_outputs = int(logits.shape[1])
+    largest = int(data.labels.max())
+    if largest >= n_outputs:
+        raise GDAError(f"labels go up to {largest} but the model has {n_outputs} outputs (classes 0..{n_outputs - 1})")
+    if n_outputs < 2:
+        raise GDAError("the model has a single output; classification needs one logit per class (>= 2)")
+    params = {name: p.detach() for name, p in module.named_parameters()}
+
+    def loss(p, x, y):
+        return nn.functional.cross_entropy(functional_call(module, p, (x[None],)), y[None])
+
+    try:
+        labels = data.labels[:len(sample)].to(reference.device)
+        gradients = vmap(grad(loss), in_dims=(None, 0, 0))(params, sample, labels)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        raise GDAError(f"the model cannot be differentiated per example with torch.func ({reason}); upload "
+                       f"a .safetensors state dict of a zoo architecture instead") from None
+    # A cross-entropy gradient is never exactly zero everywhere (the output bias alone gets
+    # softmax - onehot), unless the outputs do not depend on the parameters at all.
+    if all(not bool(g.any()) for g in gradients.values()):
+        raise GDAError("the model's outputs do not depend on its parameters (torch.no_grad or .detach() in "
+                       "forward?), so there is nothing to attribute; export it without them, or upload a "
+                       ".safetensors state dict with its .json config")
 
 
 def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = None) -> ModelConfig:

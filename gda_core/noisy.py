@@ -30,7 +30,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import Dataset, DataSplit, load_builtin, stratified_split
+from .data import Dataset, DataSplit, stratified_split
+from .uploads import is_zoo_model, load_data_choice
 from .engine import AttributionRequest, default_cache_dir, resolve_device
 from .errors import GDAError
 from .grouping import Groups, make_grouping
@@ -111,6 +112,7 @@ class NoisyConfig(FlagRequest):
         if not 0.0 < self.flip < 1.0:
             raise GDAError(f"flip fraction must lie strictly between 0 and 1, got {self.flip}")
         _check_validation_fraction(self.validation_fraction)
+        _check_retrainable(self.model, "noisy")
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise GDAError(f"unknown baseline {', '.join(unknown)}; choose from: {', '.join(BASELINES)}")
@@ -139,6 +141,15 @@ class PruneConfig(ScoringSpec):
         if not 0.0 <= self.flip < 1.0:
             raise GDAError(f"flip fraction must lie in [0, 1), got {self.flip}")
         _check_validation_fraction(self.validation_fraction)
+        _check_retrainable(self.model, "prune")
+
+
+def _check_retrainable(model: str, command: str) -> None:
+    """Noisy-label evaluation and pruning retrain the model from scratch, so they need an
+    architecture, not a file of trained weights."""
+    if not is_zoo_model(model):
+        raise GDAError(f"{command} retrains the model from scratch: choose a zoo architecture "
+                       f"(logreg, mlp, cnn), not the model file {model}")
 
 
 def _check_validation_fraction(value: float) -> None:
@@ -352,7 +363,7 @@ def run_noisy(config: NoisyConfig, *, cache_dir: str | Path | None = None,
     """Inject label noise, retrain, flag, and compare with the baselines (JSON-ready)."""
     progress = progress or _no_progress
     device = resolve_device(config.device)
-    split = load_builtin(config.data, seed=config.seed)
+    split = load_data_choice(config.data, seed=config.seed)
     inputs = noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
                           seed=config.seed, device=device, progress=progress)
     flags = flag_training_points(inputs.model, inputs.train, inputs.validation, config, progress)
@@ -430,7 +441,7 @@ def run_pruning(config: PruneConfig, *, cache_dir: str | Path | None = None,
     removing random groups, retrained over ``seeds`` seeds (JSON-ready)."""
     progress = progress or _no_progress
     device = resolve_device(config.device)
-    split = load_builtin(config.data, seed=config.seed)
+    split = load_data_choice(config.data, seed=config.seed)
     inputs = noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
                           seed=config.seed, device=device, progress=progress)
     train = inputs.train

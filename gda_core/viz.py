@@ -12,6 +12,7 @@ import torch
 from .data import Dataset, DataSplit
 from .errors import GDAError
 from .models import TrainedModel
+from .uploads import check_data_choice, check_model_choice
 
 SIGN_NOTE = ("A group is a set of training points scored together. Positive score: up-weighting "
              "the group lowers this test point's loss (it helps); negative: it hurts.")
@@ -107,6 +108,8 @@ class EmbeddingRequest:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_data_choice(self.data)
+        check_model_choice(self.model)
         if self.embedder not in EMBEDDERS:
             raise GDAError(f"unknown embedder {self.embedder!r}; choose from: {', '.join(EMBEDDERS)}")
         if self.space not in EMBEDDING_SPACES:
@@ -146,29 +149,42 @@ def embedding_inputs(split: DataSplit, model: TrainedModel, space: str) -> tuple
 
 
 GROUP_PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+MAP_COLOURS = ("group", "class", "score")
 
 
 def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_names: list[str],
                          group_labels: np.ndarray | None = None, *, group_scores: np.ndarray | None = None,
                          helpful: list[int] = (), harmful: list[int] = (), test_xy: np.ndarray | None = None,
                          test_labels: np.ndarray | None = None, selected_test: int | None = None,
-                         title: str = "Training points") -> go.Figure:
-    """The training points in 2-D, coloured by group (or by class without groups).
+                         colour: str = "group", title: str = "Training points") -> go.Figure:
+    """The training points in 2-D, coloured by ``colour``: "group" (by class without groups),
+    "class", or "score" (each point's group score for the chosen test point, on a diverging
+    scale: with gradient K-means one large group of well-fit points often holds most of the
+    data, and colouring by score shows where the helpful and harmful mass lies).
 
     Hover shows index, label, group and, with ``group_scores`` (one per group, for the chosen
     test point), the group's score. Members of the ``helpful`` / ``harmful`` groups get green /
     red rings; test points are grey crosses (a click on one selects it) and the chosen one a star.
     The first trace always holds exactly the training points, in order."""
+    if colour not in MAP_COLOURS:
+        raise GDAError(f"colour must be one of {', '.join(MAP_COLOURS)}, got {colour!r}")
     train_xy, train_labels = np.asarray(train_xy), np.asarray(train_labels)
     colour_by = np.asarray(group_labels) if group_labels is not None else train_labels
     names = np.array(class_names, dtype=object)[train_labels]
+    point_scores = (np.asarray(group_scores)[colour_by] if group_scores is not None and group_labels is not None
+                    else None)
     custom = np.column_stack([np.arange(len(train_xy)), names, colour_by,
-                              np.asarray(group_scores)[colour_by] if group_scores is not None and group_labels is not None
-                              else np.full(len(train_xy), np.nan)]).tolist()
+                              point_scores if point_scores is not None else np.full(len(train_xy), np.nan)]).tolist()
     score_line = "<br>group score %{customdata[3]:.3g}" if group_scores is not None else ""
+    if colour == "score" and point_scores is not None:
+        limit = float(np.abs(point_scores).max()) or 1.0
+        marker = dict(size=6, color=point_scores, colorscale="RdBu", cmin=-limit, cmax=limit, opacity=0.85,
+                      colorbar=dict(title="group score", thickness=12))
+    else:
+        categories = train_labels if colour == "class" else colour_by
+        marker = dict(size=6, color=[GROUP_PALETTE[int(c) % len(GROUP_PALETTE)] for c in categories], opacity=0.8)
     figure = go.Figure(go.Scatter(
-        x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points",
-        marker=dict(size=6, color=[GROUP_PALETTE[int(c) % len(GROUP_PALETTE)] for c in colour_by], opacity=0.8),
+        x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points", marker=marker,
         customdata=custom,
         hovertemplate=("train #%{customdata[0]}<br>label %{customdata[1]}<br>group %{customdata[2]}"
                        + score_line + "<extra></extra>"),

@@ -21,8 +21,8 @@ state.page_setup("Compute")
 st.title("Compute group scores")
 split = state.data_split()
 n_train = len(split.train)
-st.caption(f"Data set **{st.session_state['data']}** ({n_train} training points), model "
-           f"**{st.session_state['model']}**. Change them on the Home page.")
+st.caption(f"Data set **{state.describe(st.session_state['data'])}** ({n_train} training points), model "
+           f"**{state.describe(st.session_state['model'])}**. Change them on the Home page.")
 
 left, middle, right = st.columns(3)
 left.selectbox("Method", list(METHODS), key="method", format_func=lambda name: name,

@@ -10,7 +10,8 @@ import streamlit as st
 
 from gda_app import state
 from gda_core.engine import AttributionRequest, top_groups
-from gda_core.viz import SIGN_NOTE, EmbeddingRequest, embedding_map_figure, group_scores_figure, image_grid_figure
+from gda_core.viz import (MAP_COLOURS, SIGN_NOTE, EmbeddingRequest, embedding_map_figure, group_scores_figure,
+                          image_grid_figure)
 
 MAP_KEY = "map"
 
@@ -25,8 +26,8 @@ if st.session_state.get("result_key") not in runs and runs:
     st.session_state["result_key"] = next(iter(runs))
 run = runs.get(st.session_state.get("result_key"))
 if run is None:
-    st.info(f"No group scores computed yet for {data} / {arch}. Compute them here with Grad-Dot on "
-            "gradient K-means groups (K = 50), or choose another method on the Compute page.")
+    st.info(f"No group scores computed yet for {state.describe(data)} / {state.describe(arch)}. Compute them "
+            "here with Grad-Dot on gradient K-means groups (K = 50), or choose another method on the Compute page.")
     if st.button("Compute group scores", type="primary"):
         request = AttributionRequest(data=data, model=arch, method="grad-dot", grouping="grad-kmeans",
                                      n_groups=min(50, len(split.train)), test_size=None)
@@ -81,12 +82,15 @@ right.markdown(f"Test point **#{index}**: label **{names[test_labels[index]]}**,
 st.caption(f"Scores: **{run.params['method']}** on **{run.params['grouping']}** groups "
            f"(K = {run.summary.get('n_groups')}). {SIGN_NOTE}")
 
+st.radio("Colour the map by", MAP_COLOURS, key="map_colour", horizontal=True,
+         format_func={"group": "group", "class": "class label",
+                      "score": "group score for this test point (blue helps, red hurts)"}.get)
 ranking = top_groups(scores, group_labels, split.train.labels.cpu().numpy(), split.train.class_names, index)
 figure = embedding_map_figure(
     embedding["train"], split.train.labels.cpu().numpy(), split.train.class_names, group_labels,
     group_scores=scores[index], helpful=[row["group"] for row in ranking["helpful"]],
     harmful=[row["group"] for row in ranking["harmful"]], test_xy=embedding["test"][:n_scored],
-    test_labels=test_labels[:n_scored], selected_test=index,
+    test_labels=test_labels[:n_scored], selected_test=index, colour=st.session_state["map_colour"],
     title=f"Training points by group ({maps[0].summary.get('embedder', embedder).upper()} map); "
           "rings: the chosen test point's most helpful (green) and harmful (red) groups")
 st.session_state["_test_trace"] = next(i for i, trace in enumerate(figure.data) if trace.name.startswith("test points"))

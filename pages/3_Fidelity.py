@@ -31,8 +31,9 @@ state.show_job("fidelity", "Sweep")
 
 sweeps = state.finished_runs("fidelity")
 if not sweeps:
-    st.info(f"No sweep for {data} / {arch} yet. Press **Run a small sweep**, or run a bigger one from the "
-            f"command line: `gda fidelity --data {data} --model {arch} ...` (it lands in the same cache).")
+    st.info(f"No sweep for {state.describe(data)} / {state.describe(arch)} yet. Press **Run a small sweep**, or "
+            f"run a bigger one from the command line: `gda fidelity --data {data} --model {arch} ...` "
+            f"(it lands in the same cache).")
     st.stop()
 
 labels = {run.key: (f"{', '.join(run.params['methods'])} | {', '.join(run.params['groupings'])} | gold "

@@ -130,6 +130,13 @@ def test_explore_map_has_one_point_per_training_point(app):
     map_spec = next(s for s in plotly_specs(app) if s["layout"].get("title", {}).get("text", "").startswith("Training"))
     assert any(trace["name"] == f"chosen test point #{chosen}" for trace in map_spec["data"])
 
+    # colouring by score puts the chosen point's group scores on a diverging scale
+    app.radio(key="map_colour").set_value("score").run()
+    map_spec = next(s for s in plotly_specs(app) if s["layout"].get("title", {}).get("text", "").startswith("Training"))
+    marker = map_spec["data"][0]["marker"]
+    assert marker["colorscale"] and marker["cmin"] == -marker["cmax"]
+    assert len(decoded(marker["color"])) == 1438
+
 
 def test_pages_keep_the_choices(app):
     app.run()

@@ -48,7 +48,7 @@ class TRAK(InverseCurvatureMethod):
         device = next(self.model.module.parameters()).device
         for member in range(1, self.options.ensemble):
             config = TrainConfig(**{**base.to_json(), "seed": base.seed + 1000 * member})
-            modules.append(train_model(self.model.config, train, config, device=device).module)
+            modules.append(train_model(self.model.zoo_config("A TRAK ensemble"), train, config, device=device).module)
         return [View(self._engine(module), 1.0 / len(modules)) for module in modules]
 
     def _fit_view(self, index: int, view: View, train: Dataset) -> None:

@@ -6,6 +6,8 @@ store (gda_core.review), figures come from gda_core.viz."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -28,6 +30,8 @@ for name, default in FLAG_DEFAULTS.items():
 st.title("Noisy labels")
 split, model = state.inputs()
 data, arch = st.session_state["data"], st.session_state["model"]
+data_name, model_name = state.describe(data), state.describe(arch)  # uploads by their file names
+file_stem = f"{Path(data_name).stem}-{Path(model_name).stem}"
 n_train = len(split.train)
 st.caption("Flagged first: training points with the largest **self-influence** (how much up-weighting a point "
            "lowers its own loss: the model bends to fit it, as it must for a wrong label), or those whose "
@@ -130,15 +134,15 @@ def review(flag_key: str) -> None:
                  column_config={"confidence": st.column_config.NumberColumn(format="percent")})
     downloads = st.columns(2)
     downloads[0].download_button("Download decisions (CSV)", session.decisions_csv(),
-                                 file_name=f"{data}-{arch}-decisions.csv", mime="text/csv")
+                                 file_name=f"{file_stem}-decisions.csv", mime="text/csv")
     downloads[1].download_button("Download cleaned labels (CSV)", session.labels_csv(),
-                                 file_name=f"{data}-{arch}-cleaned-labels.csv", mime="text/csv")
+                                 file_name=f"{file_stem}-cleaned-labels.csv", mime="text/csv")
 
 
 st.subheader("Review")
 flag_runs = state.finished_runs("flag")
 if not flag_runs:
-    st.info(f"No flagged points for {data} / {arch} yet: press **Flag training points** (Grad-Dot per example "
+    st.info(f"No flagged points for {data_name} / {model_name} yet: press **Flag training points** (Grad-Dot per example "
             "takes a second; influence functions longer), or run `gda flag` from the command line.")
 else:
     labels = {run.key: f"{run.params['method']} / {run.params['grouping']} (K={run.summary.get('n_groups')}), "
@@ -157,8 +161,11 @@ n_fit = int(0.9 * n_train)
 small_k = min(150, max(2, n_fit // 10))
 if st.button("Run a small evaluation", help=f"Grad-Dot self-influence on gradient K-means groups (K = {small_k}), "
                                             "10% flipped labels, with the loss and Confident Learning baselines."):
-    config = NoisyConfig(data=data, model=arch, method="grad-dot", grouping="grad-kmeans", n_groups=small_k)
-    state.submit("noisy", config.to_json(), slot="noisy")
+    try:  # e.g. a model file: this retrains from scratch, so it needs an architecture
+        config = NoisyConfig(data=data, model=arch, method="grad-dot", grouping="grad-kmeans", n_groups=small_k)
+        state.submit("noisy", config.to_json(), slot="noisy")
+    except GDAError as error:
+        st.error(str(error))
 state.show_job("noisy", "Evaluation")
 evaluations = state.finished_runs("noisy")
 if evaluations:
@@ -168,20 +175,23 @@ if evaluations:
                                 "seconds": r["seconds"]} for r in evaluations[0].summary["rankings"].values()]),
                  hide_index=True, key="noisy_table")
 else:
-    st.info(f"No evaluation for {data} / {arch} yet: press **Run a small evaluation**, or run "
-            f"`gda noisy --data {data} --model {arch} ...` (it lands in the same cache).")
+    st.info(f"No evaluation for {data_name} / {model_name} yet: press **Run a small evaluation**, or run "
+            f"`gda noisy --data {data_name} --model {model_name} ...` (it lands in the same cache).")
 
 st.subheader("Pruning")
 st.caption("Remove the groups with the lowest total influence on a held-out validation loss, retrain, and compare "
            "test accuracy with removing random groups.")
 if st.button("Run a small pruning", help=f"Grad-Dot on gradient K-means groups (K = {small_k}), removing 10-30% "
                                          "of the training points, 2 seeds."):
-    config = PruneConfig(data=data, model=arch, method="grad-dot", grouping="grad-kmeans", n_groups=small_k,
-                         fractions=(0.1, 0.2, 0.3), seeds=2)
-    state.submit("prune", config.to_json(), slot="prune")
+    try:
+        config = PruneConfig(data=data, model=arch, method="grad-dot", grouping="grad-kmeans", n_groups=small_k,
+                             fractions=(0.1, 0.2, 0.3), seeds=2)
+        state.submit("prune", config.to_json(), slot="prune")
+    except GDAError as error:
+        st.error(str(error))
 state.show_job("prune", "Pruning")
 prunings = state.finished_runs("prune")
 if prunings:
     st.plotly_chart(pruning_figure(prunings[0].summary), key="pruning_figure")
 else:
-    st.info(f"No pruning run for {data} / {arch} yet: press **Run a small pruning**, or run `gda prune`.")
+    st.info(f"No pruning run for {data_name} / {model_name} yet: press **Run a small pruning**, or run `gda prune`.")

@@ -1,8 +1,9 @@
 """Page load times of the Streamlit app once everything is computed (served from the cache).
 
-Fills a cache with the demo's runs (an attribution, the map, a small sweep), then times each
-page's script run with Streamlit's AppTest (the server-side work of a page load: what the
-user waits for beyond the browser drawing). Prints JSON: median and max seconds per page.
+Fills a cache with the demo's runs (an attribution, the map, a small sweep, a flagged list, a
+small noisy-label evaluation and pruning), then times each page's script run with Streamlit's
+AppTest (the server-side work of a page load: what the user waits for beyond the browser
+drawing). Prints JSON: median and max seconds per page.
 
     python benchmarks/app_pages.py [--repeats 7] [--embedder umap|pca]
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {"home": "app.py", "compute": "pages/1_Compute.py", "explore": "pages/2_Explore.py",
-         "fidelity": "pages/3_Fidelity.py"}
+         "fidelity": "pages/3_Fidelity.py", "noisy labels": "pages/4_Noisy_labels.py"}
 
 
 def main() -> None:
@@ -37,6 +38,7 @@ def main() -> None:
     from gda_core.engine import AttributionRequest
     from gda_core.evaluate import GoldConfig, SweepConfig
     from gda_core.jobs import run_in_foreground
+    from gda_core.noisy import FlagRequest, NoisyConfig, PruneConfig
     from gda_core.store import ScoreStore
     from gda_core.viz import EmbeddingRequest
 
@@ -50,6 +52,11 @@ def main() -> None:
     sweep = SweepConfig(methods=("grad-dot",), groupings=("random", "grad-kmeans"), group_counts=(15,),
                         per_example=False, test_size=20, gold=GoldConfig(kind="lds", n_subsets=5))
     run_in_foreground("fidelity", dataclasses.asdict(sweep), store)
+    # what the Noisy labels page shows: a flagged list, a small evaluation and a small pruning
+    run_in_foreground("flag", FlagRequest(method="grad-dot", grouping="per-example").to_json(), store)
+    scoring = dict(method="grad-dot", grouping="grad-kmeans", n_groups=129)
+    run_in_foreground("noisy", NoisyConfig(**scoring).to_json(), store)
+    run_in_foreground("prune", PruneConfig(**scoring, fractions=(0.1, 0.2, 0.3), seeds=2).to_json(), store)
     fill_seconds = time.perf_counter() - started
 
     app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)

@@ -21,7 +21,6 @@ extra, imported only when the ``ray`` executor is used.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import warnings
@@ -88,9 +87,8 @@ class TrainingData:
             return cached
         if self.builtin is not None:
             split = load_builtin(self.builtin.name, seed=self.builtin.seed, test_fraction=self.builtin.test_fraction)
-            positions = np.searchsorted(split.train.indices, self.rows)
-            if (positions >= len(split.train)).any() or (split.train.indices[positions.clip(0, len(split.train) - 1)]
-                                                         != self.rows).any():
+            positions = np.searchsorted(split.train.indices, self.rows).clip(0, len(split.train) - 1)
+            if not np.array_equal(split.train.indices[positions], self.rows):
                 raise GDAError(f"this worker's built-in {self.builtin.name!r} lacks rows the driver used")
             train = split.train.subset(positions)
             if train.fingerprint() != self.fingerprint:
@@ -288,8 +286,6 @@ class RayExecutor(Executor):
     max_in_flight: int | None = None
     #: retries of a shard whose worker died or hit a transient error
     max_retries: int = 3
-    #: extra ``ray.init`` arguments for a local Ray (e.g. num_cpus, _temp_dir)
-    init_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.shards_per_cpu < 1 or (self.max_in_flight is not None and self.max_in_flight < 1):
@@ -315,10 +311,9 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             if self.address is None:
                 # A Ray of our own for this run, reachable from this machine only.
-                options = {"address": "local", "include_dashboard": False, "_node_ip_address": "127.0.0.1",
-                           **self.init_options}
+                options = {"address": "local", "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
             else:
-                options = {"address": self.address, **self.init_options}
+                options = {"address": self.address}
             try:
                 ray.init(logging_level=logging.WARNING, **options)
             except Exception as error:  # noqa: BLE001 - any start failure is one line for the user

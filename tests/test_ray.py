@@ -115,6 +115,16 @@ def test_workers_load_a_builtin_by_name_and_last_layer_mode(ray_cluster, setting
     assert executor.broadcast_bytes["training_data"] == 2 * len(train) * 8
 
 
+def test_a_worker_whose_builtin_differs_from_the_drivers_is_a_one_line_error(ray_cluster, setting):
+    model, train, test, _ = setting
+    # Rows no worker has loaded yet (workers keep the data set they checked last).
+    train = train.subset(slice(0, 200))
+    method = make_method("grad-dot", model).fit(train, make_grouping("random", 6, seed=0).fit(train))
+    with pytest.raises(GDAError, match="differs from the driver's|lacks rows") as caught:
+        method.attribute(test, executor=RayExecutor(builtin=BuiltinSource("digits", seed=1)))
+    assert "\n" not in str(caught.value)
+
+
 class _CrashOnce:
     """A train transform that kills its worker process the first time any worker runs it."""
 

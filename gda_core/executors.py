@@ -42,7 +42,8 @@ EXECUTORS: dict[str, type["Executor"]] = {}
 Transform = Callable[[torch.Tensor], torch.Tensor]
 FractionDone = Callable[[float], None]
 
-RAY_INSTALL_HINT = "the ray executor needs Ray: pip install 'gda-explorer[ray]' (or pip install 'ray>=2.9')"
+RAY_INSTALL_HINT = ("the ray executor needs Ray: pip install 'gda-explorer[ray]' "
+                    "(in a checkout: pip install -e '.[ray]')")
 
 
 # ------------------------------------------------------------------ what a shard needs

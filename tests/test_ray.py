@@ -64,6 +64,7 @@ def ray_cluster():
     temp_dir = tempfile.mkdtemp(prefix="gdaray", dir="/tmp")
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
              _node_ip_address="127.0.0.1", logging_level="warning")
+    assert _raylets(temp_dir), "the raylet check below would not see this Ray's raylet"
     yield temp_dir
     ray.shutdown()
     deadline = time.time() + 15

@@ -221,8 +221,8 @@ class SweepConfig:
     horizon_matched: bool = False
     method_options: dict = field(default_factory=dict)
     top_k: int = 10
-    #: where the methods' training side runs (see gda_core.executors). Unlike an attribution
-    #: request's, these stay in the sweep's cache key: its wall times depend on them.
+    #: where the methods' training side runs (see gda_core.executors); like the device, not
+    #: part of the sweep's cache key (its result's config records them with the wall times)
     executor: str = "local"
     ray_address: str | None = None
 

@@ -45,10 +45,13 @@ def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
         split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
         return parsed.identity(split, model)
     if kind == "fidelity":
+        from .engine import PLACEMENT_FIELDS
         from .evaluate import SweepConfig
 
         SweepConfig(**request)  # validates
-        return {k: v for k, v in request.items() if k != "device"}
+        # Where it runs stays out of the key, as for attribution; the result's config says
+        # which executor measured its wall times.
+        return {k: v for k, v in request.items() if k not in PLACEMENT_FIELDS}
     if kind == "embed":
         from .engine import input_fingerprints, load_inputs, resolve_device
         from .viz import EmbeddingRequest

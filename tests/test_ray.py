@@ -6,6 +6,7 @@ is stopped at its end; the finaliser checks that no raylet of that temp dir is l
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -23,7 +24,8 @@ from gda_core.engine import AttributionRequest
 from gda_core.errors import GDAError
 from gda_core.executors import BuiltinSource, RayExecutor, make_executor, shard_ranges
 from gda_core.grouping import make_grouping
-from gda_core.jobs import run_in_foreground
+from gda_core.evaluate import SweepConfig
+from gda_core.jobs import job_key, run_in_foreground
 from gda_core.methods import METHODS, make_method
 from gda_core.methods.first_order import GradDot
 from gda_core.models import TrainConfig, model_config_for, train_model
@@ -195,7 +197,7 @@ def test_without_ray_asking_for_it_is_one_line_saying_how_to_install(monkeypatch
     assert make_executor("local").reuses_train_side  # the local executor needs nothing
 
 
-def test_executor_settings_are_validated_and_leave_the_cache_key_alone(setting):
+def test_executor_settings_are_validated_and_leave_the_cache_key_alone(setting, tmp_path):
     with pytest.raises(GDAError, match="--ray-address needs --executor ray"):
         AttributionRequest(ray_address="auto", **RANDOM_GROUPS)
     with pytest.raises(GDAError, match="unknown executor"):
@@ -206,3 +208,7 @@ def test_executor_settings_are_validated_and_leave_the_cache_key_alone(setting):
     split = DataSplit(train, test)
     assert (AttributionRequest(executor="ray", ray_address="auto", **RANDOM_GROUPS).key(split, model)
             == AttributionRequest(**RANDOM_GROUPS).key(split, model))
+    store = ScoreStore(tmp_path)
+    sweep = SweepConfig(methods=("grad-dot",), group_counts=(15,))
+    assert (job_key("fidelity", dataclasses.asdict(dataclasses.replace(sweep, executor="ray")), store)
+            == job_key("fidelity", dataclasses.asdict(sweep), store))

@@ -25,7 +25,7 @@ from . import __version__
 from .data import Dataset, load_builtin
 from .engine import DEVICES, default_cache_dir, resolve_device
 from .errors import GDAError
-from .executors import BuiltinSource, check_executor, make_executor
+from .executors import BuiltinSource, Executor, check_executor, make_executor
 from .gold import (GoldStandard, LDSEnsemble, Recipe, further_training, lds, lds_ensemble,
                    leave_group_out)
 from .grouping import GROUPINGS, Groups, make_grouping
@@ -159,8 +159,9 @@ class GoldConfig:
 
 
 def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: Dataset, groups: Groups,
-                 cache_dir: Path, progress: Progress) -> GoldStandard | LDSEnsemble:
-    """The gold standard for these groups, from the store when it was computed before."""
+                 cache_dir: Path, progress: Progress, executor: Executor | None = None) -> GoldStandard | LDSEnsemble:
+    """The gold standard for these groups, from the store when it was computed before;
+    ``executor`` trains its blocks of model copies (default: this process)."""
     from .store import ScoreStore
 
     params = {"gold": dataclasses.asdict(config), "model": model.fingerprint(), "train": train.fingerprint(),
@@ -171,7 +172,7 @@ def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: 
         def compute_lds(report: Progress) -> tuple[dict, dict]:
             ensemble = lds_ensemble(model, train, test, groups, n_subsets=config.n_subsets, alpha=config.alpha,
                                     seeds=config.seeds, measurement=config.measurement,
-                                    progress=_both(progress, report))
+                                    progress=_both(progress, report), executor=executor)
             return {"masks": ensemble.masks, "outputs": ensemble.outputs}, ensemble.params
 
         arrays, summary, _ = store.get_or_compute("lds", params, compute_lds)
@@ -181,10 +182,11 @@ def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: 
         if config.kind == "further-training":
             gold = further_training(model, train, test, groups, epochs=list(config.epochs), epsilon=config.epsilon,
                                     seeds=config.seeds, recipe=config.recipe(), measurement=config.measurement,
-                                    progress=_both(progress, report))
+                                    progress=_both(progress, report), executor=executor)
         else:
             gold = leave_group_out(model, train, test, groups, seeds=config.seeds,
-                                   measurement=config.measurement, progress=_both(progress, report))
+                                   measurement=config.measurement, progress=_both(progress, report),
+                                   executor=executor)
         arrays = {"scores": gold.scores, "standard_error": gold.standard_error, "differences": gold.differences}
         return arrays, {**gold.params, "horizons": gold.horizons, "weight_change": gold.weight_change}
 
@@ -302,7 +304,7 @@ def run_sweep(config: SweepConfig, *, cache_dir: str | Path | None = None,
                 progress(f"{phase} ({grouping}, K={groups.n_groups})", (index + fraction) / len(cells))
 
             started = time.perf_counter()
-            gold = compute_gold(config.gold, model, train, test, groups, cache_dir, cell_progress)
+            gold = compute_gold(config.gold, model, train, test, groups, cache_dir, cell_progress, executor)
             gold_seconds[f"{grouping}/{groups.n_groups}"] = time.perf_counter() - started
             for label, method_name, options in runs:
                 with PeakMemory(device) as memory:

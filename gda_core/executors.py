@@ -35,12 +35,18 @@ from .data import Dataset, load_builtin
 from .errors import GDAError
 from .grads import GradientChunk, GradientEngine
 from .grouping import Groups
-from .models import ModelConfig, ZooModel, build_model
+from .models import ModelConfig, ZooModel, module_from_arrays, state_arrays
 
 EXECUTORS: dict[str, type["Executor"]] = {}
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 FractionDone = Callable[[float], None]
+#: ``function(shared, item, progress)``: one independent piece of work of :meth:`Executor.map`
+ItemFunction = Callable[[object, object, FractionDone], object]
+
+
+def _no_progress(fraction: float) -> None:
+    return None
 
 RAY_INSTALL_HINT = ("the ray executor needs Ray: pip install 'gda-explorer[ray]' "
                     "(in a checkout: pip install -e '.[ray]')")
@@ -136,7 +142,7 @@ class ViewRecipe:
             raise GDAError("the ray executor needs a zoo model (logreg, mlp, cnn): workers rebuild it from its config")
         return cls(
             model_config=config.to_json(),
-            weights={k: v.detach().cpu().numpy() for k, v in engine.module.state_dict().items()},
+            weights=state_arrays(engine.module),
             last_layer_only=engine.last_layer_only, chunk_examples=engine.chunk_examples, objective=objective,
             example_weights=None if example_weights is None else example_weights.detach().cpu().numpy(),
             transform=transform, weight=weight,
@@ -147,9 +153,7 @@ class ViewRecipe:
         return int(sum(w.nbytes for w in self.weights.values()) + extra)
 
     def engine(self) -> GradientEngine:
-        module = build_model(ModelConfig.from_json(self.model_config))
-        module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.weights.items()})
-        module.eval()
+        module = module_from_arrays(ModelConfig.from_json(self.model_config), self.weights)
         return GradientEngine(module, last_layer_only=self.last_layer_only, chunk_examples=self.chunk_examples)
 
 
@@ -229,6 +233,14 @@ class Executor(ABC):
     def score(self, side: TrainSide, test_side: torch.Tensor, progress: FractionDone) -> torch.Tensor:
         """(n_test, K) scores of one view; ``progress(fraction)`` along the way."""
 
+    @abstractmethod
+    def map(self, function: ItemFunction, shared: object, items: list, sizes: list[float],
+            progress: FractionDone) -> list:
+        """``function(shared, item, progress)`` for every item, results in item order.
+
+        ``shared`` is sent once (it must pickle for remote executors); ``sizes`` weigh the
+        items' work for ``progress(fraction of all)``."""
+
     def close(self) -> None:
         """Release what the executor started."""
 
@@ -260,6 +272,14 @@ class LocalExecutor(Executor):
             progress(state["done"] / n_groups)
 
         return fill_scores(block, side.chunks(), test_side, side.weight, done)
+
+    def map(self, function: ItemFunction, shared: object, items: list, sizes: list[float],
+            progress: FractionDone) -> list:
+        total, before, results = float(sum(sizes)) or 1.0, 0.0, []
+        for item, size in zip(items, sizes):
+            results.append(function(shared, item, lambda f, before=before, size=size: progress((before + f * size) / total)))
+            before += size
+        return results
 
 
 def _import_ray():
@@ -324,9 +344,9 @@ class RayExecutor(Executor):
             self._started = True
         return ray
 
-    def _task(self, ray):
+    def _task(self, ray, function: Callable):
         # Application errors worth a retry; a dead worker process is retried by max_retries alone.
-        return ray.remote(score_group_range).options(
+        return ray.remote(function).options(
             num_cpus=1, max_retries=self.max_retries, retry_exceptions=[OSError, MemoryError])
 
     def _training_data(self, ray, side: TrainSide):
@@ -348,28 +368,40 @@ class RayExecutor(Executor):
 
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         shards = shard_ranges(side.groups.sizes, self.shards_per_cpu * cpus)
-        in_flight = self.max_in_flight or 2 * cpus
-        task = self._task(ray)
-        blocks: list[np.ndarray | None] = [None] * len(shards)
+        task = self._task(ray, score_group_range)
+        blocks = self._gather(ray, lambda index: task.remote(data_ref, view_ref, test_ref, *shards[index]),
+                              [b - a for a, b in shards], progress)
+        return torch.from_numpy(np.concatenate(blocks, axis=1)).to(test_side.device)
+
+    def map(self, function: ItemFunction, shared: object, items: list, sizes: list[float],
+            progress: FractionDone) -> list:
+        ray = self._ray()
+        shared_ref = ray.put(shared)
+        task = self._task(ray, function)
+        return self._gather(ray, lambda index: task.remote(shared_ref, items[index], _no_progress), sizes, progress)
+
+    def _gather(self, ray, submit: Callable[[int], object], sizes: list[float], progress: FractionDone) -> list:
+        """Submit ``len(sizes)`` tasks with a bounded number in flight; results in task order."""
+        in_flight = self.max_in_flight or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        results: list = [None] * len(sizes)
         pending: dict = {}
-        submitted = done_groups = 0
+        submitted, done, total = 0, 0.0, float(sum(sizes)) or 1.0
         try:
-            while submitted < len(shards) or pending:
-                while submitted < len(shards) and len(pending) < in_flight:
-                    start, stop = shards[submitted]
-                    pending[task.remote(data_ref, view_ref, test_ref, start, stop)] = submitted
+            while submitted < len(sizes) or pending:
+                while submitted < len(sizes) and len(pending) < in_flight:
+                    pending[submit(submitted)] = submitted
                     submitted += 1
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     index = pending.pop(ref)
-                    blocks[index] = self._result(ray, ref)
-                    done_groups += shards[index][1] - shards[index][0]
-                    progress(done_groups / side.groups.n_groups)
+                    results[index] = self._result(ray, ref)
+                    done += sizes[index]
+                    progress(done / total)
         except BaseException:
-            for ref in pending:  # a cancelled job (or a failed shard) stops the rest
+            for ref in pending:  # a cancelled job (or a failed task) stops the rest
                 ray.cancel(ref)
             raise
-        return torch.from_numpy(np.concatenate(blocks, axis=1)).to(test_side.device)
+        return results
 
     @staticmethod
     def _result(ray, ref) -> np.ndarray:

@@ -23,6 +23,7 @@ from gda_core.cli import main as cli_main
 from gda_core.engine import AttributionRequest
 from gda_core.errors import GDAError
 from gda_core.executors import BuiltinSource, RayExecutor, make_executor, shard_ranges
+from gda_core.gold import further_training, lds_ensemble, leave_group_out
 from gda_core.grouping import make_grouping
 from gda_core.evaluate import SweepConfig
 from gda_core.jobs import job_key, run_in_foreground
@@ -107,6 +108,25 @@ def test_every_method_scores_the_same_on_ray(ray_cluster, setting, name):
                                executor=RayExecutor(shards_per_cpu=2))
     _assert_same_scores(local, sharded)
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+
+def test_gold_standards_train_their_blocks_of_copies_on_ray(ray_cluster, setting):
+    model, train, test, groups = setting
+    executor = RayExecutor()
+    for gold in (
+        lambda **kw: further_training(model, train, test, groups, epochs=[0.5, 1.0], seeds=2, copies_per_chunk=5, **kw),
+        lambda **kw: leave_group_out(model, train, test, groups, epochs=1, copies_per_chunk=5, **kw),
+    ):
+        local, sharded = gold(), gold(executor=executor)
+        assert local.horizons == sharded.horizons
+        _assert_same_scores(local.scores, sharded.scores)
+    fractions = []
+    local = lds_ensemble(model, train, test, groups, n_subsets=6, epochs=1, copies_per_chunk=4)
+    sharded = lds_ensemble(model, train, test, groups, n_subsets=6, epochs=1, copies_per_chunk=4, executor=executor,
+                           progress=lambda phase, f: fractions.append(f))
+    np.testing.assert_array_equal(local.masks, sharded.masks)
+    _assert_same_scores(local.outputs, sharded.outputs)
+    assert fractions[-1] == pytest.approx(1.0)
 
 
 def test_workers_load_a_builtin_by_name_and_last_layer_mode(ray_cluster, setting):

@@ -15,6 +15,9 @@ K groups of one view and returns the (n_test, K) block ``weight * test_side @ tr
   gradients. Results are collected in shard order with a bounded number of tasks in flight;
   a task whose worker dies is retried.
 
+:meth:`Executor.map` runs any other independent pieces of work the same way (the gold
+standards' blocks of trained model copies, :mod:`gda_core.gold`).
+
 Executors register by name (``EXECUTORS``) like methods and groupings. Ray is an optional
 extra, imported only when the ``ray`` executor is used.
 """

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import socket
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -285,6 +286,18 @@ class LocalExecutor(Executor):
         return results
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a ``host:port`` nothing listens at: ``ray.init`` keeps retrying
+    such an address for minutes. ``auto`` and ``ray://`` addresses are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise GDAError(f"no Ray cluster answers at {address!r}: {error}") from None
+
+
 def _import_ray():
     try:
         import ray
@@ -337,6 +350,7 @@ class RayExecutor(Executor):
                 # A Ray of our own for this run, reachable from this machine only.
                 options = {"address": "local", "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
             else:
+                check_reachable(self.address)
                 options = {"address": self.address}
             try:
                 ray.init(logging_level=logging.WARNING, **options)

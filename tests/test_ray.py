@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ import torch
 from gda_core.cli import main as cli_main
 from gda_core.engine import AttributionRequest
 from gda_core.errors import GDAError
-from gda_core.executors import BuiltinSource, RayExecutor, make_executor, shard_ranges
+from gda_core.executors import BuiltinSource, RayExecutor, check_reachable, make_executor, shard_ranges
 from gda_core.gold import further_training, lds_ensemble, leave_group_out
 from gda_core.grouping import make_grouping
 from gda_core.evaluate import SweepConfig
@@ -215,6 +216,17 @@ def test_without_ray_asking_for_it_is_one_line_saying_how_to_install(monkeypatch
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "pip install" in error
     assert make_executor("local").reuses_train_side  # the local executor needs nothing
+
+
+def test_an_address_nothing_listens_at_fails_in_seconds():
+    with socket.socket() as probe:  # a free port, closed again
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.time()
+    with pytest.raises(GDAError, match="no Ray cluster answers at"):
+        check_reachable(f"127.0.0.1:{port}")
+    assert time.time() - started < 10
+    check_reachable("auto")  # left to Ray
 
 
 def test_executor_settings_are_validated_and_leave_the_cache_key_alone(setting, tmp_path):

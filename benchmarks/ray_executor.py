@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -116,6 +117,7 @@ def main() -> None:
         max_error = max(max_error, float(np.abs(scores - reference).max() / np.abs(reference).max()))
         log(f"ray {args.workers} worker(s) #{repeat}: {seconds:.2f} s")
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
     # One shard's cost at one thread, by the function a Ray task runs.
     torch.set_num_threads(1)

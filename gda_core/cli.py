@@ -40,9 +40,18 @@ def _parse_options(pairs: Sequence[str]) -> dict:
     return options
 
 
+def _add_executor_arguments(parser: argparse.ArgumentParser, executors: dict) -> None:
+    parser.add_argument("--executor", default="local", choices=list(executors),
+                        help="where the training side runs: local (this process) or ray (shards on a Ray cluster)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="Ray cluster to use with --executor ray ('auto': the one `ray start` made on this "
+                             "machine); default: a local Ray started for the run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import BUILTIN_DATASETS
     from .engine import DEVICES
+    from .executors import EXECUTORS
     from .grouping import GROUPINGS
     from .methods import METHODS
     from .models import ARCHITECTURES
@@ -74,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute = commands.add_parser("attribute", help="score training groups for test points")
     scoring_arguments(attribute, "grad-dot", "grad-kmeans")
     attribute.add_argument("--test-size", type=int, default=200, help="first N test points (default 200)")
+    _add_executor_arguments(attribute, EXECUTORS)
     attribute.add_argument("--out", default=None, help="write the scores here (.npy); refuses to overwrite")
     attribute.add_argument("--overwrite", action="store_true", help="allow --out to replace a file")
     attribute.add_argument("--json", action="store_true", help="print one JSON object")
@@ -98,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--horizon-matched", action="store_true",
                        help="also run influence methods with damping 1/(lr x T) for each horizon T")
     sweep.add_argument("--device", default="auto", choices=DEVICES)
+    _add_executor_arguments(sweep, EXECUTORS)
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--cache", default=None)
     sweep.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
@@ -185,7 +196,8 @@ def _fidelity(args: argparse.Namespace) -> dict:
     config = SweepConfig(data=data, model=model, methods=_split_list(args.methods),
                          groupings=_split_list(args.groupings), group_counts=_split_list(args.groups, int),
                          per_example=not args.no_per_example, test_size=args.test_size, seed=args.seed,
-                         device=args.device, gold=gold, horizon_matched=args.horizon_matched)
+                         device=args.device, gold=gold, horizon_matched=args.horizon_matched,
+                         executor=args.executor, ray_address=args.ray_address)
     from .jobs import run_in_foreground
 
     outcome = run_in_foreground("fidelity", dataclasses.asdict(config), _store(args),
@@ -315,7 +327,7 @@ def _attribute(args: argparse.Namespace) -> dict:
     request = AttributionRequest(
         data=data, model=model, method=args.method, grouping=args.grouping,
         n_groups=args.groups, test_size=args.test_size, seed=args.seed, device=args.device,
-        method_options=options,
+        method_options=options, executor=args.executor, ray_address=args.ray_address,
     )
     store = _store(args)
     outcome = run_in_foreground("attribute", request.to_json(), store, progress=_progress_bar(sys.stderr.isatty()))

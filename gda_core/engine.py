@@ -19,6 +19,7 @@ import torch
 
 from .data import DataSplit
 from .errors import GDAError
+from .executors import BuiltinSource, check_executor, make_executor
 from .grouping import GROUPINGS, Groups, make_grouping
 from .methods import METHODS, make_method
 from .models import TrainedModel, accuracy
@@ -50,6 +51,10 @@ def input_fingerprints(split: DataSplit, model: TrainedModel) -> dict:
             "model_fingerprint": model.fingerprint()}
 
 
+#: request fields that say where a run is computed, not what: they never change the scores
+PLACEMENT_FIELDS = ("device", "executor", "ray_address")
+
+
 @dataclass
 class AttributionRequest:
     """Everything one attribution run depends on."""
@@ -64,6 +69,10 @@ class AttributionRequest:
     device: str = "auto"
     method_options: dict = field(default_factory=dict)
     grouping_options: dict = field(default_factory=dict)
+    #: where the training side runs: "local" (this process) or "ray" (shards on a cluster)
+    executor: str = "local"
+    #: the Ray cluster to use ("auto": the one `ray start` made here); None: a local Ray for the run
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         check_data_choice(self.data)
@@ -80,6 +89,9 @@ class AttributionRequest:
             raise GDAError(f"test size must be >= 1, got {self.test_size}")
         if self.device not in DEVICES:
             raise GDAError(f"unknown device {self.device!r}; choose from: {', '.join(DEVICES)}")
+        check_executor(self.executor)
+        if self.ray_address is not None and self.executor != "ray":
+            raise GDAError(f"--ray-address needs --executor ray, not {self.executor!r}")
         # Build the method's options once so a bad option fails here, with its own message.
         METHODS[self.method].make_options(**self.method_options)
 
@@ -87,9 +99,10 @@ class AttributionRequest:
         return dataclasses.asdict(self)
 
     def identity(self, split: DataSplit, model: TrainedModel) -> dict:
-        """What the result depends on: the request (the device aside), and the fingerprints of
-        the data and of the model's weights, so a retrained model is a different run."""
-        payload = {k: v for k, v in self.to_json().items() if k != "device"}
+        """What the result depends on: the request (where it runs aside: device, executor,
+        cluster), and the fingerprints of the data and of the model's weights, so a retrained
+        model is a different run."""
+        payload = {k: v for k, v in self.to_json().items() if k not in PLACEMENT_FIELDS}
         payload.update(input_fingerprints(split, model))
         return payload
 
@@ -149,8 +162,9 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
 
     With ``parts = (load, save)`` the test points are scored in chunks, each saved as it
     finishes and loaded instead of recomputed on a rerun: an interrupted job resumes. Chunks
-    are only used while the training side fits in memory (otherwise each chunk would redo
-    the training-side gradient pass)."""
+    are only used while the training side fits in memory and the executor keeps it
+    (otherwise each chunk would redo the training-side gradient pass): a Ray run resumes
+    from the start."""
     progress = progress or (lambda phase, fraction: None)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     device = resolve_device(request.device)
@@ -172,24 +186,28 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
 
     method = make_method(request.method, model, **request.method_options)
     method.fit(train, groups, progress=progress)
-    train_side_bytes = groups.n_groups * method.views_[0].engine.space.dim * 4 * len(method.views_)
-    if parts is None or train_side_bytes > method.options.cache_bytes:
-        test_chunk = len(test)
-    chunks = []
-    started = time.perf_counter()
-    n_chunks = -(-len(test) // test_chunk)
-    for index, start in enumerate(range(0, len(test), test_chunk)):
-        name = f"scores-{index}-of-{n_chunks}"
-        chunk = parts[0](name) if parts is not None else None
-        if chunk is None:
-            chunk = method.attribute(test.subset(slice(start, start + test_chunk)),
-                                     progress=lambda phase, f, i=index: progress(phase, (i + f) / n_chunks))
-            if parts is not None:
-                parts[1](name, chunk)
-        chunks.append(chunk)
-    scores = np.concatenate(chunks)
+    # Workers may load a built-in set by name rather than receive it.
+    with make_executor(request.executor, address=request.ray_address,
+                       builtin=BuiltinSource(request.data, seed=request.seed)) as executor:
+        train_side_bytes = groups.n_groups * method.views_[0].engine.space.dim * 4 * len(method.views_)
+        if parts is None or train_side_bytes > method.options.cache_bytes or not executor.reuses_train_side:
+            test_chunk = len(test)
+        chunks = []
+        started = time.perf_counter()
+        n_chunks = -(-len(test) // test_chunk)
+        for index, start in enumerate(range(0, len(test), test_chunk)):
+            name = f"scores-{index}-of-{n_chunks}"
+            chunk = parts[0](name) if parts is not None else None
+            if chunk is None:
+                chunk = method.attribute(test.subset(slice(start, start + test_chunk)),
+                                         progress=lambda phase, f, i=index: progress(phase, (i + f) / n_chunks),
+                                         executor=executor)
+                if parts is not None:
+                    parts[1](name, chunk)
+            chunks.append(chunk)
+        scores = np.concatenate(chunks)
+        timings["attribute"] = time.perf_counter() - started
     timings["fit"] = method.fit_seconds_
-    timings["attribute"] = time.perf_counter() - started
     info = {"options": method.options.to_json()}
     for attribute in ("damping_", "solver_info_"):
         if hasattr(method, attribute):

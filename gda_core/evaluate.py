@@ -25,6 +25,7 @@ from . import __version__
 from .data import Dataset
 from .engine import DEVICES, default_cache_dir, load_inputs, resolve_device
 from .errors import GDAError
+from .executors import BuiltinSource, Executor, check_executor, make_executor
 from .gold import (GoldStandard, LDSEnsemble, Recipe, further_training, lds, lds_ensemble,
                    leave_group_out)
 from .grouping import GROUPINGS, Groups, make_grouping
@@ -159,8 +160,9 @@ class GoldConfig:
 
 
 def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: Dataset, groups: Groups,
-                 cache_dir: Path, progress: Progress) -> GoldStandard | LDSEnsemble:
-    """The gold standard for these groups, from the store when it was computed before."""
+                 cache_dir: Path, progress: Progress, executor: Executor | None = None) -> GoldStandard | LDSEnsemble:
+    """The gold standard for these groups, from the store when it was computed before;
+    ``executor`` trains its blocks of model copies (default: this process)."""
     from .store import ScoreStore
 
     params = {"gold": dataclasses.asdict(config), "model": model.fingerprint(), "train": train.fingerprint(),
@@ -171,7 +173,7 @@ def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: 
         def compute_lds(report: Progress) -> tuple[dict, dict]:
             ensemble = lds_ensemble(model, train, test, groups, n_subsets=config.n_subsets, alpha=config.alpha,
                                     seeds=config.seeds, measurement=config.measurement,
-                                    progress=_both(progress, report))
+                                    progress=_both(progress, report), executor=executor)
             return {"masks": ensemble.masks, "outputs": ensemble.outputs}, ensemble.params
 
         arrays, summary, _ = store.get_or_compute("lds", params, compute_lds)
@@ -181,10 +183,11 @@ def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: 
         if config.kind == "further-training":
             gold = further_training(model, train, test, groups, epochs=list(config.epochs), epsilon=config.epsilon,
                                     seeds=config.seeds, recipe=config.recipe(), measurement=config.measurement,
-                                    progress=_both(progress, report))
+                                    progress=_both(progress, report), executor=executor)
         else:
             gold = leave_group_out(model, train, test, groups, seeds=config.seeds,
-                                   measurement=config.measurement, progress=_both(progress, report))
+                                   measurement=config.measurement, progress=_both(progress, report),
+                                   executor=executor)
         arrays = {"scores": gold.scores, "standard_error": gold.standard_error, "differences": gold.differences}
         return arrays, {**gold.params, "horizons": gold.horizons, "weight_change": gold.weight_change}
 
@@ -221,8 +224,15 @@ class SweepConfig:
     horizon_matched: bool = False
     method_options: dict = field(default_factory=dict)
     top_k: int = 10
+    #: where the methods' training side runs (see gda_core.executors); like the device, not
+    #: part of the sweep's cache key (its result's config records them with the wall times)
+    executor: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        check_executor(self.executor)
+        if self.ray_address is not None and self.executor != "ray":
+            raise GDAError(f"--ray-address needs --executor ray, not {self.executor!r}")
         self.methods, self.groupings = tuple(self.methods), tuple(self.groupings)
         self.group_counts = tuple(int(k) for k in self.group_counts)
         check_data_choice(self.data)
@@ -284,38 +294,41 @@ def run_sweep(config: SweepConfig, *, cache_dir: str | Path | None = None,
     runs = _method_runs(config, config.gold, steps_per_epoch)
     points = []
     gold_seconds = {}
-    for cell_index, (grouping, k) in enumerate(cells):
-        started = time.perf_counter()
-        groups = make_grouping(grouping, k, seed=config.seed).fit(train, model.module)
-        grouping_seconds = time.perf_counter() - started
+    executor = make_executor(config.executor, address=config.ray_address,
+                             builtin=BuiltinSource(config.data, seed=config.seed))
+    with executor:
+        for cell_index, (grouping, k) in enumerate(cells):
+            started = time.perf_counter()
+            groups = make_grouping(grouping, k, seed=config.seed).fit(train, model.module)
+            grouping_seconds = time.perf_counter() - started
 
-        def cell_progress(phase: str, fraction: float, index=cell_index) -> None:
-            progress(f"{phase} ({grouping}, K={groups.n_groups})", (index + fraction) / len(cells))
+            def cell_progress(phase: str, fraction: float, index=cell_index) -> None:
+                progress(f"{phase} ({grouping}, K={groups.n_groups})", (index + fraction) / len(cells))
 
-        started = time.perf_counter()
-        gold = compute_gold(config.gold, model, train, test, groups, cache_dir, cell_progress)
-        gold_seconds[f"{grouping}/{groups.n_groups}"] = time.perf_counter() - started
-        for label, method_name, options in runs:
-            with PeakMemory(device) as memory:
-                started = time.perf_counter()
-                method = make_method(method_name, model, **options).fit(train, groups)
-                scores = method.attribute(test)
-                seconds = time.perf_counter() - started
-            point = {"method": label, "base_method": method_name, "grouping": grouping,
-                     "n_groups": groups.n_groups, "seconds": seconds, "grouping_seconds": grouping_seconds,
-                     "total_seconds": seconds + grouping_seconds, "peak_mb": memory.peak_mb}
-            if isinstance(gold, LDSEnsemble):
-                result = lds(scores, gold)
-                point.update(lds=result["lds"], lds_se=result["lds_se"])
-            else:
-                point["fidelity"] = {f"{h:g}": fidelity(scores, gold.scores[i], top_k=config.top_k)
-                                     for i, h in enumerate(gold.horizons)}
-                lead = point["fidelity"][f"{gold.horizons[0]:g}"]
-                point.update(cosine=lead["cosine"], cosine_se=lead["cosine_se"], spearman=lead["spearman"])
-                point["gold_relative_se"] = float(np.nanmean(np.abs(gold.standard_error[0])) /
-                                                  max(np.abs(gold.scores[0]).mean(), 1e-300))
-            points.append(point)
-            progress("methods", (cell_index + 1) / len(cells))
+            started = time.perf_counter()
+            gold = compute_gold(config.gold, model, train, test, groups, cache_dir, cell_progress, executor)
+            gold_seconds[f"{grouping}/{groups.n_groups}"] = time.perf_counter() - started
+            for label, method_name, options in runs:
+                with PeakMemory(device) as memory:
+                    started = time.perf_counter()
+                    method = make_method(method_name, model, **options).fit(train, groups)
+                    scores = method.attribute(test, executor=executor)
+                    seconds = time.perf_counter() - started
+                point = {"method": label, "base_method": method_name, "grouping": grouping,
+                         "n_groups": groups.n_groups, "seconds": seconds, "grouping_seconds": grouping_seconds,
+                         "total_seconds": seconds + grouping_seconds, "peak_mb": memory.peak_mb}
+                if isinstance(gold, LDSEnsemble):
+                    result = lds(scores, gold)
+                    point.update(lds=result["lds"], lds_se=result["lds_se"])
+                else:
+                    point["fidelity"] = {f"{h:g}": fidelity(scores, gold.scores[i], top_k=config.top_k)
+                                         for i, h in enumerate(gold.horizons)}
+                    lead = point["fidelity"][f"{gold.horizons[0]:g}"]
+                    point.update(cosine=lead["cosine"], cosine_se=lead["cosine_se"], spearman=lead["spearman"])
+                    point["gold_relative_se"] = float(np.nanmean(np.abs(gold.standard_error[0])) /
+                                                      max(np.abs(gold.scores[0]).mean(), 1e-300))
+                points.append(point)
+                progress("methods", (cell_index + 1) / len(cells))
     return {
         "config": {**dataclasses.asdict(config), "device": str(device)},
         "n_train": n_train, "n_test": len(test), "gold": config.gold.kind,

@@ -20,9 +20,10 @@ lowers the test point's loss (or raises its margin).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -32,7 +33,10 @@ from .data import Dataset
 from .errors import GDAError
 from .grads import objective_function
 from .grouping import Groups
-from .models import TrainedModel, build_model
+from .models import ModelConfig, TrainConfig, TrainedModel, build_model, module_from_arrays, state_arrays
+
+if TYPE_CHECKING:
+    from .executors import Executor
 
 Progress = Callable[[str, float], None]
 
@@ -177,6 +181,63 @@ class BatchedTrainer:
                     value.sub_(recipe.lr * corrected_first / (corrected_second.sqrt() + 1e-8))
 
 
+@dataclass
+class CopyRuns:
+    """What every block of trained copies shares: an executor runs the blocks (items
+    ``(first, stop, seed, init_seed)``) with :func:`train_copies`. It pickles (for Ray
+    workers) as the model's config plus numpy weights and CPU data, never a live module."""
+
+    model: TrainedModel
+    recipe: Recipe
+    train: Dataset
+    test: Dataset
+    record_steps: list[int]
+    measurement: str
+    copies_per_chunk: int
+    #: ``weights(first, stop)`` -> (copies, N) example weights of copies first..stop - 1
+    weights: Callable[[int, int], torch.Tensor]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["model"] = (self.model.config.to_json(), self.model.train_config.to_json(),
+                          state_arrays(self.model.module))
+        state["train"], state["test"] = self.train.to("cpu"), self.test.to("cpu")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        config, train_config, arrays = state["model"]
+        config = ModelConfig.from_json(config)
+        model = TrainedModel(module_from_arrays(config, arrays), config, TrainConfig(**train_config))
+        self.__dict__.update(state, model=model)
+
+
+def train_copies(runs: CopyRuns, item: tuple[int, int, int, int | None],
+                 progress: Callable[[float], None]) -> np.ndarray:
+    """Measurements (len(record_steps), copies, n_test) of one block of copies."""
+    first, stop, seed, init_seed = item
+    trainer = BatchedTrainer(runs.model, runs.recipe, copies_per_chunk=runs.copies_per_chunk)
+    measured = trainer.run(runs.weights(first, stop), runs.train, runs.test, seed=seed, init_seed=init_seed,
+                           record_steps=runs.record_steps, measurement=runs.measurement,
+                           progress=lambda phase, fraction: progress(fraction))
+    return measured.double().cpu().numpy()
+
+
+def _paired_weights(group_labels: np.ndarray, weight_change: float, first: int, stop: int) -> torch.Tensor:
+    """The unchanged baseline copy, then groups first..stop - 1 each re-weighted by 1 + change."""
+    membership = torch.as_tensor(group_labels[None, :] == np.arange(first, stop)[:, None], dtype=torch.float32)
+    return torch.cat([torch.ones(1, len(group_labels)), 1.0 + weight_change * membership])
+
+
+def _subset_weights(example_masks: np.ndarray, first: int, stop: int) -> torch.Tensor:
+    return torch.as_tensor(example_masks[first:stop], dtype=torch.float32)
+
+
+def _local_executor() -> "Executor":
+    from .executors import LocalExecutor
+
+    return LocalExecutor()
+
+
 # --------------------------------------------------------------------------- gold standards
 @dataclass
 class GoldStandard:
@@ -202,7 +263,7 @@ class GoldStandard:
 def _paired_gold(kind: str, model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
                  recipe: Recipe, weight_change: float, horizons: list[float], seeds: int, seed: int,
                  init_from_scratch: bool, measurement: str, copies_per_chunk: int,
-                 progress: Progress) -> GoldStandard:
+                 progress: Progress, executor: "Executor | None") -> GoldStandard:
     if seeds < 1:
         raise GDAError(f"seeds must be >= 1, got {seeds}")
     if not horizons or min(horizons) <= 0:
@@ -211,29 +272,20 @@ def _paired_gold(kind: str, model: TrainedModel, train: Dataset, test: Dataset, 
         raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
     record_steps = [max(1, round(h * steps_per_epoch)) for h in horizons]
-    trainer = BatchedTrainer(model, recipe, copies_per_chunk=copies_per_chunk)
-    membership = torch.as_tensor(groups.membership_matrix())
-    # Copy 0 of every chunk is the unchanged baseline, so each comparison stays within one
-    # batched computation; the changed copies follow.
-    changed = 1.0 + weight_change * membership
-    differences = np.empty((seeds, len(horizons), len(test), groups.n_groups))
+    # Copy 0 of every block is the unchanged baseline, so each comparison stays within one
+    # batched computation; the changed copies follow. Blocks are independent: an executor
+    # may run them anywhere.
+    weights = functools.partial(_paired_weights, groups.labels, weight_change)
+    runs = CopyRuns(model, recipe, train, test, record_steps, measurement, copies_per_chunk, weights)
     per_chunk = max(1, copies_per_chunk - 1)
-    for run in range(seeds):
-        run_seed = seed + run
-        for first in range(0, groups.n_groups, per_chunk):
-            block = changed[first:first + per_chunk]
-            weights = torch.cat([torch.ones(1, len(train)), block])
-
-            def report(phase: str, fraction: float, run=run, first=first, size=len(block)) -> None:
-                overall = (run + (first + fraction * size) / groups.n_groups) / seeds
-                progress(kind, overall)
-
-            measured = trainer.run(weights, train, test, seed=run_seed,
-                                   init_seed=run_seed if init_from_scratch else None,
-                                   record_steps=record_steps, measurement=measurement, progress=report)
-            measured = measured.double().cpu().numpy()
-            # (horizons, copies, n_test) -> changed minus baseline, as (horizons, n_test, groups)
-            differences[run, :, :, first:first + len(block)] = (measured[:, 1:] - measured[:, :1]).transpose(0, 2, 1)
+    items = [(first, min(first + per_chunk, groups.n_groups), seed + run, seed + run if init_from_scratch else None)
+             for run in range(seeds) for first in range(0, groups.n_groups, per_chunk)]
+    blocks = (executor or _local_executor()).map(train_copies, runs, items, [stop - first for first, stop, *_ in items],
+                                                 lambda fraction: progress(kind, fraction))
+    differences = np.empty((seeds, len(horizons), len(test), groups.n_groups))
+    for (first, stop, run_seed, _), measured in zip(items, blocks):
+        # (horizons, copies, n_test) -> changed minus baseline, as (horizons, n_test, groups)
+        differences[run_seed - seed, :, :, first:stop] = (measured[:, 1:] - measured[:, :1]).transpose(0, 2, 1)
     # Positive = up-weighting lowers the (lower-is-better) measurement.
     per_seed = -differences / weight_change if weight_change != 0 else np.zeros_like(differences)
     scores = per_seed.mean(axis=0)
@@ -247,29 +299,32 @@ def further_training(model: TrainedModel, train: Dataset, test: Dataset, groups:
                      epochs: list[float] | tuple[float, ...] = (1.0,), epsilon: float | None = 1.0,
                      seeds: int = 5, seed: int = 0, recipe: Recipe | None = None,
                      measurement: str = "loss", copies_per_chunk: int = 128,
-                     progress: Progress = _no_progress) -> GoldStandard:
+                     progress: Progress = _no_progress, executor: "Executor | None" = None) -> GoldStandard:
     """The FiMO gold standard: sensitivity of each test measurement to re-weighting each group
     during further training from the final weights. ``epsilon=None`` leaves the group out
-    (weight change -1). ``epochs`` are the horizons recorded along one run."""
+    (weight change -1). ``epochs`` are the horizons recorded along one run. ``executor`` runs
+    the blocks of copies (default: this process)."""
     recipe = recipe or Recipe()
     weight_change = -1.0 if epsilon is None else float(epsilon)
     return _paired_gold("further-training", model, train, test, groups, recipe=recipe,
                         weight_change=weight_change, horizons=sorted(epochs), seeds=seeds, seed=seed,
                         init_from_scratch=False, measurement=measurement,
-                        copies_per_chunk=copies_per_chunk, progress=progress)
+                        copies_per_chunk=copies_per_chunk, progress=progress, executor=executor)
 
 
 def leave_group_out(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
                     epochs: float | None = None, seeds: int = 1, seed: int = 0,
                     recipe: Recipe | None = None, measurement: str = "loss",
-                    copies_per_chunk: int = 128, progress: Progress = _no_progress) -> GoldStandard:
+                    copies_per_chunk: int = 128, progress: Progress = _no_progress,
+                    executor: "Executor | None" = None) -> GoldStandard:
     """Retrain from scratch with each group removed (same seeds as the full run)."""
     recipe = recipe or dataclasses.replace(Recipe.of_model(model), normalize="batch")
     if epochs is None:
         epochs = float(model.train_config.epochs) if model.train_config.optimizer != "lbfgs" else 100.0
     return _paired_gold("leave-group-out", model, train, test, groups, recipe=recipe, weight_change=-1.0,
                         horizons=[float(epochs)], seeds=seeds, seed=seed, init_from_scratch=True,
-                        measurement=measurement, copies_per_chunk=copies_per_chunk, progress=progress)
+                        measurement=measurement, copies_per_chunk=copies_per_chunk, progress=progress,
+                        executor=executor)
 
 
 # ---------------------------------------------------------------------------------- LDS
@@ -293,7 +348,8 @@ def retraining_epochs(model: TrainedModel) -> float:
 def lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
                  n_subsets: int = 50, alpha: float = 0.5, epochs: float | None = None, seeds: int = 1,
                  seed: int = 0, recipe: Recipe | None = None, measurement: str = "loss",
-                 copies_per_chunk: int = 64, progress: Progress = _no_progress) -> LDSEnsemble:
+                 copies_per_chunk: int = 64, progress: Progress = _no_progress,
+                 executor: "Executor | None" = None) -> LDSEnsemble:
     """Train ``n_subsets`` models from scratch, each on a random ``alpha`` fraction of the groups."""
     if n_subsets < 2:
         raise GDAError(f"LDS needs at least 2 subsets, got {n_subsets}")
@@ -307,14 +363,17 @@ def lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, groups: Gro
     masks = np.zeros((n_subsets, groups.n_groups), dtype=bool)
     for row in masks:
         row[rng.choice(groups.n_groups, size=keep, replace=False)] = True
-    weights = torch.as_tensor(masks[:, groups.labels], dtype=torch.float32)
-    trainer = BatchedTrainer(model, recipe, copies_per_chunk=copies_per_chunk)
+    # One item per seed and block of copies (the blocks the trainer would make itself).
+    weights = functools.partial(_subset_weights, masks[:, groups.labels])
+    runs = CopyRuns(model, recipe, train, test, [steps], measurement, copies_per_chunk, weights)
+    block = max(1, copies_per_chunk)
+    items = [(first, min(first + block, n_subsets), seed + run, seed + run)
+             for run in range(seeds) for first in range(0, n_subsets, block)]
+    measured = (executor or _local_executor()).map(train_copies, runs, items, [stop - first for first, stop, *_ in items],
+                                                   lambda fraction: progress("lds ensemble", fraction))
     outputs = np.zeros((n_subsets, len(test)))
-    for run in range(seeds):
-        measured = trainer.run(weights, train, test, seed=seed + run, init_seed=seed + run, record_steps=[steps],
-                               measurement=measurement,
-                               progress=lambda phase, f, run=run: progress("lds ensemble", (run + f) / seeds))
-        outputs += measured[0].double().cpu().numpy() / seeds
+    for (first, stop, _, _), block_outputs in zip(items, measured):
+        outputs[first:stop] += block_outputs[0] / seeds
     params = {"n_subsets": n_subsets, "alpha": alpha, "epochs": epochs, "seeds": seeds, "seed": seed,
               "recipe": dataclasses.asdict(recipe), "measurement": measurement}
     return LDSEnsemble(masks, outputs, alpha, params)

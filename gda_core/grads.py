@@ -143,6 +143,10 @@ class RandomProjector:
             self._cache[index] = block
         return block.to(device=device, dtype=dtype)
 
+    def __getstate__(self) -> dict:
+        # Sent to Ray workers as its seed, not its cached blocks (which regenerate identically).
+        return {**self.__dict__, "_cache": None if self._cache is None else {}}
+
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         """(b, P) -> (b, dim)."""
         if vectors.shape[-1] != self.input_dim:

@@ -47,12 +47,14 @@ def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
         split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
         return parsed.identity(split, model)
     if kind == "fidelity":
-        from .engine import input_fingerprints, load_inputs, resolve_device
+        from .engine import PLACEMENT_FIELDS, input_fingerprints, load_inputs, resolve_device
         from .evaluate import SweepConfig
 
         parsed = SweepConfig(**request)
         split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
-        return {**{k: v for k, v in request.items() if k != "device"}, **input_fingerprints(split, model)}
+        # Where it runs stays out of the key, as for attribution; the result's config says
+        # which executor measured its wall times.
+        return {**{k: v for k, v in request.items() if k not in PLACEMENT_FIELDS}, **input_fingerprints(split, model)}
     if kind == "embed":
         from .engine import input_fingerprints, load_inputs, resolve_device
         from .viz import EmbeddingRequest

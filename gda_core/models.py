@@ -119,6 +119,20 @@ def build_model(config: ModelConfig) -> ZooModel:
     return ZooModel(body, nn.Linear(hidden, config.n_classes))
 
 
+def state_arrays(module: nn.Module) -> dict[str, np.ndarray]:
+    """The module's weights as numpy arrays: how a model travels to other processes (with its
+    config), rather than as a live module."""
+    return {name: tensor.detach().cpu().numpy() for name, tensor in module.state_dict().items()}
+
+
+def module_from_arrays(config: ModelConfig, arrays: dict[str, np.ndarray]) -> ZooModel:
+    """The zoo model of ``config`` holding the weights of :func:`state_arrays`, in eval mode."""
+    module = build_model(config)
+    module.load_state_dict({name: torch.from_numpy(np.array(array)) for name, array in arrays.items()})
+    module.eval()
+    return module
+
+
 @dataclass
 class TrainConfig:
     """How a model is trained. ``n_checkpoints`` snapshots (evenly spaced, the last one the

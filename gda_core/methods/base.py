@@ -23,6 +23,7 @@ import torch
 
 from ..data import Dataset
 from ..errors import GDAError
+from ..executors import Executor, LocalExecutor, Transform, TrainSide, ViewRecipe
 from ..grads import OBJECTIVES, GradientChunk, GradientEngine
 from ..grouping import Groups
 from ..models import TrainedModel
@@ -69,7 +70,7 @@ class AttributionMethod:
     """Base of all methods: ``fit(train, groups)`` then ``attribute(test)`` -> (n_test, K).
 
     Subclasses set ``name`` (registering them), ``Options``, and override some of
-    ``_views``, ``_fit_view``, ``_transform_test``, ``_transform_train`` and
+    ``_views``, ``_fit_view``, ``_transform_test``, ``_train_transform`` and
     ``_train_objective``.
     """
 
@@ -118,10 +119,13 @@ class AttributionMethod:
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
-    def attribute(self, test: Dataset, progress: Progress = _no_progress) -> np.ndarray:
-        """Scores of shape (n_test, K): positive means the group helps the test prediction."""
+    def attribute(self, test: Dataset, progress: Progress = _no_progress,
+                  executor: Executor | None = None) -> np.ndarray:
+        """Scores of shape (n_test, K): positive means the group helps the test prediction.
+
+        ``executor`` computes the training side of each view (default: this process)."""
         return self._scores(lambda engine: engine.test_gradients(test, measurement=self.options.measurement),
-                            len(test), progress)
+                            progress, executor)
 
     def attribute_total(self, test: Dataset, progress: Progress = _no_progress) -> np.ndarray:
         """Scores of shape (K,) for the summed measurement over ``test`` (e.g. a validation
@@ -130,7 +134,7 @@ class AttributionMethod:
             zeros = np.zeros(len(test), dtype=np.int64)
             return engine.stacked(engine.group_gradients(test, zeros, 1, objective=self.options.measurement), 1)
 
-        return self._scores(summed, 1, progress)[0]
+        return self._scores(summed, progress)[0]
 
     def self_influence(self, progress: Progress = _no_progress) -> np.ndarray:
         """Each group's score on its own summed measurement, shape (K,): how much up-weighting
@@ -168,24 +172,22 @@ class AttributionMethod:
         if not hasattr(self, "groups_"):
             raise GDAError("call fit(train, groups) before attribute(test)")
 
-    def _scores(self, test_gradients: Callable[[GradientEngine], torch.Tensor], n_rows: int,
-                progress: Progress) -> np.ndarray:
-        """(n_rows, K) = sum over views of weight * transformed test side @ train side.T."""
+    def _scores(self, test_gradients: Callable[[GradientEngine], torch.Tensor], progress: Progress,
+                executor: Executor | None = None) -> np.ndarray:
+        """(n_rows, K) = sum over views of weight * transformed test side @ train side.T, the
+        train side computed by ``executor`` (default: this process)."""
         self._require_fit()
+        executor = executor or LocalExecutor()
         started = time.perf_counter()
         scores = None
         n_views = len(self.views_)
         for index, view in enumerate(self.views_):
             test_side = self._transform_test(index, view, test_gradients(view.engine))
-            if scores is None:
-                scores = torch.zeros(n_rows, self.groups_.n_groups, dtype=test_side.dtype,
-                                     device=test_side.device)
-            done = 0
-            for chunk in self._train_side(index, view):
-                ids = torch.as_tensor(chunk.group_ids, device=scores.device)
-                scores[:, ids] += view.weight * (test_side @ chunk.gradients.T)
-                done += len(chunk.group_ids)
-                progress("attribute", (index + done / self.groups_.n_groups) / n_views)
+            side = TrainSide(self.train_, self.groups_, view.weight,
+                             chunks=lambda index=index, view=view: self._train_side(index, view),
+                             recipe=lambda index=index, view=view: self._view_recipe(index, view))
+            block = executor.score(side, test_side, lambda f, index=index: progress("attribute", (index + f) / n_views))
+            scores = block if scores is None else scores + block
         self.attribute_seconds_ = time.perf_counter() - started
         return scores.double().cpu().numpy()
 
@@ -199,8 +201,10 @@ class AttributionMethod:
     def _transform_test(self, index: int, view: View, gradients: torch.Tensor) -> torch.Tensor:
         return gradients
 
-    def _transform_train(self, index: int, view: View, chunk: GradientChunk) -> GradientChunk:
-        return chunk
+    def _train_transform(self, index: int, view: View) -> Transform | None:
+        """What is applied to each chunk of group gradients (None: nothing). It must pickle
+        (a module-level function, or a method of a small object): Ray workers apply it."""
+        return None
 
     def _train_objective(self, index: int, view: View) -> tuple[str, torch.Tensor | None]:
         """The objective whose group gradients form the training side, and example weights."""
@@ -217,11 +221,13 @@ class AttributionMethod:
             yield from self._train_cache[index]
             return
         objective, weights = self._train_objective(index, view)
+        transform = self._train_transform(index, view)
         chunks: list[GradientChunk] | None = []
         budget = self.options.cache_bytes // max(1, len(self.views_))
         for chunk in view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
                                                  objective=objective, weights=weights):
-            chunk = self._transform_train(index, view, chunk)
+            if transform is not None:
+                chunk = GradientChunk(chunk.group_ids, transform(chunk.gradients))
             if chunks is not None and not chunks:
                 # Decide from the first chunk whether all K groups fit the budget, rather than
                 # holding up to the budget in memory before giving up.
@@ -233,6 +239,12 @@ class AttributionMethod:
             yield chunk
         if chunks is not None:
             self._train_cache[index] = chunks
+
+    def _view_recipe(self, index: int, view: View) -> ViewRecipe:
+        """What a worker needs to rebuild this view's training side."""
+        objective, weights = self._train_objective(index, view)
+        return ViewRecipe.of(view.engine, self.model.config, objective, weights,
+                             self._train_transform(index, view), view.weight)
 
     def curvature_rows(self, n_train: int, n_samples: int | None) -> np.ndarray:
         """A seeded sample of training rows for curvature estimates (all rows when None)."""

@@ -8,7 +8,7 @@ import torch
 
 from ..data import Dataset
 from ..errors import GDAError
-from ..grads import GradientChunk
+from ..executors import Transform
 from .base import AttributionMethod, MethodOptions, View
 
 
@@ -33,8 +33,8 @@ class GradCos(AttributionMethod):
     def _transform_test(self, index: int, view: View, gradients: torch.Tensor) -> torch.Tensor:
         return self._unit_rows(gradients)
 
-    def _transform_train(self, index: int, view: View, chunk: GradientChunk) -> GradientChunk:
-        return GradientChunk(chunk.group_ids, self._unit_rows(chunk.gradients))
+    def _train_transform(self, index: int, view: View) -> Transform:
+        return self._unit_rows
 
 
 @dataclass

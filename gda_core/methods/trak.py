@@ -15,7 +15,8 @@ import torch
 
 from ..data import Dataset
 from ..errors import GDAError
-from ..grads import GradientChunk, RandomProjector
+from ..executors import Transform
+from ..grads import RandomProjector
 from ..models import TrainConfig, train_model
 from .base import View
 from .influence import InverseCurvatureMethod, InverseOptions
@@ -76,8 +77,8 @@ class TRAK(InverseCurvatureMethod):
     def _train_objective(self, index: int, view: View) -> tuple[str, torch.Tensor | None]:
         return "log-odds", self.residual_weights_[index]
 
-    def _transform_train(self, index: int, view: View, chunk: GradientChunk) -> GradientChunk:
-        return GradientChunk(chunk.group_ids, self.projectors_[index].project(chunk.gradients))
+    def _train_transform(self, index: int, view: View) -> Transform:
+        return self.projectors_[index].project
 
     def _inverse(self, index: int, view: View, vectors: torch.Tensor) -> torch.Tensor:
         projected = self.projectors_[index].project(vectors).double()

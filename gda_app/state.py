@@ -20,7 +20,8 @@ from gda_core.uploads import example_files, is_builtin_data, is_zoo_model, load_
 
 #: the user's choices, kept in st.session_state under these keys (the widgets' keys too)
 CHOICES = {"data": "digits", "model": "mlp", "method": "grad-dot", "grouping": "grad-kmeans",
-           "n_groups": 50, "test_index": 0, "result_key": None, "map_colour": "group"}
+           "n_groups": 50, "test_index": 0, "result_key": None, "map_colour": "group",
+           "executor": "local", "ray_address": ""}
 ACTIVE = ("queued", "running")
 POLL_SECONDS = 0.5
 

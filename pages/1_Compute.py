@@ -11,6 +11,7 @@ import streamlit as st
 from gda_app import state
 from gda_core.engine import AttributionRequest
 from gda_core.errors import GDAError
+from gda_core.executors import EXECUTORS
 from gda_core.grouping import GROUPINGS
 from gda_core.methods import METHODS
 
@@ -62,6 +63,13 @@ with st.expander("Advanced options"):
         elif isinstance(value, str):
             options[option.name] = column.text_input(option.name, value=value, key=widget_key)
     changed = {name: value for name, value in options.items() if value != getattr(defaults, name)}
+    st.caption("Where the job runs. Ray shards the training side over a cluster's workers; the scores "
+               "and the cache entry are the same as a local run's.")
+    left, right = st.columns([1, 2])
+    left.selectbox("Executor", list(EXECUTORS), key="executor",
+                   help="\n\n".join(f"**{name}**: {cls.description}" for name, cls in EXECUTORS.items()))
+    ray_address = right.text_input("Ray address", key="ray_address", disabled=st.session_state["executor"] != "ray",
+                                   placeholder="empty: a local Ray for the job; 'auto': the cluster `ray start` made")
 
 if st.button("Compute", type="primary"):
     try:
@@ -69,7 +77,8 @@ if st.button("Compute", type="primary"):
             data=st.session_state["data"], model=st.session_state["model"], method=st.session_state["method"],
             grouping=st.session_state["grouping"],
             n_groups=None if grouping.fixed_group_count else int(st.session_state["n_groups"]),
-            test_size=None, method_options=changed)
+            test_size=None, method_options=changed, executor=st.session_state["executor"],
+            ray_address=(ray_address.strip() or None) if st.session_state["executor"] == "ray" else None)
         state.submit("attribute", request.to_json(), slot="attribute")
     except GDAError as error:
         st.error(str(error))

@@ -98,6 +98,11 @@ def test_compute_runs_a_job_then_hits_the_cache(app):
     button(app, "Compute").click().run()  # the same request again: from the cache
     assert any("loaded from the cache" in s.value for s in app.success)
     assert ((app.dataframe[0].value["groups"] == 12) & (app.dataframe[0].value["grouping"] == "random")).sum() == 1
+    # where a job runs is not part of its result: the same request on Ray is the same cache entry
+    app.selectbox(key="executor").set_value("ray").run()
+    button(app, "Compute").click().run()
+    assert not app.exception and any("loaded from the cache" in s.value for s in app.success)
+    assert ((app.dataframe[0].value["groups"] == 12) & (app.dataframe[0].value["grouping"] == "random")).sum() == 1
 
 
 def test_explore_map_has_one_point_per_training_point(app):

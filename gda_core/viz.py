@@ -150,6 +150,9 @@ def embedding_inputs(split: DataSplit, model: TrainedModel, space: str) -> tuple
 
 GROUP_PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
 MAP_COLOURS = ("group", "class", "score")
+#: red (hurts) to blue (helps) through grey, not white: most groups score near zero, and
+#: white points vanish on the white background
+SCORE_SCALE = [[0.0, "#b2182b"], [0.25, "#ef8a62"], [0.5, "#c8c8c8"], [0.75, "#67a9cf"], [1.0, "#2166ac"]]
 
 
 def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_names: list[str],
@@ -178,7 +181,7 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
     score_line = "<br>group score %{customdata[3]:.3g}" if group_scores is not None else ""
     if colour == "score" and point_scores is not None:
         limit = float(np.abs(point_scores).max()) or 1.0
-        marker = dict(size=6, color=point_scores, colorscale="RdBu", cmin=-limit, cmax=limit, opacity=0.85,
+        marker = dict(size=6, color=point_scores, colorscale=SCORE_SCALE, cmin=-limit, cmax=limit, opacity=0.85,
                       colorbar=dict(title="group score", thickness=12))
     else:
         categories = train_labels if colour == "class" else colour_by

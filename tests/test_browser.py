@@ -108,6 +108,11 @@ def test_demo_compute_explore_in_a_real_browser(server, tmp_path):
             index, x, y = page.evaluate(ISOLATED_TEST_POINT % N_TEST)
             page.mouse.click(x, y)
             page.get_by_text(f"chosen test point #{index}").wait_for(timeout=60_000)
+
+            # colour by the chosen point's group scores: the map gets a colour bar
+            page.get_by_text("group score for this test point", exact=False).click()
+            page.locator(".js-plotly-plot .colorbar").first.wait_for(timeout=60_000)
+            page.get_by_text(f"chosen test point #{index}").first.wait_for(timeout=60_000)
             page.wait_for_timeout(1000)  # let the member thumbnails finish drawing
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=False)

@@ -26,7 +26,7 @@ install: $(STAMP)
 
 app: install
 	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) \
-		--browser.gatherUsageStats false
+		--browser.gatherUsageStats false --server.maxUploadSize $${GDA_MAX_UPLOAD_MB:-500}
 
 # The browser test drives Debian's chromium with Playwright (no browser download).
 $(CHROMIUM):

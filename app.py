@@ -11,7 +11,7 @@ import streamlit as st
 
 from gda_app import state
 from gda_core.data import BUILTIN_DATASETS
-from gda_core.errors import GDAError
+from gda_core.errors import GDAError, unexpected_reason
 from gda_core.models import accuracy
 from gda_core.uploads import (DEFAULT_IMAGE_SIZE, EXAMPLE_FILES, FORMATS_HELP, DataOptions, accept_data_upload,
                               accept_model_upload, is_builtin_data, is_zoo_model)
@@ -35,6 +35,8 @@ def accepted(slot: str, signature: tuple, accept) -> str:
             done = {"signature": signature, "choice": accept(), "error": None}
         except GDAError as error:
             done = {"signature": signature, "choice": None, "error": str(error)}
+        except Exception as error:  # a case validation missed: still one line, never a traceback
+            done = {"signature": signature, "choice": None, "error": unexpected_reason(error, "reading the upload")}
         st.session_state[slot] = done
     if done["error"]:
         st.error(done["error"])

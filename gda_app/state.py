@@ -12,7 +12,7 @@ import streamlit as st
 
 from gda_core.data import DataSplit
 from gda_core.engine import default_cache_dir, load_inputs, resolve_device
-from gda_core.errors import GDAError
+from gda_core.errors import GDAError, unexpected_reason
 from gda_core.jobs import JOB_KINDS, JobManager
 from gda_core.models import TrainedModel, predict
 from gda_core.store import Run, ScoreStore
@@ -23,6 +23,8 @@ CHOICES = {"data": "digits", "model": "mlp", "method": "grad-dot", "grouping": "
            "n_groups": 50, "test_index": 0, "result_key": None, "map_colour": "group",
            "executor": "local", "ray_address": ""}
 ACTIVE = ("queued", "running")
+#: the seed of the data split and demo model every page shows (and of the runs it lists)
+APP_SEED = 0
 POLL_SECONDS = 0.5
 
 
@@ -40,7 +42,7 @@ def cache_dir() -> str:
 
 @st.cache_resource(show_spinner="Loading the data set...")
 def _split(data: str) -> DataSplit:
-    return load_data_choice(data, seed=0)
+    return load_data_choice(data, seed=APP_SEED)
 
 
 def _or_stop(load):
@@ -49,6 +51,9 @@ def _or_stop(load):
         return load()
     except GDAError as error:
         st.error(f"{error}")
+        st.stop()
+    except Exception as error:  # a case validation missed: still one line, never a traceback
+        st.error(unexpected_reason(error, "loading the data or the model"))
         st.stop()
 
 
@@ -75,7 +80,7 @@ def examples() -> dict[str, bytes]:
 
 @st.cache_resource(show_spinner="Loading the data and the model (a demo model trains on first use, then is cached)...")
 def _inputs(data: str, model: str, directory: str) -> tuple[DataSplit, TrainedModel]:
-    spec = SimpleNamespace(data=data, model=model, seed=0)
+    spec = SimpleNamespace(data=data, model=model, seed=APP_SEED)
     return load_inputs(spec, Path(directory), resolve_device("auto"))
 
 
@@ -115,10 +120,13 @@ def store() -> ScoreStore:
 
 
 def finished_runs(kind: str) -> list[Run]:
-    """Done runs of one job kind for the chosen data set and model, newest first."""
+    """Done runs of one job kind for the chosen data set and model, newest first. Only runs
+    with the app's seed: its pages show the data split and model of that seed, and a run of
+    another seed (e.g. from the CLI) has other rows behind its indices."""
     data, model = st.session_state["data"], st.session_state["model"]
     runs = store().runs(kind=JOB_KINDS[kind], status="done")
-    mine = [run for run in runs if run.params.get("data") == data and run.params.get("model") == model]
+    mine = [run for run in runs if run.params.get("data") == data and run.params.get("model") == model
+            and run.params.get("seed", APP_SEED) == APP_SEED]
     return sorted(mine, key=lambda run: run.created, reverse=True)
 
 

@@ -242,8 +242,9 @@ class Executor(ABC):
             progress: FractionDone) -> list:
         """``function(shared, item, progress)`` for every item, results in item order.
 
-        ``shared`` is sent once (it must pickle for remote executors); ``sizes`` weigh the
-        items' work for ``progress(fraction of all)``."""
+        ``shared`` is sent once (it must pickle for remote executors, which first call its
+        ``check_portable()`` when it has one); ``sizes`` weigh the items' work for
+        ``progress(fraction of all)``."""
 
     def close(self) -> None:
         """Release what the executor started."""
@@ -392,6 +393,9 @@ class RayExecutor(Executor):
 
     def map(self, function: ItemFunction, shared: object, items: list, sizes: list[float],
             progress: FractionDone) -> list:
+        check_portable = getattr(shared, "check_portable", None)
+        if check_portable is not None:  # a one-line reason now, not a serialisation traceback later
+            check_portable()
         ray = self._ray()
         shared_ref = ray.put(shared)
         task = self._task(ray, function)

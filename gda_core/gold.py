@@ -197,9 +197,13 @@ class CopyRuns:
     #: ``weights(first, stop)`` -> (copies, N) example weights of copies first..stop - 1
     weights: Callable[[int, int], torch.Tensor]
 
+    def check_portable(self) -> None:
+        """Workers rebuild the model from its zoo config: an uploaded program has none."""
+        self.model.zoo_config("the ray executor")
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["model"] = (self.model.config.to_json(), self.model.train_config.to_json(),
+        state["model"] = (self.model.zoo_config("the ray executor").to_json(), self.model.train_config.to_json(),
                           state_arrays(self.model.module))
         state["train"], state["test"] = self.train.to("cpu"), self.test.to("cpu")
         return state

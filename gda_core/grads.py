@@ -158,6 +158,12 @@ class RandomProjector:
         return out
 
 
+def has_last_layer(module: nn.Module) -> bool:
+    """Whether last-layer mode works: a ``features`` map and a linear ``head`` on top of it
+    (zoo models; an uploaded program may have a ``head`` without ``features``)."""
+    return hasattr(module, "head") and hasattr(module, "features")
+
+
 class GradientEngine:
     """Per-example, group and test gradients of one model, full or last-layer only.
 
@@ -178,7 +184,7 @@ class GradientEngine:
         self.last_layer_only = last_layer_only
         self.chunk_examples = chunk_examples
         if last_layer_only:
-            if not hasattr(module, "head") or not hasattr(module, "features"):
+            if not has_last_layer(module):
                 raise GDAError("last-layer mode needs a model with `features` and a linear `head`")
             self.function_module: nn.Module = module.head
         else:

@@ -263,10 +263,11 @@ class GradKMeans(_KMeansGrouping):
     max_dim = 64
 
     def grouping_features(self, train, model):
-        from .grads import GradientEngine, RandomProjector
+        from .grads import GradientEngine, RandomProjector, has_last_layer
 
-        # A model without a linear head (e.g. an uploaded program) gets projected full gradients.
-        space = self.options.get("gradient_features", "last-layer" if hasattr(model, "head") else "projected")
+        # A model without features and a linear head (e.g. an uploaded program) gets projected
+        # full gradients.
+        space = self.options.get("gradient_features", "last-layer" if has_last_layer(model) else "projected")
         if space not in ("last-layer", "projected"):
             raise GDAError(f"gradient_features must be 'last-layer' or 'projected', got {space!r}")
         engine = GradientEngine(model, last_layer_only=(space == "last-layer"))

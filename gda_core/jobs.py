@@ -71,9 +71,13 @@ def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
         return {**parsed.params(), **input_fingerprints(split, model)}
     if kind in ("noisy", "prune"):
         from .noisy import NoisyConfig, PruneConfig
+        from .uploads import load_data_choice
 
-        # These retrain their own model on the built-in data: the request names everything.
-        return (NoisyConfig if kind == "noisy" else PruneConfig)(**request).params()
+        # These retrain their own model, so only the data's content joins the request (a data
+        # file with new content at the same path is a new run).
+        parsed = (NoisyConfig if kind == "noisy" else PruneConfig)(**request)
+        split = load_data_choice(parsed.data, seed=parsed.seed)
+        return {**parsed.params(), "data_fingerprint": split.train.fingerprint() + split.test.fingerprint()}
     raise GDAError(f"unknown job kind {kind!r}; choose from: {', '.join(JOB_KINDS)}")
 
 

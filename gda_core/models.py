@@ -195,14 +195,23 @@ class TrainedModel:
     history: list[float] = field(default_factory=list)
     #: input features an uploaded program was exported for (zoo models have them in ``config``)
     input_width: int | None = None
+    #: sha256 of the uploaded file(s) the model came from: an exported program's graph is not
+    #: in its weights, so two programs with the same weights must still differ in cache keys
+    source_digest: str | None = None
 
     def fingerprint(self) -> str:
-        """A content hash of the final weights and the config, for cache keys."""
-        described = self.config.to_json() if self.config is not None else {"arch": "exported program"}
-        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
-        for name, tensor in sorted(self.module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        """A content hash of the final weights, the config, the training recipe, the
+        checkpoints (TracIn uses them) and the uploaded file's bytes, for cache keys."""
+        described = {"config": self.config.to_json() if self.config is not None else {"arch": "exported program"},
+                     "train_config": self.train_config.to_json(), "source": self.source_digest,
+                     "checkpoints": [checkpoint.lr for checkpoint in self.checkpoints]}
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+        states = [("final", self.module.state_dict())]
+        states += [(f"checkpoint{i}", checkpoint.state) for i, checkpoint in enumerate(self.checkpoints)]
+        for prefix, state in states:
+            for name, tensor in sorted(state.items()):
+                digest.update(f"{prefix}.{name}".encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
     def zoo_config(self, purpose: str) -> ModelConfig:
@@ -550,14 +559,19 @@ def load_model_file(path: str | Path, *, device: torch.device | str = "cpu",
     refuse_pickle(path.name)
     suffix = path.suffix.lower()
     if suffix == ".pt2":
-        return _load_program(read_upload(path, limits), path.name, device, limits)
+        payload = read_upload(path, limits)
+        model = _load_program(payload, path.name, device, limits)
+        model.source_digest = hashlib.sha256(payload).hexdigest()
+        return model
     if suffix == ".safetensors":
         config_path = next((p for p in (path.with_suffix(".json"), path.parent / "config.json") if p.is_file()), None)
         if config_path is None:
             raise GDAError(f"{path.name} needs its config beside it: {path.with_suffix('.json').name} "
                            f"(the zoo architecture and sizes, see ModelConfig)")
-        return _load_safetensors(read_upload(path, limits), read_upload(config_path, limits), path.name,
-                                 config_path.name, device)
+        weights, config = read_upload(path, limits), read_upload(config_path, limits)
+        model = _load_safetensors(weights, config, path.name, config_path.name, device)
+        model.source_digest = hashlib.sha256(weights + b"\0" + config).hexdigest()
+        return model
     raise GDAError(f"unsupported model file type {suffix or path.name!r}; use a .pt2 program or a "
                    f".safetensors state dict with its .json config")
 

@@ -148,8 +148,8 @@ def _check_retrainable(model: str, command: str) -> None:
     """Noisy-label evaluation and pruning retrain the model from scratch, so they need an
     architecture, not a file of trained weights."""
     if not is_zoo_model(model):
-        raise GDAError(f"{command} retrains the model from scratch: choose a zoo architecture "
-                       f"(logreg, mlp, cnn), not the model file {model}")
+        raise GDAError(f"{command} retrains the model from scratch, so it needs a zoo architecture "
+                       f"(logreg, mlp, cnn), not an uploaded model file")
 
 
 def _check_validation_fraction(value: float) -> None:

@@ -387,6 +387,8 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
         array = arrays[key]
         if array.dtype.kind not in "biuf":
             raise GDAError(f"{name}: {key} must be numeric, got dtype {array.dtype}")
+        if len(array) == 0:
+            raise GDAError(f"{name}: {key} has no rows")
         if array.ndim == 3:
             array = array.reshape(len(array), -1)
         if array.ndim != 2:
@@ -395,6 +397,10 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
 
     train_features = features("X")
     test_features = features("X_test") if "X_test" in arrays else None
+    if image_shape is not None and (len(image_shape) != 2 or min(image_shape) < 1
+                                    or image_shape[0] * image_shape[1] != train_features.shape[1]):
+        raise GDAError(f"{name}: image_shape must be (height, width), two positive sizes whose product is the "
+                       f"{train_features.shape[1]} features, got {_one_line(image_shape, 40)}")
     parts = [arrays["y"]] + ([arrays["y_test"]] if test_features is not None else [])
     encoded, class_names = encode_labels(*parts)
     if "class_names" in arrays:

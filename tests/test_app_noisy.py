@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from gda_core.jobs import run_in_foreground
-from gda_core.noisy import NoisyConfig, PruneConfig
+from gda_core.noisy import FlagRequest, NoisyConfig, PruneConfig
 from gda_core.review import ReviewSession
 from gda_core.store import ScoreStore
 from test_app import button  # tests/ is on the path under pytest's default import mode
@@ -89,7 +89,16 @@ def test_flag_then_review_with_undo_and_downloads(app, app_cache):
     assert [(int(r["train_index"]), r["decision"]) for r in rows] == [(first, "keep")]
 
 
-def test_a_decision_from_a_stale_tab_is_refused(app, app_cache):
+@pytest.fixture()
+def flagged(app_cache):
+    """A flagged list in the cache (the one the flag test makes with the page's button, made
+    here when this test runs alone)."""
+    store = ScoreStore(app_cache)
+    if not store.runs(kind="flags", status="done"):
+        run_in_foreground("flag", FlagRequest(method="grad-dot", grouping="per-example").to_json(), store)
+
+
+def test_a_decision_from_a_stale_tab_is_refused(flagged, app, app_cache):
     app.run()
     shown = current_point(app)
     other_tab = session(app_cache)

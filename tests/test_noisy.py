@@ -234,3 +234,26 @@ def test_image_grid_titles_sit_over_their_images():
         (title,) = [a for a in figure.layout.annotations
                     if x_domain[0] <= a.x <= x_domain[1] and abs(a.y - y_domain[1]) < 1e-6]
         assert title.text == f"image {index}"
+
+
+@pytest.mark.parametrize("config", [NoisyConfig, PruneConfig])
+def test_noisy_and_prune_jobs_follow_the_data_files_content(config, tmp_path):
+    """A data file with new content at the same path is a new run, not a cache hit."""
+    from gda_core.jobs import job_key
+
+    path = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    keys = []
+    for rows in (40, 50):
+        np.savez(path, X=rng.normal(size=(rows, 3)), y=np.arange(rows) % 2)
+        request = config(data=str(path), model="logreg", method="grad-dot", grouping="random", n_groups=4)
+        keys.append(job_key(config.__name__.replace("Config", "").lower(), request.to_json(), ScoreStore(tmp_path))[0])
+    assert keys[0] != keys[1]
+
+
+def test_noisy_and_prune_refuse_an_uploaded_model_in_one_line(tmp_path):
+    path = tmp_path / "model.pt2"
+    path.write_bytes(b"PK")
+    for config in (NoisyConfig, PruneConfig):
+        with pytest.raises(GDAError, match=r"retrains the model from scratch, so it needs a zoo architecture"):
+            config(model=str(path), method="grad-dot", grouping="random", n_groups=4)

@@ -130,6 +130,24 @@ def test_gold_standards_train_their_blocks_of_copies_on_ray(ray_cluster, setting
     assert fractions[-1] == pytest.approx(1.0)
 
 
+def test_an_uploaded_program_is_a_one_line_refusal_on_ray(ray_cluster, setting, tmp_path):
+    """Workers rebuild the model from its zoo config, which an exported program lacks: the
+    attribution and the gold standards say so in one line before anything is sent."""
+    from gda_core.models import export_program, load_model_file
+
+    model, train, test, groups = setting
+    path = tmp_path / "mlp.pt2"
+    path.write_bytes(export_program(model.module, train.n_features))
+    program = load_model_file(path)
+    method = make_method("grad-dot", program).fit(train, groups)
+    message = r"^the ray executor needs to rebuild the model, which an uploaded \.pt2 program cannot do"
+    with pytest.raises(GDAError, match=message):
+        method.attribute(test, executor=RayExecutor())
+    with pytest.raises(GDAError, match=message):
+        further_training(program, train, test, groups, epochs=[1.0], seeds=1, copies_per_chunk=5,
+                         executor=RayExecutor())
+
+
 def test_workers_load_a_builtin_by_name_and_last_layer_mode(ray_cluster, setting):
     model, train, test, groups = setting
     method = make_method("grad-dot", model, last_layer_only=True).fit(train, groups)

@@ -119,10 +119,39 @@ def test_retraining_an_exported_program_asks_for_safetensors(files, cache):
         run_sweep(config, cache_dir=cache)
 
 
-def test_every_request_type_accepts_paths(files):
-    for request in (SweepConfig(data=str(files["npz"]), model=str(files["pt2"])),
-                    EmbeddingRequest(data=str(files["csv"]), model=str(files["safetensors"]))):
-        assert request.data.endswith((".npz", ".csv"))
+def test_every_request_type_accepts_paths_and_refuses_missing_ones(files, tmp_path):
+    for request in (SweepConfig, EmbeddingRequest):
+        request(data=str(files["npz"]), model=str(files["pt2"]))
+        with pytest.raises(GDAError, match="does not exist"):
+            request(data=str(tmp_path / "missing.npz"), model="mlp")
+
+
+def test_an_exported_program_is_keyed_by_its_graph_not_only_its_weights(tmp_path):
+    """Two programs with the same weights but another forward pass are different models."""
+    torch.manual_seed(0)
+    relu = torch.nn.Sequential(torch.nn.Linear(13, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    tanh = torch.nn.Sequential(torch.nn.Linear(13, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    tanh.load_state_dict(relu.state_dict())
+    paths = []
+    for name, module in (("relu", relu), ("tanh", tanh)):
+        paths.append(tmp_path / f"{name}.pt2")
+        paths[-1].write_bytes(export_program(module, 13))
+    from gda_core.models import load_model_file
+
+    first, second = (load_model_file(path) for path in paths)
+    assert first.fingerprint() != second.fingerprint()
+    assert first.fingerprint() == load_model_file(paths[0]).fingerprint()  # and stable
+
+
+def test_gradient_kmeans_works_on_an_exported_logreg(tmp_path, cache):
+    """An exported logreg has a `head` but no `features`: gradient K-means must fall back to
+    projected full gradients instead of asking for last-layer mode."""
+    for name, payload in example_files().items():
+        (tmp_path / name).write_bytes(payload)
+    data = prepare_data_choice(str(tmp_path / "wine.csv"), DataOptions(), cache)
+    request = AttributionRequest(data=data, model=str(tmp_path / "wine-logreg.pt2"), method="grad-dot",
+                                 grouping="grad-kmeans", n_groups=5, test_size=4)
+    assert run_attribution(request, cache_dir=cache).scores.shape == (4, 5)
 
 
 def test_split_column_and_separate_test_file(tmp_path):
@@ -215,6 +244,11 @@ BAD_DATA = {
     "npz text X": ("data.npz", _npz(X=np.array([["a"], ["b"]]), y=np.array([0, 1])), "X must be numeric"),
     "npz test columns": ("data.npz", _npz(X=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]), X_test=np.zeros((2, 3)),
                                           y_test=np.array([0, 1])), "test features have 3 columns"),
+    "npz empty images": ("data.npz", _npz(X=np.zeros((0, 2, 2)), y=np.zeros(0, dtype=int)), "X has no rows"),
+    "npz negative image shape": ("data.npz", _npz(X=np.zeros((2, 4)), y=np.array([0, 1]), image_shape=np.array([-1, -4])),
+                                 "image_shape must be (height, width), two positive sizes"),
+    "npz 1-d image shape": ("data.npz", _npz(X=np.zeros((2, 4)), y=np.array([0, 1]), image_shape=np.array([4])),
+                            "image_shape must be (height, width)"),
     "npy not npz": ("data.npz", b"\x93NUMPY" + b"\x00" * 20, "not a valid zip archive"),
     "unknown zip version": ("data.npz", _future_zip_version(), "data.npz is not a valid zip archive"),
     "truncated zip": ("images.zip", _zip({"a/1.png": _png(), "b/2.png": _png()})[:-30],

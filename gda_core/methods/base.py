@@ -243,7 +243,7 @@ class AttributionMethod:
     def _view_recipe(self, index: int, view: View) -> ViewRecipe:
         """What a worker needs to rebuild this view's training side."""
         objective, weights = self._train_objective(index, view)
-        return ViewRecipe.of(view.engine, self.model.config, objective, weights,
+        return ViewRecipe.of(view.engine, self.model.zoo_config("the ray executor"), objective, weights,
                              self._train_transform(index, view), view.weight)
 
     def curvature_rows(self, n_train: int, n_samples: int | None) -> np.ndarray:

@@ -125,3 +125,14 @@ def test_evaluation_and_pruning_figures_from_the_store(app, app_cache):
     assert any(t.startswith("Pruning digits / mlp by grad-dot") for t in titles)
     table = next(d.value for d in app.dataframe if "AUC" in d.value.columns)
     assert len(table) == 3 and table["found at 20%"].iloc[0] > 0.8
+
+
+def test_runs_of_another_seed_are_not_listed(flagged, app, app_cache):
+    """The page shows the seed-0 split and model; a flag run of another seed (from the CLI)
+    indexes other rows, so it must not be offered for review."""
+    store = ScoreStore(app_cache)
+    other = run_in_foreground("flag", FlagRequest(method="grad-dot", grouping="per-example", seed=1).to_json(), store)
+    app.run()
+    assert not app.exception
+    offered = app.selectbox(key="flag_run").options
+    assert len(offered) == 1 and other.key not in str(offered)

@@ -601,40 +601,33 @@ def _is_path_choice(choice: str) -> bool:
     return "/" in choice or "\\" in choice or Path(choice).suffix != ""
 
 
-def check_data_choice(choice: str) -> None:
-    """A built-in name, or an existing data file with a supported suffix; one line otherwise."""
+def _check_choice(choice: str, kind: str, names, suffixes, use: str) -> None:
+    """A registered name, or an existing file with a supported suffix; one line otherwise."""
     if not isinstance(choice, str):
-        raise GDAError(f"the data choice must be a name or a path, got {_one_line(choice)}")
-    if choice in BUILTIN_DATASETS:
+        raise GDAError(f"the {kind} choice must be a name or a path, got {_one_line(choice)}")
+    if choice in names:
         return
     if not _is_path_choice(choice):
-        raise GDAError(f"unknown data set {choice!r}; choose from: {', '.join(BUILTIN_DATASETS)}, "
-                       f"or give a path to a {', '.join(DATA_SUFFIXES)} file")
+        raise GDAError(f"unknown {'data set' if kind == 'data' else kind} {choice!r}; choose from: "
+                       f"{', '.join(names)}, or give a path to a {', '.join(suffixes[:-1])} or {suffixes[-1]} file")
     refuse_pickle(choice)
-    if Path(choice).suffix.lower() not in DATA_SUFFIXES:
-        raise GDAError(f"unsupported data file type {_one_line(Path(choice).suffix, 20)}; "
-                       f"use one of: {', '.join(DATA_SUFFIXES)}")
+    if Path(choice).suffix.lower() not in suffixes:
+        raise GDAError(f"unsupported {kind} file type {_one_line(Path(choice).suffix, 20)}; use {use}")
     if not Path(choice).is_file():
-        raise GDAError(f"data file {choice} does not exist")
+        raise GDAError(f"{kind} file {choice} does not exist")
+
+
+def check_data_choice(choice: str) -> None:
+    """A built-in name, or an existing data file with a supported suffix; one line otherwise."""
+    _check_choice(choice, "data", BUILTIN_DATASETS, DATA_SUFFIXES, f"one of: {', '.join(DATA_SUFFIXES)}")
 
 
 def check_model_choice(choice: str) -> None:
     """A zoo name, or an existing model file with a supported suffix; one line otherwise."""
     from .models import ARCHITECTURES
 
-    if not isinstance(choice, str):
-        raise GDAError(f"the model choice must be a name or a path, got {_one_line(choice)}")
-    if choice in ARCHITECTURES:
-        return
-    if not _is_path_choice(choice):
-        raise GDAError(f"unknown model {choice!r}; choose from: {', '.join(ARCHITECTURES)}, "
-                       f"or give a path to a .pt2 or .safetensors file")
-    refuse_pickle(choice)
-    if Path(choice).suffix.lower() not in MODEL_SUFFIXES:
-        raise GDAError(f"unsupported model file type {_one_line(Path(choice).suffix, 20)}; "
-                       f"use a .pt2 program or a .safetensors state dict with its .json config")
-    if not Path(choice).is_file():
-        raise GDAError(f"model file {choice} does not exist")
+    _check_choice(choice, "model", ARCHITECTURES, MODEL_SUFFIXES,
+                  "a .pt2 program or a .safetensors state dict with its .json config")
 
 
 def is_builtin_data(choice: str) -> bool:

@@ -1,125 +1,14 @@
-"""GDA Explorer: the home page. Pick or upload a data set and a model; see what they are.
-
-UI only: every number comes from gda_core, every chart from gda_core.viz; parsing and
-validation of uploads live in gda_core.uploads (a bad upload is one line in st.error).
-Run with `make app` (or `streamlit run app.py`).
-"""
+"""GDA Explorer's Streamlit entry (`make app`, or `streamlit run app.py`): the pages, in order,
+with the names the sidebar shows. The Home page is pages/0_Home.py; every page is UI only."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from gda_app import state
-from gda_core.data import BUILTIN_DATASETS
-from gda_core.errors import GDAError, unexpected_reason
-from gda_core.models import accuracy
-from gda_core.uploads import (DEFAULT_IMAGE_SIZE, EXAMPLE_FILES, FORMATS_HELP, DataOptions, accept_data_upload,
-                              accept_model_upload, is_builtin_data, is_zoo_model)
-from gda_core.viz import class_count_figure, image_grid_figure
-
-SOURCES = ("Built-in", "Upload")
-
-state.page_setup("Home")
-
-st.title("GDA Explorer")
-st.caption("Which parts of the training data shaped this model's predictions? Group attribution "
-           "scores K groups of training points at once instead of every point, at a fraction of the cost.")
-
-
-def accepted(slot: str, signature: tuple, accept) -> str:
-    """The choice an upload becomes, computed once per file (reruns reuse it); a bad upload
-    shows its one-line reason and stops the page."""
-    done = st.session_state.get(slot)
-    if done is None or done["signature"] != signature:
-        try:
-            done = {"signature": signature, "choice": accept(), "error": None}
-        except GDAError as error:
-            done = {"signature": signature, "choice": None, "error": str(error)}
-        except Exception as error:  # a case validation missed: still one line, never a traceback
-            done = {"signature": signature, "choice": None, "error": unexpected_reason(error, "reading the upload")}
-        st.session_state[slot] = done
-    if done["error"]:
-        st.error(done["error"])
-        st.stop()
-    return done["choice"]
-
-
-left, right = st.columns(2)
-st.session_state.setdefault("data_source", SOURCES[0] if is_builtin_data(st.session_state["data"]) else SOURCES[1])
-with left:
-    if st.radio("Data", SOURCES, key="data_source", horizontal=True) == "Built-in":
-        if not is_builtin_data(st.session_state["data"]):
-            st.session_state["data"] = "digits"
-        st.selectbox("Data set", list(BUILTIN_DATASETS), key="data",
-                     help="Built-in data sets ship with scikit-learn; digits are 8x8 images.")
-    else:
-        uploaded = st.file_uploader("Data file (.csv, .npz, or .zip of class folders)", type=["csv", "npz", "zip"],
-                                    key="data_file", help=FORMATS_HELP)
-        label_column, image_size = st.columns(2)
-        options = DataOptions(
-            label_column=label_column.text_input("CSV label column", value="label", key="label_column"),
-            image_size=int(image_size.number_input("Image size (zip)", min_value=2, max_value=512,
-                                                   value=DEFAULT_IMAGE_SIZE, key="image_size")))
-        if uploaded is not None:
-            st.session_state["data"] = accepted(
-                "data_upload", (uploaded.file_id, options),
-                lambda: accept_data_upload(uploaded.name, uploaded.getvalue(), state.cache_dir(), options))
-            state.remember_upload(st.session_state["data"], uploaded.name)
-        elif is_builtin_data(st.session_state["data"]):
-            st.info("Upload a data file, or download an example below to see the formats.")
-        if not is_builtin_data(st.session_state["data"]):
-            st.caption(f"Using uploaded data **{state.describe(st.session_state['data'])}**.")
-split = state.data_split()
-
-st.session_state.setdefault("model_source", SOURCES[0] if is_zoo_model(st.session_state["model"]) else SOURCES[1])
-with right:
-    if st.radio("Model", SOURCES, key="model_source", horizontal=True) == "Built-in":
-        architectures = ["mlp", "logreg"] + (["cnn"] if split.train.image_shape else [])
-        if st.session_state["model"] not in architectures:  # e.g. a CNN chosen for images, then tabular data
-            st.session_state["model"] = "mlp"
-        st.selectbox("Model", architectures, key="model",
-                     help="A demo model of this architecture is trained on the data on first use and cached.")
-    else:
-        model_files = st.file_uploader("Model: a .pt2 program, or a .safetensors with its .json config",
-                                       type=["pt2", "safetensors", "json"], accept_multiple_files=True,
-                                       key="model_files", help=FORMATS_HELP)
-        if model_files:
-            st.session_state["model"] = accepted(
-                "model_upload", (tuple(f.file_id for f in model_files), st.session_state["data"]),
-                lambda: accept_model_upload({f.name: f.getvalue() for f in model_files}, split.train,
-                                            state.cache_dir()))
-            state.remember_upload(st.session_state["model"], " + ".join(f.name for f in model_files))
-        elif is_zoo_model(st.session_state["model"]):
-            st.info("Upload a model; until then the built-in demo model is used.")
-        if not is_zoo_model(st.session_state["model"]):
-            st.caption(f"Using uploaded model **{state.describe(st.session_state['model'])}**.")
-split, model = state.inputs()
-
-columns = st.columns(5)
-columns[0].metric("Training points", len(split.train))
-columns[1].metric("Test points", len(split.test))
-columns[2].metric("Classes", split.train.n_classes)
-columns[3].metric("Features", split.train.n_features)
-columns[4].metric("Test accuracy", f"{accuracy(model.module, split.test):.1%}")
-
-if split.train.images is not None:
-    st.plotly_chart(image_grid_figure(split.train.images[:16],
-                                      [f"label {split.train.class_names[int(y)]}" for y in split.train.labels[:16]]),
-                    key="examples")
-st.plotly_chart(class_count_figure(split.train), key="class_counts")
-
-with st.expander("Upload formats and example files"):
-    st.markdown(FORMATS_HELP)
-    st.caption("Examples: wine as CSV (label column `label`) and NPZ, 200 digit images as a zip of class "
-               "folders, and a logistic regression trained on wine as .safetensors + .json and as .pt2.")
-    example_columns = st.columns(3)
-    for index, name in enumerate(EXAMPLE_FILES):
-        # data as a callable: the files (one small model trained) are only made when asked for
-        example_columns[index % 3].download_button(name, data=lambda name=name: state.examples()[name],
-                                                   file_name=name, key=f"example:{name}")
-
-st.subheader("Next")
-st.page_link("pages/1_Compute.py", label="Compute group scores for this model", icon=":material/calculate:")
-st.page_link("pages/2_Explore.py", label="Explore the groups on a map", icon=":material/scatter_plot:")
-st.page_link("pages/3_Fidelity.py", label="Fidelity against speed", icon=":material/monitoring:")
-st.page_link("pages/4_Noisy_labels.py", label="Find and review noisy labels", icon=":material/rule:")
+st.navigation([
+    st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/1_Compute.py", title="Compute", icon=":material/calculate:"),
+    st.Page("pages/2_Explore.py", title="Explore", icon=":material/scatter_plot:"),
+    st.Page("pages/3_Fidelity.py", title="Fidelity", icon=":material/monitoring:"),
+    st.Page("pages/4_Noisy_labels.py", title="Noisy labels", icon=":material/rule:"),
+]).run()

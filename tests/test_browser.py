@@ -89,6 +89,9 @@ def test_demo_compute_explore_in_a_real_browser(server, tmp_path):
             page.goto(server)
             page.get_by_text("Training points", exact=True).wait_for(timeout=180_000)  # demo model trains first
             assert page.get_by_text("1438").count() >= 1
+            # the sidebar names every page, the entry included
+            for name in ("Home", "Compute", "Explore", "Fidelity", "Noisy labels"):
+                assert page.get_by_role("link", name=name, exact=True).count() >= 1, name
 
             page.get_by_role("link", name="Compute", exact=True).first.click()
             page.get_by_role("button", name="Compute", exact=True).click()

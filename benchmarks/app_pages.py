@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"home": "app.py", "compute": "pages/1_Compute.py", "explore": "pages/2_Explore.py",
+PAGES = {"home": "pages/0_Home.py", "compute": "pages/1_Compute.py", "explore": "pages/2_Explore.py",
          "fidelity": "pages/3_Fidelity.py", "noisy labels": "pages/4_Noisy_labels.py"}
 
 

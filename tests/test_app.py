@@ -149,7 +149,7 @@ def test_pages_keep_the_choices(app):
     app.switch_page(PAGES["compute"]).run()
     app.selectbox(key="method").set_value("tracin").run()
     app.switch_page(PAGES["fidelity"]).run()
-    app.switch_page("app.py").run()
+    app.switch_page("pages/0_Home.py").run()
     assert app.selectbox(key="data").value == "breast_cancer"
     app.switch_page(PAGES["compute"]).run()
     assert not app.exception

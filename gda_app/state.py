@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import streamlit as st
@@ -136,6 +137,17 @@ def submit(kind: str, request: dict, slot: str) -> tuple[str, bool]:
     st.session_state[f"job:{slot}"] = key
     st.session_state[f"job:{slot}:hit"] = cache_hit
     return key, cache_hit
+
+
+def submit_request(kind: str, build: Callable[[], object], slot: str) -> None:
+    """Build a request (its dataclass validates it) and start its job; a request that does not
+    validate is its one-line reason on the page, and nothing is submitted."""
+    try:
+        request = build()
+    except GDAError as error:
+        st.error(str(error))
+        return
+    submit(kind, request.to_json(), slot)
 
 
 def job_run(slot: str) -> Run | None:

@@ -10,7 +10,6 @@ import streamlit as st
 
 from gda_app import state
 from gda_core.engine import AttributionRequest
-from gda_core.errors import GDAError
 from gda_core.executors import EXECUTORS
 from gda_core.grouping import GROUPINGS
 from gda_core.methods import METHODS
@@ -72,16 +71,12 @@ with st.expander("Advanced options"):
                                    placeholder="empty: a local Ray for the job; 'auto': the cluster `ray start` made")
 
 if st.button("Compute", type="primary"):
-    try:
-        request = AttributionRequest(
-            data=st.session_state["data"], model=st.session_state["model"], method=st.session_state["method"],
-            grouping=st.session_state["grouping"],
-            n_groups=None if grouping.fixed_group_count else int(st.session_state["n_groups"]),
-            test_size=None, method_options=changed, executor=st.session_state["executor"],
-            ray_address=(ray_address.strip() or None) if st.session_state["executor"] == "ray" else None)
-        state.submit("attribute", request.to_json(), slot="attribute")
-    except GDAError as error:
-        st.error(str(error))
+    state.submit_request("attribute", lambda: AttributionRequest(
+        data=st.session_state["data"], model=st.session_state["model"], method=st.session_state["method"],
+        grouping=st.session_state["grouping"],
+        n_groups=None if grouping.fixed_group_count else int(st.session_state["n_groups"]),
+        test_size=None, method_options=changed, executor=st.session_state["executor"],
+        ray_address=(ray_address.strip() or None) if st.session_state["executor"] == "ray" else None), slot="attribute")
 
 run = state.show_job("attribute", "Attribution")
 if run is not None:

@@ -50,14 +50,10 @@ else:
     columns[2].number_input("Groups (K)", min_value=2, max_value=n_train, step=10, key="flag_groups")
 columns[3].selectbox("Signal", list(SIGNALS), key="flag_signal")
 if st.button("Flag training points", type="primary"):
-    try:
-        request = FlagRequest(
-            data=data, model=arch, method=st.session_state["flag_method"], grouping=st.session_state["flag_grouping"],
-            n_groups=None if grouping.fixed_group_count else int(st.session_state["flag_groups"]),
-            signal=st.session_state["flag_signal"])
-        state.submit("flag", request.to_json(), slot="flag")
-    except GDAError as error:
-        st.error(str(error))
+    state.submit_request("flag", lambda: FlagRequest(
+        data=data, model=arch, method=st.session_state["flag_method"], grouping=st.session_state["flag_grouping"],
+        n_groups=None if grouping.fixed_group_count else int(st.session_state["flag_groups"]),
+        signal=st.session_state["flag_signal"]), slot="flag")
 if state.show_job("flag", "Flagging") is not None:
     st.session_state["flag_run"] = st.session_state["job:flag"]
 
@@ -161,11 +157,9 @@ n_fit = int(0.9 * n_train)
 small_k = min(150, max(2, n_fit // 10))
 if st.button("Run a small evaluation", help=f"Grad-Dot self-influence on gradient K-means groups (K = {small_k}), "
                                             "10% flipped labels, with the loss and Confident Learning baselines."):
-    try:  # e.g. a model file: this retrains from scratch, so it needs an architecture
-        config = NoisyConfig(data=data, model=arch, method="grad-dot", grouping="grad-kmeans", n_groups=small_k)
-        state.submit("noisy", config.to_json(), slot="noisy")
-    except GDAError as error:
-        st.error(str(error))
+    # a model file is refused in one line: this retrains from scratch, so it needs an architecture
+    state.submit_request("noisy", lambda: NoisyConfig(data=data, model=arch, method="grad-dot",
+                                                      grouping="grad-kmeans", n_groups=small_k), slot="noisy")
 state.show_job("noisy", "Evaluation")
 evaluations = state.finished_runs("noisy")
 if evaluations:
@@ -183,12 +177,9 @@ st.caption("Remove the groups with the lowest total influence on a held-out vali
            "test accuracy with removing random groups.")
 if st.button("Run a small pruning", help=f"Grad-Dot on gradient K-means groups (K = {small_k}), removing 10-30% "
                                          "of the training points, 2 seeds."):
-    try:
-        config = PruneConfig(data=data, model=arch, method="grad-dot", grouping="grad-kmeans", n_groups=small_k,
-                             fractions=(0.1, 0.2, 0.3), seeds=2)
-        state.submit("prune", config.to_json(), slot="prune")
-    except GDAError as error:
-        st.error(str(error))
+    state.submit_request("prune", lambda: PruneConfig(data=data, model=arch, method="grad-dot", grouping="grad-kmeans",
+                                                      n_groups=small_k, fractions=(0.1, 0.2, 0.3), seeds=2),
+                         slot="prune")
 state.show_job("prune", "Pruning")
 prunings = state.finished_runs("prune")
 if prunings:

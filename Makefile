@@ -34,6 +34,7 @@ $(CHROMIUM):
 		(sudo apt-get update -qq && sudo apt-get install -y -qq chromium)
 
 test: install $(CHROMIUM)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 benchmark: install

@@ -35,12 +35,17 @@ def main() -> None:
     import torch
     from streamlit.testing.v1 import AppTest
 
-    from gda_core.engine import AttributionRequest
-    from gda_core.evaluate import GoldConfig, SweepConfig
-    from gda_core.jobs import run_in_foreground
-    from gda_core.noisy import FlagRequest, NoisyConfig, PruneConfig
-    from gda_core.store import ScoreStore
-    from gda_core.viz import EmbeddingRequest
+    from gda_core.requests import (
+        AttributionRequest,
+        EmbeddingRequest,
+        FlagRequest,
+        GoldConfig,
+        NoisyConfig,
+        PruneConfig,
+        SweepConfig,
+    )
+    from gda_core.runs.jobs import run_in_foreground
+    from gda_core.runs.store import ScoreStore
 
     torch.set_num_threads(1)
     store = ScoreStore(os.environ["GDA_CACHE_DIR"])

@@ -21,7 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gda_core.evaluate import GoldConfig, SweepConfig, run_sweep  # noqa: E402
+from gda_core.evaluation.sweeps import run_sweep  # noqa: E402
+from gda_core.requests import GoldConfig, SweepConfig
+from gda_core.runs.store import ScoreStore
 
 
 def summarise_lds(sweep: dict) -> dict:
@@ -75,7 +77,7 @@ def main() -> None:
         gold=GoldConfig(kind="lds", n_subsets=20 if args.quick else 100, alpha=0.5),
     )
     progress = (lambda phase, fraction: print(f"{phase}: {fraction:.0%}", file=sys.stderr))
-    lds_sweep = run_sweep(lds_config, cache_dir=args.cache, progress=progress)
+    lds_sweep = run_sweep(lds_config, ScoreStore(args.cache), progress=progress)
 
     horizons = (1.0, 10.0) if args.quick else (1.0, 10.0, 50.0)
     further_config = SweepConfig(
@@ -85,7 +87,7 @@ def main() -> None:
                         lr=0.01, optimizer="sgd", batch_size=64, epsilon=1.0),
         horizon_matched=True,
     )
-    further_sweep = run_sweep(further_config, cache_dir=args.cache, progress=progress)
+    further_sweep = run_sweep(further_config, ScoreStore(args.cache), progress=progress)
     cosine = {}
     for point in further_sweep["points"]:
         key = f"{point['method']} ({point['grouping']}, K={point['n_groups']})"

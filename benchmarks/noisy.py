@@ -27,7 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gda_core.noisy import NoisyConfig, PruneConfig, run_noisy, run_pruning  # noqa: E402
+from gda_core.evaluation.noisy import run_noisy  # noqa: E402
+from gda_core.evaluation.pruning import run_pruning
+from gda_core.requests import NoisyConfig, PruneConfig
 
 BUDGET = "0.2"
 

@@ -69,11 +69,11 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private Ray on 127.0.0.1
     import ray
 
-    from gda_core.data import make_synthetic
-    from gda_core.executors import RayExecutor, TrainingData, score_group_range, shard_ranges
-    from gda_core.grouping import make_grouping
-    from gda_core.methods import make_method
-    from gda_core.models import TrainConfig, model_config_for, train_model
+    from gda_core.attribution.executors import RayExecutor, TrainingData, score_group_range, shard_ranges
+    from gda_core.attribution.grouping import make_grouping
+    from gda_core.attribution.methods import make_method
+    from gda_core.inputs.datasets import make_synthetic
+    from gda_core.inputs.zoo import TrainConfig, model_config_for, train_model
 
     torch.set_num_threads(args.threads)
     split = make_synthetic(args.n_train + 2000, 64, 10, n_test=2000, seed=0)

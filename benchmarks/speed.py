@@ -187,8 +187,8 @@ def _setup(spec: dict):
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from gda_core.data import make_synthetic
-    from gda_core.engine import resolve_device
+    from gda_core.inputs.datasets import make_synthetic
+    from gda_core.requests import resolve_device
 
     device = resolve_device(spec["device"])
     split = make_synthetic(n_samples=spec["n_samples"], n_features=N_FEATURES, n_classes=N_CLASSES,
@@ -199,13 +199,13 @@ def _setup(spec: dict):
 
 
 def _model_config():
-    from gda_core.models import ModelConfig
+    from gda_core.inputs.zoo import ModelConfig
 
     return ModelConfig(arch="mlp", n_features=N_FEATURES, n_classes=N_CLASSES, hidden=HIDDEN)
 
 
 def _train_config(epochs: int):
-    from gda_core.models import TrainConfig
+    from gda_core.inputs.zoo import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=TRAIN_LR, batch_size=TRAIN_BATCH, optimizer="adam", seed=0)
 
@@ -234,7 +234,7 @@ def worker(spec: dict) -> dict:
     clock, memory = Clock(device), PeakMemory(device)
 
     if job == "train":
-        from gda_core.models import accuracy, save_model, train_model
+        from gda_core.inputs.zoo import accuracy, save_model, train_model
 
         clock.start()
         trained = train_model(_model_config(), train, _train_config(spec["train_epochs"]), device=device)
@@ -246,7 +246,7 @@ def worker(spec: dict) -> dict:
                 "n_checkpoints": len(trained.checkpoints), "final_train_loss": trained.history[-1]}
 
     if job == "epoch":
-        from gda_core.models import train_model
+        from gda_core.inputs.zoo import train_model
 
         if spec["warmup"]:  # first-call costs (lazy imports in torch.optim) are not an epoch's
             train_model(_model_config(), train.subset(slice(0, 256)), _train_config(1), device=device)
@@ -260,13 +260,13 @@ def worker(spec: dict) -> dict:
         return {"runs": runs, "peak_mb": max(peaks), "other_cpu_seconds": clock.other_cpu,
                 "clocked_seconds": clock.clocked}
 
-    from gda_core.models import load_model
+    from gda_core.inputs.zoo import load_model
 
     model = load_model(work / "model", device=device)
     train, test = train.to(device), test.to(device)
 
     if job == "grouping":
-        from gda_core.grouping import make_grouping
+        from gda_core.attribution.grouping import make_grouping
 
         def strategy_for(k):
             return (make_grouping("per-example") if spec["grouping"] == "per-example"
@@ -296,8 +296,8 @@ def worker(spec: dict) -> dict:
     if job == "measure":
         import numpy as np
 
-        from gda_core.grouping import Groups
-        from gda_core.methods import make_method
+        from gda_core.attribution.grouping import Groups
+        from gda_core.attribution.methods import make_method
 
         labels = np.load(work / spec["labels_file"])
         groups = Groups(labels, int(labels.max()) + 1, spec["grouping"])
@@ -479,9 +479,9 @@ def main(argv=None) -> int:
     wall_started = time.perf_counter()
     import torch
 
-    from gda_core.engine import resolve_device
-    from gda_core.methods import METHODS
-    from gda_core.methods.curvature import CurvatureOperator
+    from gda_core.attribution.methods.curvature import CurvatureOperator
+    from gda_core.registry import METHODS
+    from gda_core.requests import resolve_device
 
     device = resolve_device(args.device)
     args.device = device.type

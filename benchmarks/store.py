@@ -22,9 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gda_core.engine import AttributionRequest, run_attribution  # noqa: E402
-from gda_core.jobs import run_in_foreground  # noqa: E402
-from gda_core.store import ScoreStore  # noqa: E402
+from gda_core.attribution.pipeline import run_attribution  # noqa: E402
+from gda_core.requests import AttributionRequest
+from gda_core.runs.jobs import run_in_foreground  # noqa: E402
+from gda_core.runs.store import ScoreStore  # noqa: E402
 
 
 def main() -> None:

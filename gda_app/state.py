@@ -11,13 +11,15 @@ from typing import Callable
 import numpy as np
 import streamlit as st
 
-from gda_core.data import DataSplit
-from gda_core.engine import default_cache_dir, load_inputs, resolve_device
 from gda_core.errors import GDAError, unexpected_reason
-from gda_core.jobs import JOB_KINDS, JobManager
-from gda_core.models import TrainedModel, predict
-from gda_core.store import Run, ScoreStore
-from gda_core.uploads import example_files, is_builtin_data, is_zoo_model, load_data_choice
+from gda_core.inputs.choices import is_builtin_data, is_zoo_model, load_data_choice, load_inputs
+from gda_core.inputs.datasets import DataSplit
+from gda_core.inputs.examples import example_files
+from gda_core.inputs.zoo import TrainedModel, predict
+from gda_core.io import default_cache_dir
+from gda_core.requests import resolve_device
+from gda_core.runs.jobs import JOB_KINDS, JobManager
+from gda_core.runs.store import Run, ScoreStore
 
 #: the user's choices, kept in st.session_state under these keys (the widgets' keys too)
 CHOICES = {"data": "digits", "model": "mlp", "method": "grad-dot", "grouping": "grad-kmeans",

@@ -1,11 +1,19 @@
 """GDA Explorer's engine: group and final-model-only training data attribution.
 
-The public entry points are :func:`gda_core.engine.attribute` (one request, end to end),
-the method registry in :mod:`gda_core.methods` and the groupings in :mod:`gda_core.grouping`.
+The public API: build an :class:`AttributionRequest` (validated on construction) and carry it
+out with :func:`run_attribution`; or fit a method yourself, ``make_method(name, model)
+.fit(train, groups).attribute(test)``, with groups from ``make_grouping(name, K).fit(train,
+model.module)``. ``METHODS`` and ``GROUPINGS`` list what is registered. Every user error is a
+:class:`GDAError` whose message is one line.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: I001
+from .errors import GDAError
+from .registry import GROUPINGS, METHODS
+from .attribution.grouping import Groups, make_grouping
+from .attribution.methods import AttributionMethod, make_method
+from .attribution.pipeline import AttributionResult, run_attribution
+from .requests import AttributionRequest
 
-from .errors import GDAError  # noqa: E402
-
-__all__ = ["GDAError", "__version__"]
+__all__ = ["AttributionMethod", "AttributionRequest", "AttributionResult", "GDAError", "GROUPINGS", "Groups",
+           "METHODS", "make_grouping", "make_method", "run_attribution", "__version__"]

@@ -49,12 +49,10 @@ def _add_executor_arguments(parser: argparse.ArgumentParser, executors: dict) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import BUILTIN_DATASETS
-    from .engine import DEVICES
-    from .executors import EXECUTORS
-    from .grouping import GROUPINGS
-    from .methods import METHODS
-    from .models import ARCHITECTURES
+    from .inputs.datasets import BUILTIN_DATASETS
+    from .inputs.zoo import ARCHITECTURES
+    from .registry import EXECUTORS, GROUPINGS, METHODS
+    from .requests import DEVICES, GOLDS, SIGNALS
 
     parser = _OneLineParser(prog="gda", description="Group training data attribution (GDA Explorer).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -94,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--groupings", default="random,grad-kmeans", help="comma-separated groupings")
     sweep.add_argument("--groups", default="15,150", help="comma-separated group counts K")
     sweep.add_argument("--no-per-example", action="store_true", help="skip the K = N per-example point")
-    sweep.add_argument("--gold", default="lds", choices=("lds", "further-training", "leave-group-out"))
+    sweep.add_argument("--gold", default="lds", choices=GOLDS)
     sweep.add_argument("--test-size", type=int, default=100)
     sweep.add_argument("--subsets", type=int, default=50, help="LDS: number of subset models")
     sweep.add_argument("--alpha", type=float, default=0.5, help="LDS: fraction of groups kept per subset")
@@ -114,8 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                        help="write the sweep as JSON to PATH (or stdout with no PATH)")
     sweep.add_argument("--plot", default=None, metavar="HTML", help="write the fidelity-vs-speed figure")
-
-    from .noisy import SIGNALS
 
     flag = commands.add_parser("flag", help="rank the demo model's training points, most suspicious label first")
     noisy = commands.add_parser("noisy", help="flip labels, retrain, and measure how many flips flagging finds")
@@ -171,7 +167,8 @@ def _input_arguments(parser: argparse.ArgumentParser, datasets, architectures) -
 def _inputs(args: argparse.Namespace) -> tuple[str, str]:
     """The --data and --model choices as jobs take them: data files are validated and stored
     normalised in the cache (uploads/<sha256>.npz), model files made absolute."""
-    from .uploads import DataOptions, prepare_data_choice, prepare_model_choice
+    from .inputs.choices import prepare_data_choice, prepare_model_choice
+    from .inputs.parsers import DataOptions
 
     options = DataOptions(label_column=args.label_column, split_column=args.split_column,
                           test_path=args.test_file, image_size=args.image_size)
@@ -186,8 +183,8 @@ def _split_list(text: str, kind: type = str) -> list:
 
 
 def _fidelity(args: argparse.Namespace) -> dict:
-    from .evaluate import GoldConfig, SweepConfig
     from .io import atomic_write_bytes
+    from .requests import GoldConfig, SweepConfig
 
     gold = GoldConfig(kind=args.gold, n_subsets=args.subsets, alpha=args.alpha, epochs=_split_list(args.epochs, float),
                       seeds=args.seeds, epsilon=None if args.leave_out else args.epsilon, lr=args.lr,
@@ -198,13 +195,13 @@ def _fidelity(args: argparse.Namespace) -> dict:
                          per_example=not args.no_per_example, test_size=args.test_size, seed=args.seed,
                          device=args.device, gold=gold, horizon_matched=args.horizon_matched,
                          executor=args.executor, ray_address=args.ray_address)
-    from .jobs import run_in_foreground
+    from .runs.jobs import run_in_foreground
 
     outcome = run_in_foreground("fidelity", dataclasses.asdict(config), _store(args),
                                 progress=_progress_bar(sys.stderr.isatty()))
     sweep = {**outcome.summary, "cache_hit": outcome.cache_hit}
     if args.plot:
-        from .viz import fidelity_speed_figure
+        from .viz.figures import fidelity_speed_figure
 
         atomic_write_bytes(args.plot, fidelity_speed_figure(sweep).to_html(include_plotlyjs=True).encode())
     if args.json and args.json != "-":
@@ -242,8 +239,8 @@ def _progress_bar(enabled: bool):
 
 
 def _store(args: argparse.Namespace):
-    from .engine import default_cache_dir
-    from .store import ScoreStore
+    from .io import default_cache_dir
+    from .runs.store import ScoreStore
 
     return ScoreStore(Path(args.cache) if args.cache else default_cache_dir())
 
@@ -268,7 +265,7 @@ def _scoring_fields(args: argparse.Namespace) -> dict:
 def _noisy_job(kind: str, request, args: argparse.Namespace) -> dict:
     """Run a flag / noisy / prune job through the store; write its figure if asked."""
     from .io import atomic_write_bytes
-    from .jobs import run_in_foreground
+    from .runs.jobs import run_in_foreground
 
     outcome = run_in_foreground(kind, request.to_json(), _store(args), progress=_progress_bar(sys.stderr.isatty()))
     result = {**outcome.summary, "cache_hit": outcome.cache_hit, "wall_seconds": round(outcome.seconds, 4),
@@ -276,7 +273,7 @@ def _noisy_job(kind: str, request, args: argparse.Namespace) -> dict:
     if kind == "flag":
         result["flagged"] = outcome.arrays["order"][:args.top].tolist()
     if getattr(args, "plot", None):
-        from .viz import noisy_detection_figure, pruning_figure
+        from .viz.figures import noisy_detection_figure, pruning_figure
 
         figure = (noisy_detection_figure if kind == "noisy" else pruning_figure)(result)
         atomic_write_bytes(args.plot, figure.to_html(include_plotlyjs=True).encode())
@@ -284,7 +281,7 @@ def _noisy_job(kind: str, request, args: argparse.Namespace) -> dict:
 
 
 def _noisy_command(args: argparse.Namespace) -> dict:
-    from .noisy import FlagRequest, NoisyConfig, PruneConfig
+    from .requests import FlagRequest, NoisyConfig, PruneConfig
 
     if args.command == "flag":
         request = FlagRequest(**_scoring_fields(args), signal=args.signal, refine_fraction=args.refine)
@@ -315,9 +312,9 @@ def _print_noisy(command: str, result: dict) -> None:
 
 
 def _attribute(args: argparse.Namespace) -> dict:
-    from .engine import AttributionRequest
     from .io import atomic_save_npy
-    from .jobs import run_in_foreground
+    from .requests import AttributionRequest
+    from .runs.jobs import run_in_foreground
 
     options = _method_options(args)
     out = Path(args.out) if args.out else None
@@ -363,8 +360,7 @@ def _cache(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .grouping import GROUPINGS
-    from .methods import METHODS
+    from .registry import GROUPINGS, METHODS
 
     try:
         args = build_parser().parse_args(argv)

@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never a part."""
+"""Atomic file writes (a reader sees the old file or the whole new one, never a part), the
+cache folder, and content keys."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -9,6 +11,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .version import __version__
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
@@ -36,3 +40,14 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
 
 def atomic_write_json(path: str | Path, payload: dict) -> Path:
     return atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def default_cache_dir() -> Path:
+    """The store's folder: ``$GDA_CACHE_DIR``, or ``cache`` in the working directory."""
+    return Path(os.environ.get("GDA_CACHE_DIR", "cache"))
+
+
+def content_key(kind: str, params: dict) -> str:
+    """A stable hash of a run's kind, parameters and the package version: the store's key."""
+    payload = json.dumps({"kind": kind, "params": params, "version": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import streamlit as st
 
 from gda_app import state
-from gda_core.data import BUILTIN_DATASETS
 from gda_core.errors import GDAError, unexpected_reason
-from gda_core.models import accuracy
-from gda_core.uploads import (DEFAULT_IMAGE_SIZE, EXAMPLE_FILES, FORMATS_HELP, DataOptions, accept_data_upload,
-                              accept_model_upload, is_builtin_data, is_zoo_model)
-from gda_core.viz import class_count_figure, image_grid_figure
+from gda_core.inputs.choices import accept_data_upload, accept_model_upload, is_builtin_data, is_zoo_model
+from gda_core.inputs.datasets import BUILTIN_DATASETS
+from gda_core.inputs.examples import EXAMPLE_FILES, FORMATS_HELP
+from gda_core.inputs.parsers import DEFAULT_IMAGE_SIZE, DataOptions
+from gda_core.inputs.zoo import accuracy
+from gda_core.viz.figures import class_count_figure, image_grid_figure
 
 SOURCES = ("Built-in", "Upload")
 

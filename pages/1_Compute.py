@@ -9,10 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
-from gda_core.engine import AttributionRequest
-from gda_core.executors import EXECUTORS
-from gda_core.grouping import GROUPINGS
-from gda_core.methods import METHODS
+from gda_core.registry import EXECUTORS, GROUPINGS, METHODS
+from gda_core.requests import AttributionRequest
 
 #: method options that tune memory use, not results: kept out of the advanced panel
 HIDDEN_OPTIONS = {"chunk_examples", "cache_bytes"}

@@ -9,9 +9,9 @@ import numpy as np
 import streamlit as st
 
 from gda_app import state
-from gda_core.engine import AttributionRequest, top_groups
-from gda_core.viz import (MAP_COLOURS, SIGN_NOTE, EmbeddingRequest, embedding_map_figure, group_scores_figure,
-                          image_grid_figure)
+from gda_core.attribution.pipeline import top_groups
+from gda_core.requests import AttributionRequest, EmbeddingRequest
+from gda_core.viz.figures import MAP_COLOURS, SIGN_NOTE, embedding_map_figure, group_scores_figure, image_grid_figure
 
 MAP_KEY = "map"
 

@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
-from gda_core.evaluate import GoldConfig, SweepConfig
-from gda_core.viz import GOLD_NAMES, fidelity_speed_figure
+from gda_core.requests import GoldConfig, SweepConfig
+from gda_core.viz.figures import GOLD_NAMES, fidelity_speed_figure
 
 #: a sweep small enough for a demo (a minute or two on a laptop CPU); `gda fidelity` runs big ones
 QUICK_SWEEP = dict(methods=("grad-dot", "if-arnoldi"), groupings=("random", "grad-kmeans"), group_counts=(15, 60),

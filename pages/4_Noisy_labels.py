@@ -13,11 +13,10 @@ import streamlit as st
 
 from gda_app import state
 from gda_core.errors import GDAError
-from gda_core.grouping import GROUPINGS
-from gda_core.methods import METHODS
-from gda_core.noisy import SIGNALS, FlagRequest, NoisyConfig, PruneConfig
-from gda_core.review import ReviewSession, review_for_flags
-from gda_core.viz import image_grid_figure, noisy_detection_figure, pruning_figure
+from gda_core.registry import GROUPINGS, METHODS
+from gda_core.requests import SIGNALS, FlagRequest, NoisyConfig, PruneConfig
+from gda_core.runs.review import ReviewSession, review_for_flags
+from gda_core.viz.figures import image_grid_figure, noisy_detection_figure, pruning_figure
 
 #: the version of the review this browser tab last showed (a write from a stale view is refused)
 SEEN = "review_seen_version"

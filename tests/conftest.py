@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gda_core.data import load_builtin
-from gda_core.models import TrainConfig, default_train_config, model_config_for, train_model
+from gda_core.inputs.datasets import load_builtin
+from gda_core.inputs.zoo import TrainConfig, default_train_config, model_config_for, train_model
 
 torch.set_num_threads(2)
 

@@ -1,0 +1,1 @@
+"""Attribution: gradients, groupings, executors, the methods, and the pipeline of one request."""

@@ -1,0 +1,302 @@
+"""Gradients: one code path for per-example, group and test-side gradients.
+
+A group's gradient is the gradient of its summed (optionally weighted) loss. Groups are
+padded to a common size and ``torch.func.vmap`` runs one batched backward over many groups
+at once; per-example gradients are the same call with one point per group, so there is no
+second code path. Groups are sorted by size before packing so padding stays small, and each
+chunk holds at most ``chunk_examples`` padded examples, which bounds memory.
+
+Every gradient is of a quantity where *lower is better* (the loss, the negative margin, the
+negative log-odds), so that a positive dot product always means "helps".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ..errors import GDAError
+from ..inputs.datasets import Dataset
+
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+def _best_other_logit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # A comparison, not one_hot: one_hot is data-dependent and breaks under vmap.
+    own = torch.arange(logits.shape[-1], device=logits.device) == labels.unsqueeze(-1)
+    return logits.masked_fill(own, float("-inf"))
+
+
+def _negative_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Largest other logit minus the correct-class logit (lower is better)."""
+    correct = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return _best_other_logit(logits, labels).amax(dim=-1) - correct
+
+
+def _negative_log_odds(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log(p / (1 - p)) of the correct class: TRAK's model output, negated (lower is better)."""
+    correct = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return torch.logsumexp(_best_other_logit(logits, labels), dim=-1) - correct
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "loss": _cross_entropy,
+    "margin": _negative_margin,
+    "log-odds": _negative_log_odds,
+}
+
+
+def objective_function(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise GDAError(f"unknown measurement {name!r}; choose from: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+@dataclass
+class ParameterSpace:
+    """The differentiated parameters, their order in flat vectors, and their per-layer blocks."""
+
+    names: list[str]
+    shapes: list[torch.Size]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(np.prod(shape)) if len(shape) else 1 for shape in self.shapes]
+
+    @property
+    def dim(self) -> int:
+        return sum(self.sizes)
+
+    def flatten(self, tensors: dict[str, torch.Tensor], batch_dims: int = 1) -> torch.Tensor:
+        """Concatenate named tensors (each with ``batch_dims`` leading dims) into (..., P)."""
+        parts = [tensors[name].reshape(*tensors[name].shape[:batch_dims], -1) for name in self.names]
+        return torch.cat(parts, dim=-1)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split (..., P) into named tensors of the parameter shapes (leading dims kept)."""
+        lead = flat.shape[:-1]
+        pieces = torch.split(flat, self.sizes, dim=-1)
+        return {name: piece.reshape(*lead, *shape) for name, piece, shape in zip(self.names, pieces, self.shapes)}
+
+    def layer_slices(self) -> list[slice]:
+        """Column ranges of the flat vector, one per module (a weight and its bias together)."""
+        slices: list[slice] = []
+        start = 0
+        current_owner = None
+        for name, size in zip(self.names, self.sizes):
+            owner = name.rsplit(".", 1)[0] if "." in name else name
+            if owner != current_owner:
+                slices.append(slice(start, start + size))
+                current_owner = owner
+            else:
+                slices[-1] = slice(slices[-1].start, start + size)
+            start += size
+        return slices
+
+
+@dataclass
+class GradientChunk:
+    """Gradients of some groups: ``gradients[j]`` belongs to group ``group_ids[j]``."""
+
+    group_ids: np.ndarray
+    gradients: torch.Tensor
+
+
+def group_members(labels: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Row indices of each group, in group order."""
+    labels = np.asarray(labels, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")
+    boundaries = np.searchsorted(labels[order], np.arange(n_groups + 1))
+    return [order[boundaries[k]:boundaries[k + 1]] for k in range(n_groups)]
+
+
+class RandomProjector:
+    """A seeded Gaussian projection from P to ``dim`` dimensions (inner products kept in
+    expectation). The matrix is generated block by block from the seed, so it never has to be
+    stored for large models; blocks are cached while they fit in ``cache_bytes``."""
+
+    block_columns = 32768
+
+    def __init__(self, input_dim: int, dim: int, seed: int = 0, cache_bytes: int = 512 * 2**20):
+        if dim < 1:
+            raise GDAError(f"projection dimension must be >= 1, got {dim}")
+        self.input_dim, self.dim, self.seed = input_dim, dim, seed
+        self._cache: dict[int, torch.Tensor] | None = {} if input_dim * dim * 4 <= cache_bytes else None
+
+    def _block(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index].to(device=device, dtype=dtype)
+        start = index * self.block_columns
+        width = min(self.block_columns, self.input_dim - start)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        block = torch.randn(width, self.dim, generator=generator) / np.sqrt(self.dim)
+        if self._cache is not None:
+            self._cache[index] = block
+        return block.to(device=device, dtype=dtype)
+
+    def __getstate__(self) -> dict:
+        # Sent to Ray workers as its seed, not its cached blocks (which regenerate identically).
+        return {**self.__dict__, "_cache": None if self._cache is None else {}}
+
+    def project(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(b, P) -> (b, dim)."""
+        if vectors.shape[-1] != self.input_dim:
+            raise GDAError(f"projector expects {self.input_dim} columns, got {vectors.shape[-1]}")
+        out = torch.zeros(*vectors.shape[:-1], self.dim, device=vectors.device, dtype=vectors.dtype)
+        for index, start in enumerate(range(0, self.input_dim, self.block_columns)):
+            block = self._block(index, vectors.device, vectors.dtype)
+            out += vectors[..., start:start + block.shape[0]] @ block
+        return out
+
+
+def has_last_layer(module: nn.Module) -> bool:
+    """Whether last-layer mode works: a ``features`` map and a linear ``head`` on top of it
+    (zoo models; an uploaded program may have a ``head`` without ``features``)."""
+    return hasattr(module, "head") and hasattr(module, "features")
+
+
+class GradientEngine:
+    """Per-example, group and test gradients of one model, full or last-layer only.
+
+    In last-layer-only mode the penultimate representation is computed once and the head is
+    differentiated on it, which is how large models stay cheap.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        last_layer_only: bool = False,
+        chunk_examples: int = 1024,
+    ):
+        if chunk_examples < 1:
+            raise GDAError("chunk_examples must be >= 1")
+        self.module = module
+        self.last_layer_only = last_layer_only
+        self.chunk_examples = chunk_examples
+        if last_layer_only:
+            if not has_last_layer(module):
+                raise GDAError("last-layer mode needs a model with `features` and a linear `head`")
+            self.function_module: nn.Module = module.head
+        else:
+            self.function_module = module
+        self.params = {name: p.detach() for name, p in self.function_module.named_parameters()}
+        self.space = ParameterSpace(list(self.params), [p.shape for p in self.params.values()])
+        reference = next(iter(self.params.values()))
+        self.device, self.dtype = reference.device, reference.dtype
+
+    # ------------------------------------------------------------------ inputs
+    def inputs(self, data: Dataset) -> torch.Tensor:
+        """What the differentiated function takes: raw features, or the penultimate
+        representation in last-layer mode (computed once, without gradients)."""
+        features = data.features.to(device=self.device, dtype=self.dtype)
+        if not self.last_layer_only:
+            return features
+        with torch.no_grad():
+            return torch.cat([
+                self.module.features(features[start:start + 4096])
+                for start in range(0, len(features), 4096)
+            ])
+
+    def logits(self, data: Dataset) -> torch.Tensor:
+        with torch.no_grad():
+            return functional_call(self.function_module, self.params, (self.inputs(data),))
+
+    # --------------------------------------------------------------- gradients
+    def _batched_grad(self, objective: Objective) -> Callable:
+        def summed_objective(params, inputs, labels, weights):
+            logits = functional_call(self.function_module, params, (inputs,))
+            return (objective(logits, labels) * weights).sum()
+
+        return vmap(grad(summed_objective), in_dims=(None, 0, 0, 0))
+
+    def group_gradients(
+        self,
+        data: Dataset,
+        group_labels: np.ndarray,
+        n_groups: int,
+        *,
+        objective: str = "loss",
+        weights: torch.Tensor | None = None,
+        projector: RandomProjector | None = None,
+        inputs: torch.Tensor | None = None,
+    ) -> Iterator[GradientChunk]:
+        """Yield the gradient of each group's summed objective, chunk by chunk.
+
+        ``weights`` (one per example) scale each example's objective (e.g. TRAK's residual
+        weights). ``inputs`` may pass precomputed :meth:`inputs` to skip recomputing them.
+        """
+        group_labels = np.asarray(group_labels, dtype=np.int64)
+        if group_labels.shape != (len(data),):
+            raise GDAError(f"need one group label per example: {len(data)} examples, {group_labels.shape} labels")
+        batched_grad = self._batched_grad(objective_function(objective))
+        inputs = self.inputs(data) if inputs is None else inputs
+        labels = data.labels.to(self.device)
+        weights = (torch.ones(len(data), device=self.device, dtype=self.dtype) if weights is None
+                   else weights.to(device=self.device, dtype=self.dtype))
+        # Pad slot n points at a dummy row with zero weight.
+        inputs_padded = torch.cat([inputs, torch.zeros_like(inputs[:1])])
+        labels_padded = torch.cat([labels, labels[:1]])
+        weights_padded = torch.cat([weights, torch.zeros_like(weights[:1])])
+        members = group_members(group_labels, n_groups)
+        sizes = np.array([len(m) for m in members])
+        by_size = np.argsort(-sizes, kind="stable")
+
+        def run(rows: torch.Tensor) -> torch.Tensor:
+            grads = batched_grad(self.params, inputs_padded[rows], labels_padded[rows], weights_padded[rows])
+            flat = self.space.flatten(grads)
+            return flat if projector is None else projector.project(flat)
+
+        position = 0
+        while position < len(by_size):
+            largest = max(int(sizes[by_size[position]]), 1)
+            if largest > self.chunk_examples:
+                # One large group, summed over pieces that each fit the budget.
+                group = by_size[position]
+                total = None
+                for start in range(0, largest, self.chunk_examples):
+                    piece = torch.as_tensor(members[group][start:start + self.chunk_examples], device=self.device)
+                    part = run(piece.unsqueeze(0))
+                    total = part if total is None else total + part
+                yield GradientChunk(np.array([group]), total)
+                position += 1
+                continue
+            count = max(1, self.chunk_examples // largest)
+            chosen = by_size[position:position + count]
+            rows = np.full((len(chosen), largest), len(data), dtype=np.int64)
+            for slot, group in enumerate(chosen):
+                rows[slot, :sizes[group]] = members[group]
+            yield GradientChunk(chosen, run(torch.as_tensor(rows, device=self.device)))
+            position += count
+
+    def per_example_gradients(
+        self, data: Dataset, *, objective: str = "loss", weights: torch.Tensor | None = None,
+        projector: RandomProjector | None = None,
+    ) -> Iterator[GradientChunk]:
+        """Per-example gradients: the group path with one point per group."""
+        return self.group_gradients(data, np.arange(len(data)), len(data), objective=objective,
+                                    weights=weights, projector=projector)
+
+    def stacked(self, chunks: Iterator[GradientChunk], n_groups: int) -> torch.Tensor:
+        """Collect chunks into one (K, dim) matrix in group order (use when it fits memory)."""
+        out = None
+        for chunk in chunks:
+            if out is None:
+                out = torch.zeros(n_groups, chunk.gradients.shape[1], device=self.device, dtype=self.dtype)
+            out[torch.as_tensor(chunk.group_ids, device=self.device)] = chunk.gradients
+        assert out is not None
+        return out
+
+    def test_gradients(self, test: Dataset, *, measurement: str = "loss",
+                       projector: RandomProjector | None = None) -> torch.Tensor:
+        """(n_test, P) gradients of each test point's measurement (lower is better)."""
+        return self.stacked(self.per_example_gradients(test, objective=measurement, projector=projector), len(test))

@@ -1,0 +1,253 @@
+"""The one protocol every attribution method follows, and the loop they all share.
+
+A score is a sum over *views* (the final model; TracIn's checkpoints; TRAK's ensemble) of
+``weight * test_side(test) @ train_side(groups).T``. The shared passes live here: group
+gradients of the training side (streamed chunk by chunk, kept in memory when they fit),
+test gradients, and the per-example pass over a curvature sample that damping defaults,
+DataInf and TRAK's kernel need. A method differs only in the few lines that transform its two
+sides (an inverse curvature, a normalisation, a projection).
+
+Sign convention: a positive score means up-weighting the group lowers the
+test point's loss: the group helps that prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from ...errors import GDAError
+from ...inputs.datasets import Dataset
+from ...inputs.zoo import TrainedModel
+from ...progress import Progress, no_progress
+from ...registry import METHODS
+from ..executors import Executor, LocalExecutor, TrainSide, Transform, ViewRecipe
+from ..grads import OBJECTIVES, GradientChunk, GradientEngine
+from ..grouping import Groups
+
+
+@dataclass
+class MethodOptions:
+    """Options every method takes. Subclasses add their own fields; all are validated here
+    and in their ``__post_init__`` and saved as JSON beside results."""
+
+    measurement: str = "loss"
+    last_layer_only: bool = False
+    chunk_examples: int = 1024
+    cache_bytes: int = 1 << 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.measurement not in OBJECTIVES:
+            raise GDAError(f"measurement must be one of {', '.join(OBJECTIVES)}, got {self.measurement!r}")
+        if self.chunk_examples < 1:
+            raise GDAError(f"chunk_examples must be >= 1, got {self.chunk_examples}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class View:
+    """One model the score is summed over, with its weight (e.g. a TracIn checkpoint's lr)."""
+
+    engine: GradientEngine
+    weight: float
+
+
+class AttributionMethod:
+    """Base of all methods: ``fit(train, groups)`` then ``attribute(test)`` -> (n_test, K).
+
+    Subclasses set ``name`` (registering them), ``Options``, and override some of
+    ``_views``, ``_fit_view``, ``_transform_test``, ``_train_transform`` and
+    ``_train_objective``.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: whether a group's score equals the sum of its members' per-example scores
+    gradient_linear: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            METHODS[cls.name] = cls
+
+    def __init__(self, model: TrainedModel, **options) -> None:
+        self.model = model
+        self.options = self.make_options(**options)
+
+    @classmethod
+    def make_options(cls, **options) -> MethodOptions:
+        """Validated options; an unknown name is a one-line error listing the known ones."""
+        names = {field.name for field in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise GDAError(f"method {cls.name!r} has no option {', '.join(unknown)}; "
+                           f"its options are: {', '.join(sorted(names))}")
+        try:
+            return cls.Options(**options)
+        except TypeError as error:
+            raise GDAError(f"bad options for method {cls.name!r}: {error}") from None
+
+    # ------------------------------------------------------------------ API
+    def fit(self, train: Dataset, groups: Groups, progress: Progress = no_progress) -> "AttributionMethod":
+        """Prepare everything that depends only on the training side."""
+        if len(groups.labels) != len(train):
+            raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
+        started = time.perf_counter()
+        self.train_ = train
+        self.groups_ = groups
+        self.views_ = self._views(train)
+        self._train_cache: dict[int, list[GradientChunk]] = {}
+        for index, view in enumerate(self.views_):
+            progress("fit", index / len(self.views_))
+            self._fit_view(index, view, train)
+        progress("fit", 1.0)
+        self.fit_seconds_ = time.perf_counter() - started
+        return self
+
+    def attribute(self, test: Dataset, progress: Progress = no_progress,
+                  executor: Executor | None = None) -> np.ndarray:
+        """Scores of shape (n_test, K): positive means the group helps the test prediction.
+
+        ``executor`` computes the training side of each view (default: this process)."""
+        return self._scores(lambda engine: engine.test_gradients(test, measurement=self.options.measurement),
+                            progress, executor)
+
+    def attribute_total(self, test: Dataset, progress: Progress = no_progress) -> np.ndarray:
+        """Scores of shape (K,) for the summed measurement over ``test`` (e.g. a validation
+        loss): the test set as one aggregate, from one backward of its summed measurement."""
+        def summed(engine: GradientEngine) -> torch.Tensor:
+            zeros = np.zeros(len(test), dtype=np.int64)
+            return engine.stacked(engine.group_gradients(test, zeros, 1, objective=self.options.measurement), 1)
+
+        return self._scores(summed, progress)[0]
+
+    def self_influence(self, progress: Progress = no_progress) -> np.ndarray:
+        """Each group's score on its own summed measurement, shape (K,): how much up-weighting
+        a group lowers its own loss. Large for points the model finds hard to fit, e.g.
+        mislabeled ones. The test side of every group goes through ``_transform_test`` (an
+        inverse curvature for influence functions), paired chunk by chunk with the train side."""
+        self._require_fit()
+        values = np.zeros(self.groups_.n_groups)
+        n_views = len(self.views_)
+        for index, view in enumerate(self.views_):
+            test_chunks = view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
+                                                      objective=self.options.measurement)
+            done = 0
+            for test_chunk, train_chunk in zip(test_chunks, self._train_side(index, view)):
+                if not np.array_equal(test_chunk.group_ids, train_chunk.group_ids):
+                    raise RuntimeError("test-side and train-side group chunks are out of step")
+                test_side = self._transform_test(index, view, test_chunk.gradients)
+                values[train_chunk.group_ids] += view.weight * (test_side * train_chunk.gradients).sum(1).double().cpu().numpy()
+                done += len(train_chunk.group_ids)
+                progress("self-influence", (index + done / self.groups_.n_groups) / n_views)
+        return values
+
+    def with_groups(self, groups: Groups) -> "AttributionMethod":
+        """The fitted method re-pointed at another grouping of the same training set, keeping
+        the training-side state (curvature, damping, kernels), which never depends on the
+        groups: a coarse-to-fine search refines a few groups without refitting."""
+        self._require_fit()
+        if len(groups.labels) != len(self.train_):
+            raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(self.train_)}")
+        self.groups_ = groups
+        self._train_cache = {}
+        return self
+
+    def _require_fit(self) -> None:
+        if not hasattr(self, "groups_"):
+            raise GDAError("call fit(train, groups) before attribute(test)")
+
+    def _scores(self, test_gradients: Callable[[GradientEngine], torch.Tensor], progress: Progress,
+                executor: Executor | None = None) -> np.ndarray:
+        """(n_rows, K) = sum over views of weight * transformed test side @ train side.T, the
+        train side computed by ``executor`` (default: this process)."""
+        self._require_fit()
+        executor = executor or LocalExecutor()
+        started = time.perf_counter()
+        scores = None
+        n_views = len(self.views_)
+        for index, view in enumerate(self.views_):
+            test_side = self._transform_test(index, view, test_gradients(view.engine))
+            side = TrainSide(self.train_, self.groups_, view.weight,
+                             chunks=lambda index=index, view=view: self._train_side(index, view),
+                             recipe=lambda index=index, view=view: self._view_recipe(index, view))
+            block = executor.score(side, test_side, lambda f, index=index: progress("attribute", (index + f) / n_views))
+            scores = block if scores is None else scores + block
+        self.attribute_seconds_ = time.perf_counter() - started
+        return scores.double().cpu().numpy()
+
+    # ------------------------------------------------------------ overridables
+    def _views(self, train: Dataset) -> list[View]:
+        return [View(self._engine(self.model.module), 1.0)]
+
+    def _fit_view(self, index: int, view: View, train: Dataset) -> None:
+        """Training-side state for one view (curvature, kernels, damping)."""
+
+    def _transform_test(self, index: int, view: View, gradients: torch.Tensor) -> torch.Tensor:
+        return gradients
+
+    def _train_transform(self, index: int, view: View) -> Transform | None:
+        """What is applied to each chunk of group gradients (None: nothing). It must pickle
+        (a module-level function, or a method of a small object): Ray workers apply it."""
+        return None
+
+    def _train_objective(self, index: int, view: View) -> tuple[str, torch.Tensor | None]:
+        """The objective whose group gradients form the training side, and example weights."""
+        return "loss", None
+
+    # ----------------------------------------------------------------- shared
+    def _engine(self, module: torch.nn.Module) -> GradientEngine:
+        return GradientEngine(module, last_layer_only=self.options.last_layer_only,
+                              chunk_examples=self.options.chunk_examples)
+
+    def _train_side(self, index: int, view: View) -> Iterator[GradientChunk]:
+        """Transformed group gradients, kept in memory after the first pass when they fit."""
+        if index in self._train_cache:
+            yield from self._train_cache[index]
+            return
+        objective, weights = self._train_objective(index, view)
+        transform = self._train_transform(index, view)
+        chunks: list[GradientChunk] | None = []
+        budget = self.options.cache_bytes // max(1, len(self.views_))
+        for chunk in view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
+                                                 objective=objective, weights=weights):
+            if transform is not None:
+                chunk = GradientChunk(chunk.group_ids, transform(chunk.gradients))
+            if chunks is not None and not chunks:
+                # Decide from the first chunk whether all K groups fit the budget, rather than
+                # holding up to the budget in memory before giving up.
+                per_group = chunk.gradients.element_size() * chunk.gradients.shape[1]
+                if per_group * self.groups_.n_groups > budget:
+                    chunks = None
+            if chunks is not None:
+                chunks.append(chunk)
+            yield chunk
+        if chunks is not None:
+            self._train_cache[index] = chunks
+
+    def _view_recipe(self, index: int, view: View) -> ViewRecipe:
+        """What a worker needs to rebuild this view's training side."""
+        objective, weights = self._train_objective(index, view)
+        return ViewRecipe.of(view.engine, self.model.zoo_config("the ray executor"), objective, weights,
+                             self._train_transform(index, view), view.weight)
+
+    def curvature_rows(self, n_train: int, n_samples: int | None) -> np.ndarray:
+        """A seeded sample of training rows for curvature estimates (all rows when None)."""
+        if n_samples is None or n_samples >= n_train:
+            return np.arange(n_train)
+        rng = np.random.default_rng(self.options.seed)
+        return np.sort(rng.choice(n_train, size=n_samples, replace=False))
+
+
+def make_method(name: str, model: TrainedModel, **options) -> AttributionMethod:
+    """The method registered as ``name``, built with its options."""
+    return METHODS.get_checked(name)(model, **options)

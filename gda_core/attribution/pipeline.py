@@ -1,0 +1,141 @@
+"""One attribution request, end to end: data -> model -> grouping -> method -> scores.
+
+:class:`AttributionRequest` names everything a run depends on (validated on construction,
+saved as JSON beside results); :func:`run_attribution` carries it out and returns an
+:class:`AttributionResult`. The CLI and the app both go through here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import GDAError
+from ..inputs.choices import load_inputs
+from ..inputs.zoo import accuracy
+from ..io import default_cache_dir
+from ..progress import Progress
+from ..requests import AttributionRequest, resolve_device
+from .executors import BuiltinSource, make_executor
+from .grouping import Groups, make_grouping
+from .methods import make_method
+
+
+@dataclass
+class AttributionResult:
+    request: AttributionRequest
+    scores: np.ndarray
+    groups: Groups
+    n_train: int
+    n_test: int
+    key: str
+    timings: dict[str, float]
+    model_accuracy: float
+    method_info: dict
+
+    def summary(self) -> dict:
+        return {
+            "method": self.request.method,
+            "grouping": self.request.grouping,
+            "n_groups": self.groups.n_groups,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "seconds": round(self.timings["grouping"] + self.timings["fit"] + self.timings["attribute"], 4),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "data": self.request.data,
+            "model": self.request.model,
+            "model_test_accuracy": round(self.model_accuracy, 4),
+            "key": self.key,
+            "method_info": self.method_info,
+        }
+
+
+Parts = tuple[Callable[[str], "np.ndarray | None"], Callable[[str, np.ndarray], None]]
+
+
+def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None = None,
+                    progress: Progress | None = None, parts: Parts | None = None,
+                    test_chunk: int = 64) -> AttributionResult:
+    """Carry out one request. ``progress(phase, fraction)`` is called along the way.
+
+    With ``parts = (load, save)`` the test points are scored in chunks, each saved as it
+    finishes and loaded instead of recomputed on a rerun: an interrupted job resumes. Chunks
+    are only used while the training side fits in memory and the executor keeps it
+    (otherwise each chunk would redo the training-side gradient pass): a Ray run resumes
+    from the start."""
+    progress = progress or (lambda phase, fraction: None)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    device = resolve_device(request.device)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    split, model = load_inputs(request, cache_dir, device, progress)
+    test = split.test if request.test_size is None else split.test.subset(slice(0, request.test_size))
+    train = split.train.to(device)
+    test = test.to(device)
+    timings["load"] = time.perf_counter() - started
+
+    progress("grouping", 0.0)
+    started = time.perf_counter()
+    groups = make_grouping(request.grouping, request.n_groups, seed=request.seed,
+                           **request.grouping_options).fit(train, model.module)
+    timings["grouping"] = time.perf_counter() - started
+    progress("grouping", 1.0)
+
+    method = make_method(request.method, model, **request.method_options)
+    method.fit(train, groups, progress=progress)
+    # Workers may load a built-in set by name rather than receive it.
+    with make_executor(request.executor, address=request.ray_address,
+                       builtin=BuiltinSource(request.data, seed=request.seed)) as executor:
+        train_side_bytes = groups.n_groups * method.views_[0].engine.space.dim * 4 * len(method.views_)
+        if parts is None or train_side_bytes > method.options.cache_bytes or not executor.reuses_train_side:
+            test_chunk = len(test)
+        chunks = []
+        started = time.perf_counter()
+        n_chunks = -(-len(test) // test_chunk)
+        for index, start in enumerate(range(0, len(test), test_chunk)):
+            name = f"scores-{index}-of-{n_chunks}"
+            chunk = parts[0](name) if parts is not None else None
+            if chunk is None:
+                chunk = method.attribute(test.subset(slice(start, start + test_chunk)),
+                                         progress=lambda phase, f, i=index: progress(phase, (i + f) / n_chunks),
+                                         executor=executor)
+                if parts is not None:
+                    parts[1](name, chunk)
+            chunks.append(chunk)
+        scores = np.concatenate(chunks)
+        timings["attribute"] = time.perf_counter() - started
+    timings["fit"] = method.fit_seconds_
+    info = {"options": method.options.to_json()}
+    for attribute in ("damping_", "solver_info_"):
+        if hasattr(method, attribute):
+            info[attribute.rstrip("_")] = getattr(method, attribute)
+    return AttributionResult(
+        request=request, scores=scores, groups=groups, n_train=len(train), n_test=len(test),
+        key=request.key(split, model), timings=timings, model_accuracy=accuracy(model.module, test),
+        method_info=info,
+    )
+
+
+def top_groups(scores: np.ndarray, group_labels: np.ndarray, train_labels: np.ndarray,
+               class_names: list[str], test_index: int, count: int = 5) -> dict[str, list[dict]]:
+    """The most helpful (highest score) and most harmful (lowest) groups for one test point,
+    from a result's ``scores`` (n_test x K) and its training points' ``group_labels``."""
+    if not 0 <= test_index < len(scores):
+        raise GDAError(f"test point must lie in 0..{len(scores) - 1}, got {test_index}")
+    row = scores[test_index]
+    order = np.argsort(-row, kind="stable")
+
+    def describe(group: int) -> dict:
+        members = np.flatnonzero(group_labels == group)
+        majority = int(np.bincount(train_labels[members], minlength=len(class_names)).argmax())
+        return {"group": int(group), "score": float(row[group]), "size": int(len(members)),
+                "majority_class": class_names[majority], "members": members[:16].tolist()}
+
+    count = min(count, len(row))
+    return {"helpful": [describe(g) for g in order[:count]],
+            "harmful": [describe(g) for g in order[::-1][:count]]}

@@ -1,0 +1,1 @@
+"""Evaluation: statistics, gold standards, fidelity sweeps, flagging, noisy labels, pruning."""

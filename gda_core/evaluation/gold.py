@@ -1,0 +1,409 @@
+"""Ground truths to measure attribution against.
+
+All three train many copies of one zoo model at once: the copies' parameters are stacked and
+``torch.func.vmap`` runs one batched step for all of them, each copy with its own weights on
+the training examples, all under one seed's mini-batch order. That is what makes the runs
+*paired*: a copy differs from the baseline copy only in the weights of one group.
+
+- :func:`further_training` (FiMO gold standard): from the final weights, T more steps with
+  group G re-weighted by 1 + epsilon (or left out), minus the same seed's unchanged run,
+  divided by the weight change, averaged over seeds, recorded at several horizons.
+- :func:`leave_group_out`: the same from a fresh initialisation, trained with the model's own
+  recipe, each group removed in turn (small models).
+- :func:`lds_ensemble` / :func:`lds`: models trained on random subsets (a fraction alpha of
+  the groups); the linear datamodeling score of a score matrix against them.
+
+Every gold score follows the project's sign convention: positive means up-weighting the group
+lowers the test point's loss (or raises its margin).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from ..attribution.executors import Executor, LocalExecutor
+from ..attribution.grads import objective_function
+from ..attribution.grouping import Groups
+from ..errors import GDAError
+from ..inputs.datasets import Dataset
+from ..inputs.zoo import ModelConfig, TrainConfig, TrainedModel, build_model, module_from_arrays, state_arrays
+from ..progress import Progress, both, no_progress
+from ..requests import GoldConfig, Recipe
+from .statistics import spearman, standard_error
+
+
+class ResultCache(Protocol):
+    """Where computed gold standards are kept (the run store): ``compute(report)`` runs only
+    on a miss, and returns ``(arrays, summary)``; ``root`` is its folder."""
+
+    root: Path
+
+    def get_or_compute(self, kind: str, params: dict, compute: Callable[[Progress], tuple[dict, dict]]
+                       ) -> tuple[dict[str, np.ndarray], dict, bool]: ...
+
+
+class BatchedTrainer:
+    """Trains ``M`` copies of a zoo model at once, each with its own example weights."""
+
+    def __init__(self, model: TrainedModel, recipe: Recipe, *, copies_per_chunk: int = 128):
+        self.model, self.recipe = model, recipe
+        self.copies_per_chunk = max(1, copies_per_chunk)
+        module = model.module
+        reference = next(module.parameters())
+        self.device, self.dtype = reference.device, reference.dtype
+
+        def batch_loss(params, weights, inputs, labels):
+            losses = torch.nn.functional.cross_entropy(functional_call(module, params, (inputs,)), labels,
+                                                       reduction="none")
+            weighted = (losses * weights).sum()
+            denominator = weights.sum().clamp_min(1e-12) if recipe.normalize == "weights" else len(labels)
+            penalty = 0.5 * recipe.weight_decay * sum((p * p).sum() for p in params.values())
+            return weighted / denominator + penalty
+
+        self._gradients = vmap(grad(batch_loss), in_dims=(0, 0, None, None))
+        self._module = module
+
+    def initial_parameters(self, seed: int | None) -> dict[str, torch.Tensor]:
+        """The model's final weights (``seed=None``) or a fresh seeded initialisation."""
+        if seed is None:
+            return {n: p.detach().clone() for n, p in self.model.module.named_parameters()}
+        torch.manual_seed(seed)
+        config = self.model.zoo_config("Retraining from scratch (LDS, leave-group-out)")
+        fresh = build_model(config).to(device=self.device, dtype=self.dtype)
+        return {n: p.detach().clone() for n, p in fresh.named_parameters()}
+
+    def measure(self, params: dict[str, torch.Tensor], test: Dataset, measurement: str) -> torch.Tensor:
+        """(M, n_test) measurements (lower is better) of every copy on the test points."""
+        objective = objective_function(measurement)
+        inputs, labels = test.features.to(self.device, self.dtype), test.labels.to(self.device)
+        with torch.no_grad():
+            return vmap(lambda p: objective(functional_call(self._module, p, (inputs,)), labels))(params)
+
+    def run(self, weights: torch.Tensor, train: Dataset, test: Dataset, *, seed: int, init_seed: int | None,
+            record_steps: list[int], measurement: str = "loss", progress: Progress = no_progress) -> torch.Tensor:
+        """Train one copy per row of ``weights`` (M, N); return measurements (len(record_steps), M, n_test).
+
+        ``init_seed=None`` starts from the model's final weights. The batch order comes from
+        ``seed`` alone, so every copy (and every chunk of copies) sees the same batches."""
+        if weights.shape[1] != len(train):
+            raise GDAError(f"weights must have one column per training point ({len(train)})")
+        record_steps = sorted(set(int(s) for s in record_steps))
+        if not record_steps or record_steps[0] < 0:
+            raise GDAError("record_steps must be non-negative step counts")
+        inputs, labels = train.features.to(self.device, self.dtype), train.labels.to(self.device)
+        weights = weights.to(self.device, self.dtype)
+        n_copies, total_steps = weights.shape[0], record_steps[-1]
+        out = torch.empty(len(record_steps), n_copies, len(test), dtype=self.dtype, device=self.device)
+        start_params = self.initial_parameters(init_seed)
+        work = total_steps * n_copies
+        steps_per_epoch = math.ceil(len(train) / self.recipe.batch_size)
+        done = 0
+        for first in range(0, n_copies, self.copies_per_chunk):
+            chunk = weights[first:first + self.copies_per_chunk]
+            copies = len(chunk)
+            params = {n: p.unsqueeze(0).repeat(copies, *([1] * p.ndim)) for n, p in start_params.items()}
+            state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
+            generator = torch.Generator().manual_seed(seed)
+            record_index = 0
+            if record_steps[0] == 0:
+                out[0, first:first + copies] = self.measure(params, test, measurement)
+                record_index = 1
+            for step in range(1, total_steps + 1):
+                # Epochs of shuffled batches, the last one possibly short, as train_model does.
+                within_epoch = (step - 1) % steps_per_epoch
+                if within_epoch == 0:
+                    order = torch.randperm(len(train), generator=generator).to(self.device)
+                rows = order[within_epoch * self.recipe.batch_size:(within_epoch + 1) * self.recipe.batch_size]
+                gradients = self._gradients(params, chunk[:, rows], inputs[rows], labels[rows])
+                self._update(params, gradients, state, step)
+                if record_index < len(record_steps) and step == record_steps[record_index]:
+                    out[record_index, first:first + copies] = self.measure(params, test, measurement)
+                    record_index += 1
+                done += copies
+                if step % 20 == 0 or step == total_steps:
+                    progress("training copies", done / max(work, 1))
+        return out
+
+    def _update(self, params, gradients, state, step: int) -> None:
+        recipe = self.recipe
+        with torch.no_grad():
+            for name, value in params.items():
+                gradient = gradients[name]
+                first_moment, second_moment = state[name]
+                if recipe.optimizer == "sgd":
+                    if recipe.momentum:
+                        first_moment.mul_(recipe.momentum).add_(gradient)
+                        gradient = first_moment
+                    value.sub_(recipe.lr * gradient)
+                else:  # Adam, as torch.optim.Adam with its default betas and eps
+                    first_moment.mul_(0.9).add_(gradient, alpha=0.1)
+                    second_moment.mul_(0.999).addcmul_(gradient, gradient, value=0.001)
+                    corrected_first = first_moment / (1 - 0.9 ** step)
+                    corrected_second = second_moment / (1 - 0.999 ** step)
+                    value.sub_(recipe.lr * corrected_first / (corrected_second.sqrt() + 1e-8))
+
+
+@dataclass
+class CopyRuns:
+    """What every block of trained copies shares: an executor runs the blocks (items
+    ``(first, stop, seed, init_seed)``) with :func:`train_copies`. It pickles (for Ray
+    workers) as the model's config plus numpy weights and CPU data, never a live module."""
+
+    model: TrainedModel
+    recipe: Recipe
+    train: Dataset
+    test: Dataset
+    record_steps: list[int]
+    measurement: str
+    copies_per_chunk: int
+    #: ``weights(first, stop)`` -> (copies, N) example weights of copies first..stop - 1
+    weights: Callable[[int, int], torch.Tensor]
+
+    def check_portable(self) -> None:
+        """Workers rebuild the model from its zoo config: an uploaded program has none."""
+        self.model.zoo_config("the ray executor")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["model"] = (self.model.zoo_config("the ray executor").to_json(), self.model.train_config.to_json(),
+                          state_arrays(self.model.module))
+        state["train"], state["test"] = self.train.to("cpu"), self.test.to("cpu")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        config, train_config, arrays = state["model"]
+        config = ModelConfig.from_json(config)
+        model = TrainedModel(module_from_arrays(config, arrays), config, TrainConfig(**train_config))
+        self.__dict__.update(state, model=model)
+
+
+def train_copies(runs: CopyRuns, item: tuple[int, int, int, int | None],
+                 progress: Callable[[float], None]) -> np.ndarray:
+    """Measurements (len(record_steps), copies, n_test) of one block of copies."""
+    first, stop, seed, init_seed = item
+    trainer = BatchedTrainer(runs.model, runs.recipe, copies_per_chunk=runs.copies_per_chunk)
+    measured = trainer.run(runs.weights(first, stop), runs.train, runs.test, seed=seed, init_seed=init_seed,
+                           record_steps=runs.record_steps, measurement=runs.measurement,
+                           progress=lambda phase, fraction: progress(fraction))
+    return measured.double().cpu().numpy()
+
+
+def _paired_weights(group_labels: np.ndarray, weight_change: float, first: int, stop: int) -> torch.Tensor:
+    """The unchanged baseline copy, then groups first..stop - 1 each re-weighted by 1 + change."""
+    membership = torch.as_tensor(group_labels[None, :] == np.arange(first, stop)[:, None], dtype=torch.float32)
+    return torch.cat([torch.ones(1, len(group_labels)), 1.0 + weight_change * membership])
+
+
+def _subset_weights(example_masks: np.ndarray, first: int, stop: int) -> torch.Tensor:
+    return torch.as_tensor(example_masks[first:stop], dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- gold standards
+@dataclass
+class GoldStandard:
+    """Gold scores per horizon: ``scores[h]`` is (n_test, K), the mean over seeds;
+    ``standard_error[h]`` its seed-to-seed standard error; ``differences`` the raw per-seed
+    measurement changes (seeds, horizons, n_test, K) of the changed runs minus the baseline."""
+
+    kind: str
+    horizons: list[float]
+    scores: np.ndarray
+    standard_error: np.ndarray
+    differences: np.ndarray
+    weight_change: float
+    measurement: str
+    params: dict
+
+    def at(self, horizon: float) -> np.ndarray:
+        if horizon not in self.horizons:
+            raise GDAError(f"horizon {horizon} was not recorded; recorded: {self.horizons}")
+        return self.scores[self.horizons.index(horizon)]
+
+
+def _paired_gold(kind: str, model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
+                 recipe: Recipe, weight_change: float, horizons: list[float], seeds: int, seed: int,
+                 init_from_scratch: bool, measurement: str, copies_per_chunk: int,
+                 progress: Progress, executor: Executor | None) -> GoldStandard:
+    if seeds < 1:
+        raise GDAError(f"seeds must be >= 1, got {seeds}")
+    if not horizons or min(horizons) <= 0:
+        raise GDAError("horizons must be positive numbers of epochs")
+    if len(groups.labels) != len(train):
+        raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    record_steps = [max(1, round(h * steps_per_epoch)) for h in horizons]
+    # Copy 0 of every block is the unchanged baseline, so each comparison stays within one
+    # batched computation; the changed copies follow. Blocks are independent: an executor
+    # may run them anywhere.
+    weights = functools.partial(_paired_weights, groups.labels, weight_change)
+    runs = CopyRuns(model, recipe, train, test, record_steps, measurement, copies_per_chunk, weights)
+    per_chunk = max(1, copies_per_chunk - 1)
+    items = [(first, min(first + per_chunk, groups.n_groups), seed + run, seed + run if init_from_scratch else None)
+             for run in range(seeds) for first in range(0, groups.n_groups, per_chunk)]
+    blocks = (executor or LocalExecutor()).map(train_copies, runs, items, [stop - first for first, stop, *_ in items],
+                                                 lambda fraction: progress(kind, fraction))
+    differences = np.empty((seeds, len(horizons), len(test), groups.n_groups))
+    for (first, stop, run_seed, _), measured in zip(items, blocks):
+        # (horizons, copies, n_test) -> changed minus baseline, as (horizons, n_test, groups)
+        differences[run_seed - seed, :, :, first:stop] = (measured[:, 1:] - measured[:, :1]).transpose(0, 2, 1)
+    # Positive = up-weighting lowers the (lower-is-better) measurement.
+    per_seed = -differences / weight_change if weight_change != 0 else np.zeros_like(differences)
+    scores = per_seed.mean(axis=0)
+    standard_error = (per_seed.std(axis=0, ddof=1) / np.sqrt(seeds)) if seeds > 1 else np.full_like(scores, np.nan)
+    params = {"recipe": dataclasses.asdict(recipe), "weight_change": weight_change, "horizons": list(horizons),
+              "seeds": seeds, "seed": seed, "measurement": measurement}
+    return GoldStandard(kind, list(horizons), scores, standard_error, differences, weight_change, measurement, params)
+
+
+def further_training(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
+                     epochs: list[float] | tuple[float, ...] = (1.0,), epsilon: float | None = 1.0,
+                     seeds: int = 5, seed: int = 0, recipe: Recipe | None = None,
+                     measurement: str = "loss", copies_per_chunk: int = 128,
+                     progress: Progress = no_progress, executor: Executor | None = None) -> GoldStandard:
+    """The FiMO gold standard: sensitivity of each test measurement to re-weighting each group
+    during further training from the final weights. ``epsilon=None`` leaves the group out
+    (weight change -1). ``epochs`` are the horizons recorded along one run. ``executor`` runs
+    the blocks of copies (default: this process)."""
+    recipe = recipe or Recipe()
+    weight_change = -1.0 if epsilon is None else float(epsilon)
+    return _paired_gold("further-training", model, train, test, groups, recipe=recipe,
+                        weight_change=weight_change, horizons=sorted(epochs), seeds=seeds, seed=seed,
+                        init_from_scratch=False, measurement=measurement,
+                        copies_per_chunk=copies_per_chunk, progress=progress, executor=executor)
+
+
+def leave_group_out(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
+                    epochs: float | None = None, seeds: int = 1, seed: int = 0,
+                    recipe: Recipe | None = None, measurement: str = "loss",
+                    copies_per_chunk: int = 128, progress: Progress = no_progress,
+                    executor: Executor | None = None) -> GoldStandard:
+    """Retrain from scratch with each group removed (same seeds as the full run)."""
+    recipe = recipe or dataclasses.replace(Recipe.of_model(model), normalize="batch")
+    if epochs is None:
+        epochs = float(model.train_config.epochs) if model.train_config.optimizer != "lbfgs" else 100.0
+    return _paired_gold("leave-group-out", model, train, test, groups, recipe=recipe, weight_change=-1.0,
+                        horizons=[float(epochs)], seeds=seeds, seed=seed, init_from_scratch=True,
+                        measurement=measurement, copies_per_chunk=copies_per_chunk, progress=progress,
+                        executor=executor)
+
+
+# ---------------------------------------------------------------------------------- LDS
+@dataclass
+class LDSEnsemble:
+    """Models trained on random subsets of groups: ``masks`` (M, K) says which groups each
+    subset keeps, ``outputs`` (M, n_test) the measurement (lower is better) of its model."""
+
+    masks: np.ndarray
+    outputs: np.ndarray
+    alpha: float
+    params: dict
+
+
+def retraining_epochs(model: TrainedModel) -> float:
+    """Epochs of a from-scratch retraining: the model's own (100 for L-BFGS models, which the
+    batched Adam recipe needs to reach their optimum)."""
+    return float(model.train_config.epochs) if model.train_config.optimizer != "lbfgs" else 100.0
+
+
+def lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, groups: Groups, *,
+                 n_subsets: int = 50, alpha: float = 0.5, epochs: float | None = None, seeds: int = 1,
+                 seed: int = 0, recipe: Recipe | None = None, measurement: str = "loss",
+                 copies_per_chunk: int = 64, progress: Progress = no_progress,
+                 executor: Executor | None = None) -> LDSEnsemble:
+    """Train ``n_subsets`` models from scratch, each on a random ``alpha`` fraction of the groups."""
+    if n_subsets < 2:
+        raise GDAError(f"LDS needs at least 2 subsets, got {n_subsets}")
+    if not 0 < alpha < 1:
+        raise GDAError(f"alpha must lie strictly between 0 and 1, got {alpha}")
+    recipe = recipe or Recipe.of_model(model)
+    epochs = retraining_epochs(model) if epochs is None else epochs
+    steps = max(1, round(epochs * math.ceil(len(train) / recipe.batch_size)))
+    rng = np.random.default_rng(seed)
+    keep = max(1, round(alpha * groups.n_groups))
+    masks = np.zeros((n_subsets, groups.n_groups), dtype=bool)
+    for row in masks:
+        row[rng.choice(groups.n_groups, size=keep, replace=False)] = True
+    # One item per seed and block of copies (the blocks the trainer would make itself).
+    weights = functools.partial(_subset_weights, masks[:, groups.labels])
+    runs = CopyRuns(model, recipe, train, test, [steps], measurement, copies_per_chunk, weights)
+    block = max(1, copies_per_chunk)
+    items = [(first, min(first + block, n_subsets), seed + run, seed + run)
+             for run in range(seeds) for first in range(0, n_subsets, block)]
+    measured = (executor or LocalExecutor()).map(train_copies, runs, items, [stop - first for first, stop, *_ in items],
+                                                   lambda fraction: progress("lds ensemble", fraction))
+    outputs = np.zeros((n_subsets, len(test)))
+    for (first, stop, _, _), block_outputs in zip(items, measured):
+        outputs[first:stop] += block_outputs[0] / seeds
+    params = {"n_subsets": n_subsets, "alpha": alpha, "epochs": epochs, "seeds": seeds, "seed": seed,
+              "recipe": dataclasses.asdict(recipe), "measurement": measurement}
+    return LDSEnsemble(masks, outputs, alpha, params)
+
+
+def lds(scores: np.ndarray, ensemble: LDSEnsemble) -> dict:
+    """Spearman, per test point, between each subset's predicted output (the sum of its groups'
+    scores) and its observed output (negated measurement, so "helps" is higher); averaged."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (ensemble.outputs.shape[1], ensemble.masks.shape[1]):
+        raise GDAError(f"scores of shape {scores.shape} do not match the ensemble "
+                       f"({ensemble.outputs.shape[1]} test points, {ensemble.masks.shape[1]} groups)")
+    predicted = ensemble.masks.astype(np.float64) @ scores.T      # (M, n_test)
+    observed = -ensemble.outputs                                  # (M, n_test)
+    per_test = spearman(predicted, observed, axis=0)
+    valid = per_test[np.isfinite(per_test)]
+    return {"lds": float(valid.mean()) if len(valid) else float("nan"), "lds_se": standard_error(valid),
+            "per_test": per_test}
+
+
+def damping_for_horizon(lr: float, steps: int) -> float:
+    """In the unified view damping is the inverse amount of further training: 1 / (lr x T)."""
+    if lr <= 0 or steps < 1:
+        raise GDAError("need lr > 0 and steps >= 1")
+    return 1.0 / (lr * steps)
+
+
+
+# ------------------------------------------------------------------------- gold caching
+def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: Dataset, groups: Groups,
+                 cache: ResultCache, progress: Progress, executor: Executor | None = None) -> GoldStandard | LDSEnsemble:
+    """The gold standard for these groups, from ``cache`` when it was computed before;
+    ``executor`` trains its blocks of model copies (default: this process)."""
+    params = {"gold": dataclasses.asdict(config), "model": model.fingerprint(), "train": train.fingerprint(),
+              "test": test.fingerprint(),
+              "groups": hashlib.sha256(np.ascontiguousarray(groups.labels).tobytes()).hexdigest()}
+    if config.kind == "lds":
+        def compute_lds(report: Progress) -> tuple[dict, dict]:
+            ensemble = lds_ensemble(model, train, test, groups, n_subsets=config.n_subsets, alpha=config.alpha,
+                                    seeds=config.seeds, measurement=config.measurement,
+                                    progress=both(progress, report), executor=executor)
+            return {"masks": ensemble.masks, "outputs": ensemble.outputs}, ensemble.params
+
+        arrays, summary, _ = cache.get_or_compute("lds", params, compute_lds)
+        return LDSEnsemble(arrays["masks"].astype(bool), arrays["outputs"], config.alpha, summary)
+
+    def compute(report: Progress) -> tuple[dict, dict]:
+        if config.kind == "further-training":
+            gold = further_training(model, train, test, groups, epochs=list(config.epochs), epsilon=config.epsilon,
+                                    seeds=config.seeds, recipe=config.recipe(), measurement=config.measurement,
+                                    progress=both(progress, report), executor=executor)
+        else:
+            gold = leave_group_out(model, train, test, groups, seeds=config.seeds,
+                                   measurement=config.measurement, progress=both(progress, report),
+                                   executor=executor)
+        arrays = {"scores": gold.scores, "standard_error": gold.standard_error, "differences": gold.differences}
+        return arrays, {**gold.params, "horizons": gold.horizons, "weight_change": gold.weight_change}
+
+    arrays, summary, _ = cache.get_or_compute("gold", params, compute)
+    return GoldStandard(config.kind, [float(h) for h in summary["horizons"]], arrays["scores"],
+                        arrays["standard_error"], arrays["differences"], float(summary["weight_change"]),
+                        config.measurement, summary)
+

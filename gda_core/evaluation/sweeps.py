@@ -1,0 +1,112 @@
+"""Fidelity-vs-speed sweeps: every method x grouping x K, timed, against one gold standard.
+
+A sweep runs every method x grouping x K, times it (wall clock and peak memory), and
+compares its scores with a gold standard computed for the *same* groups: LDS against an
+ensemble of subset-trained models, or cosine / Spearman / top-k overlap against further
+training (at every recorded horizon) or leave-group-out retraining. Gold standards are the
+expensive part, so they are kept in the run store by content and reused across methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from ..attribution.executors import BuiltinSource, make_executor
+from ..attribution.grouping import make_grouping
+from ..attribution.methods import make_method
+from ..attribution.methods.influence import InverseCurvatureMethod
+from ..inputs.choices import load_inputs
+from ..progress import Progress, no_progress
+from ..registry import GROUPINGS, METHODS
+from ..requests import GoldConfig, SweepConfig, resolve_device
+from ..version import __version__
+from .gold import LDSEnsemble, ResultCache, compute_gold, damping_for_horizon, lds
+from .memory import PeakMemory
+from .statistics import fidelity
+
+
+def _method_runs(config: SweepConfig, gold: GoldConfig, steps_per_epoch: int) -> list[tuple[str, str, dict]]:
+    """(label, method, options) for every method, plus horizon-matched influence variants."""
+    runs = [(name, name, dict(config.method_options.get(name, {}))) for name in config.methods]
+    if config.horizon_matched and gold.kind == "further-training":
+        for name in config.methods:
+            if issubclass(METHODS[name], InverseCurvatureMethod) and name not in ("trak", "datainf"):
+                for horizon in gold.epochs:
+                    damping = damping_for_horizon(gold.lr, max(1, round(horizon * steps_per_epoch)))
+                    runs.append((f"{name}@T={horizon:g}", name, {**config.method_options.get(name, {}), "damping": damping}))
+    return runs
+
+
+def run_sweep(config: SweepConfig, store: ResultCache, progress: Progress = no_progress) -> dict:
+    """Run the sweep; returns a JSON-ready dict with one point per (method, grouping, K).
+    ``store`` keeps the gold standards (and its folder the demo models)."""
+    device = resolve_device(config.device)
+    split, model = load_inputs(config, store.root, device)
+    train = split.train.to(device)
+    test = split.test.subset(slice(0, config.test_size)).to(device)
+    n_train = len(train)
+
+    cells: list[tuple[str, int | None]] = []
+    skipped = []
+    for grouping in config.groupings:
+        if GROUPINGS[grouping].fixed_group_count:
+            cells.append((grouping, None))
+            continue
+        for k in config.group_counts:
+            if k > n_train:
+                skipped.append({"grouping": grouping, "n_groups": k, "reason": f"K > N = {n_train}"})
+            else:
+                cells.append((grouping, k))
+    if config.per_example and ("per-example", None) not in cells:
+        cells.append(("per-example", None))
+
+    steps_per_epoch = int(np.ceil(n_train / config.gold.batch_size))
+    runs = _method_runs(config, config.gold, steps_per_epoch)
+    points = []
+    gold_seconds = {}
+    executor = make_executor(config.executor, address=config.ray_address,
+                             builtin=BuiltinSource(config.data, seed=config.seed))
+    with executor:
+        for cell_index, (grouping, k) in enumerate(cells):
+            started = time.perf_counter()
+            groups = make_grouping(grouping, k, seed=config.seed).fit(train, model.module)
+            grouping_seconds = time.perf_counter() - started
+
+            def cell_progress(phase: str, fraction: float, index=cell_index) -> None:
+                progress(f"{phase} ({grouping}, K={groups.n_groups})", (index + fraction) / len(cells))
+
+            started = time.perf_counter()
+            gold = compute_gold(config.gold, model, train, test, groups, store, cell_progress, executor)
+            gold_seconds[f"{grouping}/{groups.n_groups}"] = time.perf_counter() - started
+            for label, method_name, options in runs:
+                with PeakMemory(device) as memory:
+                    started = time.perf_counter()
+                    method = make_method(method_name, model, **options).fit(train, groups)
+                    scores = method.attribute(test, executor=executor)
+                    seconds = time.perf_counter() - started
+                point = {"method": label, "base_method": method_name, "grouping": grouping,
+                         "n_groups": groups.n_groups, "seconds": seconds, "grouping_seconds": grouping_seconds,
+                         "total_seconds": seconds + grouping_seconds, "peak_mb": memory.peak_mb}
+                if isinstance(gold, LDSEnsemble):
+                    result = lds(scores, gold)
+                    point.update(lds=result["lds"], lds_se=result["lds_se"])
+                else:
+                    point["fidelity"] = {f"{h:g}": fidelity(scores, gold.scores[i], top_k=config.top_k)
+                                         for i, h in enumerate(gold.horizons)}
+                    lead = point["fidelity"][f"{gold.horizons[0]:g}"]
+                    point.update(cosine=lead["cosine"], cosine_se=lead["cosine_se"], spearman=lead["spearman"])
+                    point["gold_relative_se"] = float(np.nanmean(np.abs(gold.standard_error[0])) /
+                                                      max(np.abs(gold.scores[0]).mean(), 1e-300))
+                points.append(point)
+                progress("methods", (cell_index + 1) / len(cells))
+    return {
+        "config": {**dataclasses.asdict(config), "device": str(device)},
+        "n_train": n_train, "n_test": len(test), "gold": config.gold.kind,
+        "metric": "lds" if config.gold.kind == "lds" else "cosine",
+        "gold_seconds": gold_seconds, "points": points, "skipped": skipped,
+        "torch_threads": torch.get_num_threads(), "version": __version__,
+    }

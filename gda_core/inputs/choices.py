@@ -1,0 +1,188 @@
+"""The one resolver of data and model choices, and upload storage.
+
+A data choice is a built-in name (``digits``) or a path to a ``.csv``, ``.npz`` or ``.zip`` of
+image folders; a model choice is a zoo name (``mlp``) or a path to a ``.pt2`` program or a
+``.safetensors`` state dict with its ``.json`` config. :func:`load_data_choice` and
+:func:`load_model_choice` resolve them for every caller (engine, jobs, sweeps, app), so an
+upload works wherever a built-in does. A validated upload is normalised to one ``.npz`` under
+``<cache>/uploads/`` named by its content hash, whose path is then the data choice (that is
+how the app and the CLI pass an uploaded CSV or image zip to jobs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import GDAError
+from ..io import atomic_write_bytes
+from ..progress import Progress
+from .datasets import BUILTIN_DATASETS, Dataset, DataSplit, load_builtin
+from .parsers import DATA_SUFFIXES, DataOptions, UploadedData, parse_data, parse_data_file
+from .programs import check_model_fits, load_model_file
+from .safety import UploadLimits, one_line, refuse_pickle
+from .zoo import ARCHITECTURES, TrainedModel, demo_model
+
+MODEL_SUFFIXES = (".pt2", ".safetensors")
+
+
+def uploads_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "uploads"
+
+
+def store_upload(data: UploadedData, cache_dir: str | Path) -> Path:
+    """Write the normalised ``.npz`` to ``<cache>/uploads/<sha256>.npz`` (atomically; an
+    identical upload reuses the file) and return its path: the data choice for jobs."""
+    path = uploads_dir(cache_dir) / f"{data.fingerprint()}.npz"
+    if not path.is_file():
+        atomic_write_bytes(path, data.to_npz_bytes())
+    return path.resolve()
+
+
+def store_model_upload(files: dict[str, bytes], cache_dir: str | Path) -> Path:
+    """Keep an uploaded model under ``<cache>/uploads/<sha256>.pt2`` (or ``.safetensors`` with
+    ``.json`` beside it) and return the path of the model file: the model choice for jobs.
+    ``files`` maps file names to their bytes: one ``.pt2``, or one ``.safetensors`` and one ``.json``."""
+    for file_name in files:
+        refuse_pickle(file_name)
+    by_suffix = {Path(n).suffix.lower(): payload for n, payload in files.items()}
+    unknown = set(by_suffix) - {".pt2", ".safetensors", ".json"}
+    if unknown or len(by_suffix) != len(files):
+        raise GDAError("upload one .pt2 file, or one .safetensors file with its .json config")
+    if ".pt2" in by_suffix:
+        if len(files) != 1:
+            raise GDAError("a .pt2 program is uploaded on its own (no .safetensors or .json with it)")
+        digest = hashlib.sha256(by_suffix[".pt2"]).hexdigest()
+        path = uploads_dir(cache_dir) / f"{digest}.pt2"
+        atomic_write_bytes(path, by_suffix[".pt2"])
+        return path.resolve()
+    if set(by_suffix) != {".safetensors", ".json"}:
+        raise GDAError("a .safetensors state dict needs its .json config uploaded with it")
+    digest = hashlib.sha256(by_suffix[".safetensors"] + b"\x00" + by_suffix[".json"]).hexdigest()
+    folder = uploads_dir(cache_dir)
+    atomic_write_bytes(folder / f"{digest}.safetensors", by_suffix[".safetensors"])
+    atomic_write_bytes(folder / f"{digest}.json", by_suffix[".json"])  # config last, as save_model does
+    return (folder / f"{digest}.safetensors").resolve()
+
+
+def prepare_data_choice(choice: str, options: DataOptions, cache_dir: str | Path) -> str:
+    """The data choice jobs should get: a built-in name as it is; a data file parsed with
+    ``options`` (a CSV's label column, image size), validated, and stored normalised."""
+    if choice in BUILTIN_DATASETS:
+        return choice
+    check_data_choice(choice)
+    return str(store_upload(parse_data_file(choice, options), cache_dir))
+
+
+def accept_data_upload(name: str, payload: bytes, cache_dir: str | Path, options: DataOptions = DataOptions(),
+                       test_payload: bytes | None = None) -> str:
+    """An uploaded file's bytes (the app's path), validated and stored normalised: the data choice."""
+    return str(store_upload(parse_data(payload, name, options, test_payload=test_payload), cache_dir))
+
+
+def accept_model_upload(files: dict[str, bytes], train: Dataset, cache_dir: str | Path) -> str:
+    """Uploaded model files, stored and loaded once against the training data (so a model
+    that does not fit is refused at upload): the model choice."""
+    path = store_model_upload(files, cache_dir)
+    try:
+        load_model_choice(str(path), train, cache_dir)
+    except GDAError as error:  # name the files as the user knows them, not by their hash
+        stored = {path.name: next(n for n in files if n.lower().endswith(path.suffix)),
+                  path.with_suffix(".json").name: next((n for n in files if n.lower().endswith(".json")), "")}
+        message = str(error)
+        for hashed, original in stored.items():
+            message = message.replace(hashed, original) if original else message
+        raise GDAError(message) from None
+    return str(path)
+
+
+def prepare_model_choice(choice: str) -> str:
+    """A zoo name as it is; a model file as an absolute path (jobs may run elsewhere)."""
+    check_model_choice(choice)
+    return choice if is_zoo_model(choice) else str(Path(choice).resolve())
+
+
+# ------------------------------------------------------------------------ choice resolver
+def _is_path_choice(choice: str) -> bool:
+    return "/" in choice or "\\" in choice or Path(choice).suffix != ""
+
+
+def _check_choice(choice: str, kind: str, names, suffixes, use: str) -> None:
+    """A registered name, or an existing file with a supported suffix; one line otherwise."""
+    if not isinstance(choice, str):
+        raise GDAError(f"the {kind} choice must be a name or a path, got {one_line(choice)}")
+    if choice in names:
+        return
+    if not _is_path_choice(choice):
+        raise GDAError(f"unknown {'data set' if kind == 'data' else kind} {choice!r}; choose from: "
+                       f"{', '.join(names)}, or give a path to a {', '.join(suffixes[:-1])} or {suffixes[-1]} file")
+    refuse_pickle(choice)
+    if Path(choice).suffix.lower() not in suffixes:
+        raise GDAError(f"unsupported {kind} file type {one_line(Path(choice).suffix, 20)}; use {use}")
+    if not Path(choice).is_file():
+        raise GDAError(f"{kind} file {choice} does not exist")
+
+
+def check_data_choice(choice: str) -> None:
+    """A built-in name, or an existing data file with a supported suffix; one line otherwise."""
+    _check_choice(choice, "data", BUILTIN_DATASETS, DATA_SUFFIXES, f"one of: {', '.join(DATA_SUFFIXES)}")
+
+
+def check_model_choice(choice: str) -> None:
+    """A zoo name, or an existing model file with a supported suffix; one line otherwise."""
+    _check_choice(choice, "model", ARCHITECTURES, MODEL_SUFFIXES,
+                  "a .pt2 program or a .safetensors state dict with its .json config")
+
+
+def is_builtin_data(choice: str) -> bool:
+    return choice in BUILTIN_DATASETS
+
+
+def is_zoo_model(choice: str) -> bool:
+    return choice in ARCHITECTURES
+
+
+def load_data_choice(choice: str, *, seed: int = 0, options: DataOptions = DataOptions()) -> DataSplit:
+    """The split of a built-in data set or of a data file (CSV read with ``options``)."""
+    check_data_choice(choice)
+    if choice in BUILTIN_DATASETS:
+        return load_builtin(choice, seed=seed)
+    return parse_data_file(choice, options).split(seed=seed)
+
+
+def load_model_choice(choice: str, train: Dataset, cache_dir: str | Path, *, seed: int = 0,
+                      device: torch.device | str = "cpu",
+                      progress: Callable[[float], None] | None = None) -> TrainedModel:
+    """A zoo name trains (or loads the cached) demo model on ``train``; a path loads the
+    uploaded model and checks that it fits the data (features in, classes out)."""
+    check_model_choice(choice)
+    if is_zoo_model(choice):
+        return demo_model(choice, train, cache_dir, seed=seed, device=device, progress=progress)
+    model = load_model_file(choice, device=device, limits=UploadLimits.from_env())
+    try:
+        check_model_fits(model, train)
+    except GDAError as error:
+        raise GDAError(f"{Path(choice).name}: {error}") from None
+    return model
+
+
+
+
+def input_fingerprints(split: DataSplit, model: TrainedModel) -> dict:
+    """Content hashes of the data and of the model's weights, for cache keys: a retrained
+    model or edited data is a different run."""
+    return {"data_fingerprint": split.train.fingerprint() + split.test.fingerprint(),
+            "model_fingerprint": model.fingerprint()}
+
+
+def load_inputs(request, cache_dir: str | Path, device: torch.device | str = "cpu",
+                progress: Progress | None = None) -> tuple[DataSplit, TrainedModel]:
+    """The data and model a request names (anything with ``data``, ``model`` and ``seed``):
+    built-in names and zoo names, or paths to uploaded files (see :mod:`gda_core.uploads`)."""
+    split = load_data_choice(request.data, seed=request.seed)
+    model = load_model_choice(request.model, split.train, cache_dir, seed=request.seed, device=device,
+                              progress=None if progress is None else (lambda f: progress("train model", f)))
+    return split, model

@@ -1,0 +1,251 @@
+"""Datasets: one type for every source, and the built-in sets from scikit-learn's bundled data."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import GDAError
+from ..io import atomic_write_bytes
+
+
+@dataclass
+class Dataset:
+    """Features, integer labels and what is needed to show the points to a person.
+
+    ``features`` is a float tensor of shape (n, d); image data keeps its pixels flattened
+    there and the original image shape in ``image_shape`` so models can restore it.
+    ``images`` holds the raw (unstandardised) pixels for display only.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    name: str = "dataset"
+    images: np.ndarray | None = None
+    image_shape: tuple[int, ...] | None = None
+    indices: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.features, torch.Tensor):
+            self.features = torch.as_tensor(np.asarray(self.features), dtype=torch.float32)
+        if not isinstance(self.labels, torch.Tensor):
+            self.labels = torch.as_tensor(np.asarray(self.labels), dtype=torch.long)
+        if self.features.ndim != 2:
+            raise GDAError(f"features must be a 2-d array (n, d), got shape {tuple(self.features.shape)}")
+        if self.labels.ndim != 1 or len(self.labels) != len(self.features):
+            raise GDAError(
+                f"labels must be a 1-d array with one label per row: {len(self.features)} rows, "
+                f"labels of shape {tuple(self.labels.shape)}"
+            )
+        if len(self.features) == 0:
+            raise GDAError("the data set is empty")
+        if not torch.isfinite(self.features).all():
+            raise GDAError("features contain NaN or infinite values")
+        self.labels = self.labels.long()
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise GDAError(
+                f"labels must lie in 0..{len(self.class_names) - 1} (one per class name), "
+                f"found {int(self.labels.min())}..{int(self.labels.max())}"
+            )
+        if self.indices is None:
+            self.indices = np.arange(len(self.labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, rows: np.ndarray | list[int] | slice) -> "Dataset":
+        """The rows given, keeping class names and display images."""
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        return Dataset(
+            features=self.features[torch.as_tensor(rows)],
+            labels=self.labels[torch.as_tensor(rows)],
+            class_names=list(self.class_names),
+            name=self.name,
+            images=None if self.images is None else self.images[rows],
+            image_shape=self.image_shape,
+            indices=self.indices[rows],
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Dataset":
+        """A copy whose tensors live on ``device`` (and have ``dtype`` when given)."""
+        features = self.features.to(device=device, dtype=dtype or self.features.dtype)
+        return Dataset(features, self.labels.to(device), list(self.class_names), self.name,
+                       self.images, self.image_shape, self.indices)
+
+    def fingerprint(self) -> str:
+        """A content hash of features and labels, for cache keys."""
+        digest = hashlib.sha256()
+        digest.update(self.features.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(self.labels.detach().cpu().contiguous().numpy().tobytes())
+        digest.update("\x00".join(self.class_names).encode())
+        return digest.hexdigest()[:16]
+
+
+@dataclass
+class DataSplit:
+    """A training set and a test set of one data source, standardised with training statistics."""
+
+    train: Dataset
+    test: Dataset
+
+    @property
+    def name(self) -> str:
+        return self.train.name
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.data, bunch.target, [str(c) for c in bunch.target_names], (8, 8)
+
+
+def _load_breast_cancer() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    return bunch.data, bunch.target, [str(c) for c in bunch.target_names], None
+
+
+def _load_wine() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+    from sklearn.datasets import load_wine
+
+    bunch = load_wine()
+    return bunch.data, bunch.target, [str(c) for c in bunch.target_names], None
+
+
+BUILTIN_DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]]] = {
+    "digits": _load_digits,
+    "breast_cancer": _load_breast_cancer,
+    "wine": _load_wine,
+}
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split keeping each class's share in both parts (sorted row indices)."""
+    rng = np.random.default_rng(seed)
+    test_rows = []
+    for cls in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        count = int(round(test_fraction * len(rows)))
+        test_rows.append(rows[:min(count, len(rows) - 1)])
+    test = np.sort(np.concatenate(test_rows))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    if len(test) == 0:
+        raise GDAError("the test fraction leaves no test points; use a larger fraction or more data")
+    return train, test
+
+
+def split_and_standardise(
+    features: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    *,
+    name: str,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    image_shape: tuple[int, ...] | None = None,
+    rows: tuple[np.ndarray, np.ndarray] | None = None,
+) -> DataSplit:
+    """Seeded, stratified train/test split; features standardised with the training statistics.
+
+    ``rows`` gives the (train, test) rows instead, for data that comes with its own test part
+    (an upload with ``X_test``). Constant columns (e.g. the always-blank corner pixels of
+    digits) are left centred, not divided by a zero standard deviation.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise GDAError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    train_rows, test_rows = rows if rows is not None else stratified_split(labels, test_fraction, seed)
+    mean = features[train_rows].mean(axis=0)
+    std = features[train_rows].std(axis=0)
+    std[std < 1e-12] = 1.0
+    standardised = ((features - mean) / std).astype(np.float32)
+    images = None
+    if image_shape is not None:
+        images = features.reshape((-1, *image_shape)).astype(np.float32)
+
+    def part(part_rows: np.ndarray) -> Dataset:
+        return Dataset(
+            features=torch.from_numpy(standardised[part_rows]),
+            labels=torch.from_numpy(labels[part_rows]),
+            class_names=list(class_names),
+            name=name,
+            images=None if images is None else images[part_rows],
+            image_shape=image_shape,
+            indices=part_rows,
+        )
+
+    return DataSplit(train=part(train_rows), test=part(test_rows))
+
+
+def _raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+    """The raw arrays of a built-in set, kept as .npz in the cache folder after the first load:
+    importing scikit-learn's loaders costs more than a cached attribution lookup."""
+    path = Path(os.environ.get("GDA_CACHE_DIR", "cache")) / "data" / f"{name}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            shape = tuple(int(s) for s in stored["image_shape"]) or None
+            return stored["features"], stored["labels"], [str(c) for c in stored["class_names"]], shape
+    except (OSError, KeyError, ValueError):
+        pass
+    features, labels, class_names, image_shape = BUILTIN_DATASETS[name]()
+    try:
+        buffer = io.BytesIO()
+        np.savez(buffer, features=features, labels=labels, class_names=np.array(class_names),
+                 image_shape=np.array(image_shape or (), dtype=np.int64))
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return features, labels, class_names, image_shape
+
+
+def load_builtin(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> DataSplit:
+    """One of the built-in data sets (``digits``, ``breast_cancer``, ``wine``), split and standardised."""
+    if name not in BUILTIN_DATASETS:
+        raise GDAError(f"unknown data set {name!r}; choose from: {', '.join(BUILTIN_DATASETS)}")
+    features, labels, class_names, image_shape = _raw_builtin(name)
+    return split_and_standardise(
+        features, labels, class_names, name=name, test_fraction=test_fraction, seed=seed,
+        image_shape=image_shape,
+    )
+
+
+def make_synthetic(
+    n_samples: int = 20000,
+    n_features: int = 64,
+    n_classes: int = 10,
+    *,
+    n_test: int = 2000,
+    seed: int = 0,
+) -> DataSplit:
+    """scikit-learn's ``make_classification``, split like the built-ins (used by benchmarks)."""
+    from sklearn.datasets import make_classification
+
+    features, labels = make_classification(
+        n_samples=n_samples, n_features=n_features, n_informative=max(2, n_features // 2),
+        n_classes=n_classes, n_clusters_per_class=1, random_state=seed,
+    )
+    return split_and_standardise(
+        features, labels, [str(c) for c in range(n_classes)], name="synthetic",
+        test_fraction=n_test / n_samples, seed=seed,
+    )

@@ -1,0 +1,403 @@
+"""Parsers of uploaded data: CSV, NPZ and zips of image folders, each to validated raw arrays
+(:class:`UploadedData`), which split and standardise like the built-in sets."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..errors import GDAError
+from .datasets import DataSplit, split_and_standardise
+from .safety import MB, UploadLimits, check_size, checked_zip, one_line, read_entry, read_upload, refuse_pickle
+
+DATA_SUFFIXES = (".csv", ".npz", ".zip")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: more classes than this is a sign of a regression target or an id column, not labels
+MAX_CLASSES = 10_000
+DEFAULT_IMAGE_SIZE = 28
+
+
+# --------------------------------------------------------------------------- parsed data
+@dataclass
+class UploadedData:
+    """Validated raw (unstandardised) arrays of an upload, with an optional test part."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    name: str = "upload"
+    image_shape: tuple[int, ...] | None = None
+    test_features: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        parts = [("", self.features, self.labels)]
+        if (self.test_features is None) != (self.test_labels is None):
+            raise GDAError("a test part needs both test features and test labels")
+        if self.test_features is not None:
+            parts.append(("test ", self.test_features, self.test_labels))
+        for prefix, features, labels in parts:
+            if features.ndim != 2:
+                raise GDAError(f"{prefix}features must be (rows, features), got shape {features.shape}")
+            if len(features) == 0 or features.shape[1] == 0:
+                raise GDAError(f"the {prefix or 'training '}data has no rows or no feature columns")
+            if len(labels) != len(features):
+                raise GDAError(f"{prefix}features have {len(features)} rows but there are {len(labels)} labels")
+            if not np.isfinite(features).all():
+                raise GDAError(f"{prefix}features contain NaN or infinite values")
+        if self.test_features is not None and self.test_features.shape[1] != self.features.shape[1]:
+            raise GDAError(f"test features have {self.test_features.shape[1]} columns, training features "
+                           f"{self.features.shape[1]}")
+        present = np.unique(self.labels)
+        if len(present) < 2:
+            raise GDAError(f"the data needs at least 2 classes, found {len(present)}")
+        if self.image_shape is not None and math.prod(self.image_shape) != self.features.shape[1]:
+            raise GDAError(f"image shape {self.image_shape} does not match {self.features.shape[1]} features")
+
+    def fingerprint(self) -> str:
+        """A content hash (the normalised file's name), independent of zip timestamps."""
+        digest = hashlib.sha256()
+        for array in (self.features, self.labels, self.test_features, self.test_labels):
+            if array is not None:
+                digest.update(str(array.shape).encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update("\x00".join(self.class_names).encode())
+        digest.update(str(self.image_shape).encode())
+        return digest.hexdigest()
+
+    def to_npz_bytes(self) -> bytes:
+        arrays = {"X": self.features, "y": self.labels, "class_names": np.array(self.class_names, dtype=str),
+                  "image_shape": np.array(self.image_shape or (), dtype=np.int64)}
+        if self.test_features is not None:
+            arrays.update(X_test=self.test_features, y_test=self.test_labels)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    def split(self, *, seed: int = 0, test_fraction: float = 0.2) -> DataSplit:
+        """Standardised train/test parts: the upload's own test part, or the project's seeded
+        stratified split (the same one the built-ins use)."""
+        features, labels, rows = self.features, self.labels, None
+        if self.test_features is not None:
+            features = np.concatenate([self.features, self.test_features])
+            labels = np.concatenate([self.labels, self.test_labels])
+            rows = (np.arange(len(self.features)), np.arange(len(self.features), len(features)))
+        return split_and_standardise(features, labels, self.class_names, name=self.name,
+                                     test_fraction=test_fraction, seed=seed, image_shape=self.image_shape,
+                                     rows=rows)
+
+
+def encode_labels(*parts: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+    """Integer class indices for one or more label arrays, and the class names.
+
+    Whole numbers >= 0 are kept as class indices (so they line up with a model's outputs);
+    anything else is treated as class names, numbered in sorted order."""
+    cleaned = [np.asarray(part) for part in parts]
+    for part in cleaned:
+        if part.ndim != 1:
+            raise GDAError(f"labels must be one per row (1-d), got shape {part.shape}")
+    if all(part.dtype.kind in "biuf" for part in cleaned):
+        values = np.concatenate([part.astype(np.float64) for part in cleaned])
+        if not np.isfinite(values).all():
+            raise GDAError("labels contain NaN or infinite values")
+        if (values != np.round(values)).any() or (values < 0).any():
+            raise GDAError("numeric labels must be whole numbers >= 0 (class indices); use class names otherwise")
+        largest = int(values.max()) if len(values) else 0
+        if largest >= MAX_CLASSES:
+            raise GDAError(f"labels go up to {largest}; class indices must stay below {MAX_CLASSES}")
+        return [part.astype(np.int64) for part in cleaned], [str(c) for c in range(largest + 1)]
+    if any(part.dtype.kind not in "biufUS" for part in cleaned):
+        raise GDAError(f"labels must be numbers or text, got dtype {cleaned[0].dtype}")
+    texts = [part.astype(str) for part in cleaned]
+    names = sorted(set(np.concatenate(texts).tolist()))
+    if len(names) > MAX_CLASSES:
+        raise GDAError(f"{len(names)} distinct labels; at most {MAX_CLASSES} classes are supported")
+    index = {name: i for i, name in enumerate(names)}
+    return [np.array([index[t] for t in text], dtype=np.int64) for text in texts], names
+
+
+# ------------------------------------------------------------------------------------ CSV
+def _csv_table(payload: bytes, name: str) -> tuple[list[str], list[list[str]]]:
+    try:
+        text = payload.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise GDAError(f"{name} is not UTF-8 text (is it really a CSV file?)") from None
+    if "\x00" in text:
+        raise GDAError(f"{name} contains NUL bytes (is it really a CSV file?)")
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if any(cell.strip() for cell in row)]
+    except csv.Error as error:
+        raise GDAError(f"{name} is not valid CSV: {error}") from None
+    if not rows:
+        raise GDAError(f"{name} has no header row")
+    header = [cell.strip() for cell in rows[0]]
+    if len(set(header)) != len(header):
+        duplicated = next(column for column in header if header.count(column) > 1)
+        raise GDAError(f"{name}: column {one_line(duplicated)} appears twice in the header")
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise GDAError(f"{name}: row {number} has {len(row)} fields but the header has {len(header)}")
+    if len(rows) < 2:
+        raise GDAError(f"{name} has a header but no data rows")
+    return header, rows[1:]
+
+
+def _csv_parts(payload: bytes, name: str, label_column: str,
+               split_column: str | None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
+    """(feature column names, features, raw labels, is-test mask or None) of one CSV file."""
+    header, rows = _csv_table(payload, name)
+    if label_column not in header:
+        shown = ", ".join(header[:8]) + (", ..." if len(header) > 8 else "")
+        raise GDAError(f"{name} has no label column {one_line(label_column)} (columns: {one_line(shown, 80)}); "
+                       f"name it with --label-column")
+    if split_column is not None and split_column not in header:
+        raise GDAError(f"{name} has no split column {one_line(split_column)}")
+    feature_columns = [c for c in header if c not in (label_column, split_column)]
+    if not feature_columns:
+        raise GDAError(f"{name} has no feature columns besides the label")
+    positions = [header.index(c) for c in feature_columns]
+    features = np.empty((len(rows), len(positions)), dtype=np.float64)
+    for r, row in enumerate(rows):
+        for c, position in enumerate(positions):
+            try:
+                features[r, c] = float(row[position])
+            except ValueError:
+                raise GDAError(f"{name}: column {one_line(feature_columns[c])} is not numeric "
+                               f"(row {r + 2}: {one_line(row[position].strip(), 30)})") from None
+    bad = ~np.isfinite(features)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise GDAError(f"{name}: column {one_line(feature_columns[c])} has NaN or infinite values (row {r + 2})")
+    raw_labels = [row[header.index(label_column)].strip() for row in rows]
+    if any(label == "" for label in raw_labels):
+        raise GDAError(f"{name}: label column {one_line(label_column)} has empty cells")
+    try:
+        labels = np.array([float(label) for label in raw_labels])
+    except ValueError:
+        labels = np.array(raw_labels, dtype=str)
+    is_test = None
+    if split_column is not None:
+        values = [row[header.index(split_column)].strip().lower() for row in rows]
+        unknown = sorted(set(values) - {"train", "test"})
+        if unknown:
+            raise GDAError(f"{name}: split column {one_line(split_column)} must hold 'train' or 'test', "
+                           f"found {one_line(unknown[0], 30)}")
+        is_test = np.array([value == "test" for value in values])
+        if is_test.all() or not is_test.any():
+            raise GDAError(f"{name}: split column {one_line(split_column)} needs both train and test rows")
+    return feature_columns, features, labels, is_test
+
+
+def parse_csv(payload: bytes, *, label_column: str = "label", split_column: str | None = None,
+              test_payload: bytes | None = None, name: str = "data.csv", test_name: str = "test.csv",
+              limits: UploadLimits | None = None) -> UploadedData:
+    """A CSV of numeric feature columns and a label column; optionally a ``split_column`` of
+    train/test or a second CSV (``test_payload``) with the same columns as the test part."""
+    limits = limits or UploadLimits.from_env()
+    check_size(len(payload), name, limits)
+    columns, features, labels, is_test = _csv_parts(payload, name, label_column, split_column)
+    test_features = test_labels = None
+    if test_payload is not None:
+        if is_test is not None:
+            raise GDAError("give either a split column or a separate test file, not both")
+        check_size(len(test_payload), test_name, limits)
+        test_columns, test_features, test_labels, _ = _csv_parts(test_payload, test_name, label_column, None)
+        if test_columns != columns:
+            raise GDAError(f"{test_name} has columns {one_line(', '.join(test_columns), 60)}, "
+                           f"not the training file's {one_line(', '.join(columns), 60)}")
+    elif is_test is not None:
+        features, test_features = features[~is_test], features[is_test]
+        labels, test_labels = labels[~is_test], labels[is_test]
+    if test_labels is None:
+        (labels,), class_names = encode_labels(labels)
+    else:
+        (labels, test_labels), class_names = encode_labels(labels, test_labels)
+    return UploadedData(features, labels, class_names, name=Path(name).stem,
+                        test_features=test_features, test_labels=test_labels)
+
+
+# ------------------------------------------------------------------------------------ NPZ
+def _numeric_array(archive, key: str, name: str) -> np.ndarray:
+    try:
+        array = archive[key]
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise GDAError(f"{name}: array {key} holds pickled objects, which are never loaded; "
+                           f"save plain numeric arrays") from None
+        raise GDAError(f"{name}: array {key} cannot be read ({one_line(str(error), 60)})") from None
+    except Exception:
+        raise GDAError(f"{name}: array {key} cannot be read (truncated or corrupt)") from None
+    return array
+
+
+def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | None = None) -> UploadedData:
+    """An ``.npz`` with ``X`` (rows x features, or rows x height x width images) and ``y``,
+    optionally ``X_test``/``y_test``; ``class_names`` and ``image_shape`` are kept when present
+    (the normalised form written by :func:`store_upload`)."""
+    limits = limits or UploadLimits.from_env()
+    check_size(len(payload), name, limits)
+    checked_zip(payload, name, limits)  # an .npz is a zip: refuse bombs before numpy unpacks it
+    try:
+        archive = np.load(io.BytesIO(payload), allow_pickle=False)
+    except Exception:
+        raise GDAError(f"{name} is not a valid .npz archive") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise GDAError(f"{name} is a single array, not an .npz archive with X and y")
+    with archive:
+        keys = set(archive.files)
+        if not {"X", "y"} <= keys:
+            raise GDAError(f"{name} needs arrays X and y; found: {one_line(', '.join(sorted(keys)) or 'none', 60)}")
+        if ("X_test" in keys) != ("y_test" in keys):
+            raise GDAError(f"{name} has only one of X_test and y_test; give both or neither")
+        arrays = {key: _numeric_array(archive, key, name) for key in sorted(keys)
+                  if key in ("X", "y", "X_test", "y_test", "class_names", "image_shape")}
+    image_shape = None
+    if arrays["X"].ndim == 3:
+        image_shape = tuple(int(s) for s in arrays["X"].shape[1:])
+    elif "image_shape" in arrays and arrays["image_shape"].size:
+        image_shape = tuple(int(s) for s in np.asarray(arrays["image_shape"]).ravel())
+
+    def features(key: str) -> np.ndarray:
+        array = arrays[key]
+        if array.dtype.kind not in "biuf":
+            raise GDAError(f"{name}: {key} must be numeric, got dtype {array.dtype}")
+        if len(array) == 0:
+            raise GDAError(f"{name}: {key} has no rows")
+        if array.ndim == 3:
+            array = array.reshape(len(array), -1)
+        if array.ndim != 2:
+            raise GDAError(f"{name}: {key} must be (rows, features) or (rows, height, width), got shape {array.shape}")
+        return array.astype(np.float64)
+
+    train_features = features("X")
+    test_features = features("X_test") if "X_test" in arrays else None
+    if image_shape is not None and (len(image_shape) != 2 or min(image_shape) < 1
+                                    or image_shape[0] * image_shape[1] != train_features.shape[1]):
+        raise GDAError(f"{name}: image_shape must be (height, width), two positive sizes whose product is the "
+                       f"{train_features.shape[1]} features, got {one_line(image_shape, 40)}")
+    parts = [arrays["y"]] + ([arrays["y_test"]] if test_features is not None else [])
+    encoded, class_names = encode_labels(*parts)
+    if "class_names" in arrays:
+        stored = [str(c) for c in np.asarray(arrays["class_names"]).ravel()]
+        if len(stored) < len(class_names):
+            raise GDAError(f"{name}: {len(stored)} class names for labels up to {len(class_names) - 1}")
+        class_names = stored
+    return UploadedData(train_features, encoded[0], class_names, name=Path(name).stem, image_shape=image_shape,
+                        test_features=test_features, test_labels=encoded[1] if test_features is not None else None)
+
+
+# ------------------------------------------------------------------------------ image zip
+def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, name: str = "images.zip",
+                    limits: UploadLimits | None = None) -> UploadedData:
+    """A zip with one folder per class of PNG/JPEG images, turned grey and resized to
+    ``image_size`` x ``image_size`` with pixel values in [0, 1]. One enclosing folder (what
+    zipping a folder gives) is looked through; hidden files and ``__MACOSX`` are skipped."""
+    from PIL import Image
+
+    limits = limits or UploadLimits.from_env()
+    if not 2 <= image_size <= 512:
+        raise GDAError(f"image size must lie in 2..512 pixels, got {image_size}")
+    check_size(len(payload), name, limits)
+    archive = checked_zip(payload, name, limits)
+    entries = []
+    for entry in archive.infolist():
+        parts = PurePosixPath(entry.filename.replace("\\", "/")).parts
+        if entry.is_dir() or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            continue
+        if PurePosixPath(parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
+            entries.append((parts, entry))
+    if not entries:
+        raise GDAError(f"{name} holds no PNG or JPEG images (expected one folder per class)")
+    tops = {parts[0] for parts, _ in entries}
+    if len(tops) == 1 and all(len(parts) >= 3 for parts, _ in entries):
+        entries = [(parts[1:], entry) for parts, entry in entries]  # look through one enclosing folder
+    loose = [parts for parts, _ in entries if len(parts) < 2]
+    if loose:
+        raise GDAError(f"{name}: image {one_line('/'.join(loose[0]))} is not inside a class folder")
+    entries.sort(key=lambda item: item[0])
+    class_names = sorted({parts[0] for parts, _ in entries})
+    if len(class_names) < 2:
+        raise GDAError(f"{name}: the data needs at least 2 classes, found 1 class folder")
+    # Tiny images resized up could fill memory: the pixel array counts against the unpacked limit.
+    pixel_bytes = len(entries) * image_size * image_size * 8
+    if pixel_bytes > limits.max_unpacked_bytes:
+        raise GDAError(f"{name}: {len(entries)} images at {image_size}x{image_size} take {pixel_bytes / MB:.3g} MB, "
+                       f"over the limit of {limits.max_unpacked_bytes / MB:.3g} MB; choose a smaller image size")
+    pixels = np.empty((len(entries), image_size * image_size), dtype=np.float64)
+    labels = np.empty(len(entries), dtype=np.int64)
+    for row, (parts, entry) in enumerate(entries):
+        shown = one_line("/".join(parts))
+        data = read_entry(archive, entry, name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+                    if image.width * image.height > limits.max_image_pixels:
+                        raise GDAError(f"{name}: image {shown} has {image.width}x{image.height} pixels, "
+                                       f"over the limit of {limits.max_image_pixels}")
+                    grey = image.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
+        except GDAError:
+            raise
+        except Exception:
+            raise GDAError(f"{name}: image {shown} cannot be decoded (not a valid PNG or JPEG)") from None
+        pixels[row] = np.asarray(grey, dtype=np.float64).ravel() / 255.0
+        labels[row] = class_names.index(parts[0])
+    return UploadedData(pixels, labels, class_names, name=Path(name).stem, image_shape=(image_size, image_size))
+
+
+# ------------------------------------------------------------------------ one entry point
+@dataclass(frozen=True)
+class DataOptions:
+    """How to read a data file: the CSV's label (and optional split) column, a separate test
+    CSV, and the size images are resized to."""
+
+    label_column: str = "label"
+    split_column: str | None = None
+    test_path: str | None = None
+    image_size: int = DEFAULT_IMAGE_SIZE
+
+
+def parse_data(payload: bytes, name: str, options: DataOptions = DataOptions(),
+               limits: UploadLimits | None = None, test_payload: bytes | None = None) -> UploadedData:
+    """Parse an uploaded data file by its suffix (``.csv``, ``.npz``, ``.zip``); every reason
+    names the file."""
+    try:
+        return _parse_data(payload, name, options, limits or UploadLimits.from_env(), test_payload)
+    except GDAError as error:
+        shown = Path(name).name
+        raise (error if str(error).startswith(shown) else GDAError(f"{shown}: {error}")) from None
+
+
+def _parse_data(payload: bytes, name: str, options: DataOptions, limits: UploadLimits,
+                test_payload: bytes | None) -> UploadedData:
+    refuse_pickle(name)
+    suffix = Path(name).suffix.lower()
+    if suffix == ".csv":
+        return parse_csv(payload, label_column=options.label_column, split_column=options.split_column,
+                         test_payload=test_payload, name=Path(name).name,
+                         test_name=Path(options.test_path or "test.csv").name, limits=limits)
+    if test_payload is not None:
+        raise GDAError("a separate test file is only read for CSV data; put X_test/y_test in the .npz")
+    if suffix == ".npz":
+        return parse_npz(payload, name=Path(name).name, limits=limits)
+    if suffix == ".zip":
+        return parse_image_zip(payload, image_size=options.image_size, name=Path(name).name, limits=limits)
+    raise GDAError(f"unsupported data file type {one_line(suffix or Path(name).name, 20)}; "
+                   f"use one of: {', '.join(DATA_SUFFIXES)}")
+
+
+def parse_data_file(path: str | Path, options: DataOptions = DataOptions(),
+                    limits: UploadLimits | None = None) -> UploadedData:
+    limits = limits or UploadLimits.from_env()
+    refuse_pickle(str(path))
+    test_payload = read_upload(options.test_path, limits) if options.test_path else None
+    return parse_data(read_upload(path, limits), str(path), options, limits, test_payload)
+
+

@@ -1,0 +1,447 @@
+"""The model zoo, seeded training with checkpoints (for TracIn), and safe save/load.
+
+Every zoo model is ``head(body(x))``: ``body`` maps inputs to the penultimate representation
+(used by representation K-means) and ``head`` is the final ``nn.Linear`` (used by the
+last-layer-only gradient mode). Weights are stored as safetensors beside a JSON config;
+nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import GDAError
+from ..io import atomic_write_bytes
+from .datasets import Dataset
+
+ARCHITECTURES = ("logreg", "mlp", "cnn")
+OPTIMIZERS = ("adam", "sgd", "lbfgs")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and sizes of a zoo model; saved as JSON beside its weights."""
+
+    arch: str
+    n_features: int
+    n_classes: int
+    hidden: tuple[int, ...] = (64, 64)
+    image_shape: tuple[int, ...] | None = None
+    cnn_channels: tuple[int, ...] = (16, 32)
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
+        if self.image_shape is not None:
+            self.image_shape = tuple(int(s) for s in self.image_shape)
+        if self.arch not in ARCHITECTURES:
+            raise GDAError(f"unknown model {self.arch!r}; choose from: {', '.join(ARCHITECTURES)}")
+        if self.n_features < 1 or self.n_classes < 2:
+            raise GDAError(f"a model needs >= 1 feature and >= 2 classes, got {self.n_features} and {self.n_classes}")
+        if any(h < 1 for h in self.hidden):
+            raise GDAError(f"hidden sizes must be positive, got {self.hidden}")
+        if self.arch == "cnn":
+            if self.image_shape is None or len(self.image_shape) != 2:
+                raise GDAError("the cnn model needs image data (e.g. digits); use mlp or logreg for tabular data")
+            if math.prod(self.image_shape) != self.n_features:
+                raise GDAError(f"image shape {self.image_shape} does not match {self.n_features} features")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(payload) - known
+        if unknown:
+            raise GDAError(f"unknown model config fields: {', '.join(sorted(unknown))}")
+        return cls(**payload)
+
+
+class ZooModel(nn.Module):
+    """``head(body(x))`` with the penultimate representation exposed as ``features``."""
+
+    def __init__(self, body: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(inputs))
+
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.body(inputs)
+
+
+def build_model(config: ModelConfig) -> ZooModel:
+    """A freshly initialised zoo model (initialisation follows torch's global RNG)."""
+    if config.arch == "logreg":
+        return ZooModel(nn.Identity(), nn.Linear(config.n_features, config.n_classes))
+    if config.arch == "mlp":
+        layers: list[nn.Module] = []
+        width = config.n_features
+        for size in config.hidden:
+            layers += [nn.Linear(width, size), nn.Tanh()]
+            width = size
+        return ZooModel(nn.Sequential(*layers), nn.Linear(width, config.n_classes))
+    # cnn: two 3x3 convolutions, one 2x2 pooling, one hidden dense layer.
+    height, width_px = config.image_shape  # type: ignore[misc]
+    first, second = config.cnn_channels
+    pooled = (height // 2) * (width_px // 2) * second
+    hidden = config.hidden[-1] if config.hidden else 64
+    body = nn.Sequential(
+        nn.Unflatten(1, (1, height, width_px)),
+        nn.Conv2d(1, first, 3, padding=1), nn.Tanh(),
+        nn.Conv2d(first, second, 3, padding=1), nn.Tanh(),
+        nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(pooled, hidden), nn.Tanh(),
+    )
+    return ZooModel(body, nn.Linear(hidden, config.n_classes))
+
+
+def state_arrays(module: nn.Module) -> dict[str, np.ndarray]:
+    """The module's weights as numpy arrays: how a model travels to other processes (with its
+    config), rather than as a live module."""
+    return {name: tensor.detach().cpu().numpy() for name, tensor in module.state_dict().items()}
+
+
+def module_from_arrays(config: ModelConfig, arrays: dict[str, np.ndarray]) -> ZooModel:
+    """The zoo model of ``config`` holding the weights of :func:`state_arrays`, in eval mode."""
+    module = build_model(config)
+    module.load_state_dict({name: torch.from_numpy(np.array(array)) for name, array in arrays.items()})
+    module.eval()
+    return module
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained. ``n_checkpoints`` snapshots (evenly spaced, the last one the
+    final model) are kept with their learning rates for TracIn."""
+
+    epochs: int = 30
+    lr: float = 1e-2
+    batch_size: int = 64
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    seed: int = 0
+    n_checkpoints: int = 5
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise GDAError(f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.n_checkpoints < 1:
+            raise GDAError("epochs, batch size and checkpoint count must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise GDAError("learning rate must be > 0 and weight decay >= 0")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def default_train_config(arch: str, seed: int = 0) -> TrainConfig:
+    """Defaults that train each zoo model well on the built-in sets in seconds.
+
+    Logistic regression is trained to convergence with full-batch L-BFGS so that its
+    influence functions are exact (the model is convex)."""
+    if arch == "logreg":
+        return TrainConfig(epochs=200, lr=1.0, batch_size=10**9, optimizer="lbfgs",
+                           weight_decay=1e-3, seed=seed, n_checkpoints=1)
+    if arch == "cnn":
+        return TrainConfig(epochs=20, lr=3e-3, batch_size=64, optimizer="adam", seed=seed)
+    return TrainConfig(epochs=30, lr=3e-3, batch_size=64, optimizer="adam", seed=seed)
+
+
+@dataclass
+class Checkpoint:
+    """A snapshot of the weights during training and the learning rate in force there."""
+
+    state: dict[str, torch.Tensor]
+    lr: float
+    epoch: int
+
+
+@dataclass
+class TrainedModel:
+    """A trained model with its config, training config and checkpoints.
+
+    ``config`` is None for an uploaded ``torch.export`` program: it can be attributed (its
+    parameters work with ``functional_call``) but not rebuilt, so whatever retrains from
+    scratch asks for :meth:`zoo_config` and gets a one-line reason instead."""
+
+    module: nn.Module
+    config: ModelConfig | None
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
+    #: input features an uploaded program was exported for (zoo models have them in ``config``)
+    input_width: int | None = None
+    #: sha256 of the uploaded file(s) the model came from: an exported program's graph is not
+    #: in its weights, so two programs with the same weights must still differ in cache keys
+    source_digest: str | None = None
+
+    def fingerprint(self) -> str:
+        """A content hash of the final weights, the config, the training recipe, the
+        checkpoints (TracIn uses them) and the uploaded file's bytes, for cache keys."""
+        described = {"config": self.config.to_json() if self.config is not None else {"arch": "exported program"},
+                     "train_config": self.train_config.to_json(), "source": self.source_digest,
+                     "checkpoints": [checkpoint.lr for checkpoint in self.checkpoints]}
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+        states = [("final", self.module.state_dict())]
+        states += [(f"checkpoint{i}", checkpoint.state) for i, checkpoint in enumerate(self.checkpoints)]
+        for prefix, state in states:
+            for name, tensor in sorted(state.items()):
+                digest.update(f"{prefix}.{name}".encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def zoo_config(self, purpose: str) -> ModelConfig:
+        """The zoo config, needed by ``purpose`` (e.g. retraining); an exported program has none."""
+        if self.config is None:
+            raise GDAError(f"{purpose} needs to rebuild the model, which an uploaded .pt2 program cannot do; "
+                           f"upload a .safetensors state dict with its .json config instead")
+        return self.config
+
+    @property
+    def n_classes(self) -> int | None:
+        return None if self.config is None else self.config.n_classes
+
+    def checkpoint_module(self, checkpoint: Checkpoint) -> ZooModel:
+        """A copy of the model holding a checkpoint's weights."""
+        module = build_model(self.zoo_config("TracIn checkpoints")).to(next(self.module.parameters()))
+        module.load_state_dict(checkpoint.state)
+        module.eval()
+        return module
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TrainedModel":
+        self.module.to(device=device, dtype=dtype)
+        for checkpoint in self.checkpoints:
+            checkpoint.state = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in checkpoint.state.items()}
+        return self
+
+
+def mean_loss(module: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(module(features), labels)
+
+
+def accuracy(module: nn.Module, data: Dataset) -> float:
+    predicted, _ = predict(module, data)
+    return float((predicted == data.labels.cpu().numpy()).mean())
+
+
+def predict(module: nn.Module, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted class of every point and the model's probability for it."""
+    with torch.no_grad():
+        probabilities = torch.softmax(module(data.features.to(next(module.parameters()))), dim=1).cpu()
+    confidence, predicted = probabilities.max(dim=1)
+    return predicted.numpy(), confidence.numpy()
+
+
+def train_model(
+    config: ModelConfig,
+    train: Dataset,
+    train_config: TrainConfig | None = None,
+    *,
+    sample_weights: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[float], None] | None = None,
+) -> TrainedModel:
+    """Train a zoo model from a seeded initialisation.
+
+    The loss is the (optionally weighted) mean cross-entropy plus ``weight_decay / 2 *
+    ||theta||^2``; the same seed gives the same initialisation and the same batch order.
+    """
+    train_config = train_config or default_train_config(config.arch)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    torch.manual_seed(train_config.seed)
+    module = build_model(config).to(device)
+    features = train.features.to(device)
+    labels = train.labels.to(device)
+    weights = torch.ones(len(labels), device=device) if sample_weights is None else sample_weights.to(device)
+    n = len(labels)
+
+    def objective(rows: torch.Tensor | slice) -> torch.Tensor:
+        losses = nn.functional.cross_entropy(module(features[rows]), labels[rows], reduction="none")
+        penalty = 0.5 * train_config.weight_decay * sum((p * p).sum() for p in module.parameters())
+        return (losses * weights[rows]).sum() / weights[rows].sum().clamp_min(1e-12) + penalty
+
+    checkpoint_epochs = sorted({
+        max(1, round(train_config.epochs * (i + 1) / train_config.n_checkpoints))
+        for i in range(train_config.n_checkpoints)
+    })
+    trained = TrainedModel(module, config, train_config)
+
+    if train_config.optimizer == "lbfgs":
+        optimizer = torch.optim.LBFGS(module.parameters(), lr=train_config.lr, max_iter=20,
+                                      tolerance_grad=1e-10, tolerance_change=1e-14,
+                                      history_size=50, line_search_fn="strong_wolfe")
+    elif train_config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(module.parameters(), lr=train_config.lr, momentum=0.9)
+    else:
+        optimizer = torch.optim.Adam(module.parameters(), lr=train_config.lr)
+
+    for epoch in range(1, train_config.epochs + 1):
+        module.train()
+        if train_config.optimizer == "lbfgs":
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad()
+                loss = objective(slice(None))
+                loss.backward()
+                return loss
+            epoch_loss = float(optimizer.step(closure).detach())
+        else:
+            order = torch.randperm(n, generator=generator).to(device)
+            total = 0.0
+            for start in range(0, n, train_config.batch_size):
+                rows = order[start:start + train_config.batch_size]
+                optimizer.zero_grad()
+                loss = objective(rows)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(rows)
+            epoch_loss = total / n
+        converged = bool(train_config.optimizer == "lbfgs" and trained.history
+                         and abs(trained.history[-1] - epoch_loss) <= 1e-12 * max(1.0, abs(epoch_loss)))
+        trained.history.append(epoch_loss)
+        if converged:
+            # Full-batch L-BFGS has reached the optimum: later epochs would change nothing.
+            epoch = train_config.epochs
+        if epoch in checkpoint_epochs:
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            trained.checkpoints.append(Checkpoint(state, train_config.lr, epoch))
+        if progress is not None:
+            progress(epoch / train_config.epochs)
+        if converged:
+            break
+    module.eval()
+    return trained
+
+
+def save_model(trained: TrainedModel, directory: str | Path) -> Path:
+    """Write ``model.safetensors`` (final weights and checkpoints) and ``config.json``.
+
+    Both are written to temporary names and renamed, config last, so a reader never sees a
+    config without its weights."""
+    directory = Path(directory)
+    weights, config = weights_files(trained)
+    atomic_write_bytes(directory / "model.safetensors", weights)
+    atomic_write_bytes(directory / "config.json", config)
+    return directory
+
+
+def weights_files(trained: TrainedModel) -> tuple[bytes, bytes]:
+    """The safetensors bytes (final weights as ``final.*``, checkpoints as ``checkpointN.*``)
+    and the JSON config of a zoo model: what :func:`save_model` writes, and a model upload."""
+    from safetensors.torch import save
+
+    config = trained.zoo_config("saving as safetensors")
+    tensors = {f"final.{k}": v.detach().cpu().contiguous() for k, v in trained.module.state_dict().items()}
+    for index, checkpoint in enumerate(trained.checkpoints):
+        tensors.update({f"checkpoint{index}.{k}": v.detach().cpu().contiguous() for k, v in checkpoint.state.items()})
+    payload = {
+        "model": config.to_json(),
+        "training": trained.train_config.to_json(),
+        "checkpoints": [{"lr": c.lr, "epoch": c.epoch} for c in trained.checkpoints],
+        "history": trained.history,
+    }
+    return save(tensors), json.dumps(payload, indent=2).encode()
+
+
+def load_model(directory: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
+    """Load what :func:`save_model` wrote. Raises :class:`GDAError` on a missing or bad file."""
+    directory = Path(directory)
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise GDAError(f"{directory} needs both config.json and model.safetensors")
+    return _load_safetensors(weights_path.read_bytes(), config_path.read_bytes(), weights_path.name,
+                             config_path.name, device)
+
+
+def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, config_name: str,
+                      device: torch.device | str) -> TrainedModel:
+    """A zoo model from safetensors bytes and its JSON config: either :func:`save_model`'s
+    ``{"model": {...}, "training": ..., "checkpoints": ...}`` with ``final.*`` tensors, or
+    the bare :class:`ModelConfig` fields with a plain state dict."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        payload = json.loads(config_text)
+        if not isinstance(payload, dict):
+            raise TypeError("expected a JSON object")
+        config = ModelConfig.from_json(payload["model"] if "model" in payload else payload)
+        train_config = TrainConfig(**payload.get("training", {}))
+        checkpoint_meta = [(float(meta["lr"]), int(meta["epoch"])) for meta in payload.get("checkpoints", [])]
+    except GDAError as error:
+        raise GDAError(f"{config_name}: {error}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GDAError(f"{config_name} is not a valid model config ({reason[:80]})") from None
+    try:
+        tensors = {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in load(weights).items()}
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable header"
+        raise GDAError(f"{weights_name} is not a valid safetensors file ({reason[:80]})") from None
+    # Built on the meta device and given the file's tensors: a config asking for huge layers
+    # costs nothing until it is checked against the weights actually there.
+    with torch.device("meta"):
+        module = build_model(config)
+    final = ({k.removeprefix("final."): v for k, v in tensors.items() if k.startswith("final.")}
+             if any(k.startswith("final.") for k in tensors) else tensors)
+    try:
+        module.load_state_dict(final, assign=True)
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())  # torch's message spans lines and tabs
+        reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")
+        raise GDAError(f"weights do not fit the {config.arch} config: {reason[:160]}") from None
+    module.eval()
+    checkpoints = []
+    for index, (lr, epoch) in enumerate(checkpoint_meta):
+        prefix = f"checkpoint{index}."
+        state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        checkpoints.append(Checkpoint(state, lr, epoch))
+    return TrainedModel(module, config, train_config, checkpoints, list(payload.get("history", [])))
+
+
+
+def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = None) -> ModelConfig:
+    """The zoo config of ``arch`` sized for ``data``."""
+    kwargs = {} if hidden is None else {"hidden": hidden}
+    return ModelConfig(arch=arch, n_features=data.n_features, n_classes=data.n_classes,
+                       image_shape=data.image_shape, **kwargs)
+
+
+def demo_model(
+    arch: str,
+    train: Dataset,
+    cache_dir: str | Path,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Callable[[float], None] | None = None,
+) -> TrainedModel:
+    """The built-in demo model for a data set: trained on first use, then loaded from the cache.
+
+    The cache folder is named by the data fingerprint, architecture and training config, so a
+    change in any of them trains a new model rather than reusing a stale one."""
+    config = model_config_for(arch, train)
+    train_config = default_train_config(arch, seed=seed)
+    key = json.dumps([train.fingerprint(), config.to_json(), train_config.to_json()], sort_keys=True)
+
+    folder = Path(cache_dir) / "models" / f"{train.name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (folder / "config.json").is_file():
+        try:
+            return load_model(folder, device=device)
+        except GDAError:
+            pass  # a damaged cache entry is retrained, never used
+    trained = train_model(config, train, train_config, device=device, progress=progress)
+    save_model(trained, folder)
+    return trained

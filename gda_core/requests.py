@@ -1,0 +1,380 @@
+"""Every request the engine takes, with one shared validation of the choices they name.
+
+A request names everything a run depends on. Each is a dataclass validated in
+``__post_init__`` (a bad choice is one :class:`GDAError` line) and saved as JSON beside its
+results. The hierarchy shares the checks rather than copying them:
+
+- :class:`Choices`: data, model, seed and device (every request);
+- :class:`ScoringSpec`: plus a method (with its options) and a grouping (attribution, flagging,
+  noisy-label evaluation, pruning);
+- :class:`AttributionRequest`, :class:`FlagRequest`, :class:`NoisyConfig`, :class:`PruneConfig`,
+  :class:`SweepConfig` (with its :class:`GoldConfig`) and :class:`EmbeddingRequest`.
+
+Method, grouping and executor names are checked against the registries in
+:mod:`gda_core.registry`, which the implementations fill when ``gda_core`` is imported. The
+command line builds its flags and their defaults from these fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from .errors import GDAError
+from .inputs.choices import check_data_choice, check_model_choice, input_fingerprints, is_zoo_model
+from .inputs.datasets import DataSplit
+from .inputs.zoo import ARCHITECTURES, TrainedModel
+from .io import content_key
+from .registry import EXECUTORS, GROUPINGS, METHODS
+
+DEVICES = ("auto", "cpu", "cuda")
+#: request fields that say where a run is computed, not what: they never change the results
+PLACEMENT_FIELDS = ("device", "executor", "ray_address")
+GOLDS = ("lds", "further-training", "leave-group-out")
+SIGNALS = ("self-influence", "validation")
+BASELINES = ("loss", "confident-learning")
+EMBEDDERS = ("umap", "pca")
+EMBEDDING_SPACES = ("features", "inputs")
+GOLD_OPTIMIZERS = ("sgd", "adam")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GDAError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def check_device(name: str) -> None:
+    if name not in DEVICES:
+        raise GDAError(f"unknown device {name!r}; choose from: {', '.join(DEVICES)}")
+
+
+def check_executor(name: str, ray_address: str | None = None) -> None:
+    """A one-line error for an unknown executor, one that cannot run here, or a cluster
+    address without the executor that uses it."""
+    EXECUTORS.get_checked(name).check_available()
+    if ray_address is not None and name != "ray":
+        raise GDAError(f"--ray-address needs --executor ray, not {name!r}")
+
+
+def check_method(name: str, options: dict | None = None) -> None:
+    """A registered method whose options build (a bad option fails here, with its own message)."""
+    METHODS.get_checked(name).make_options(**(options or {}))
+
+
+def check_grouping(name: str, n_groups: int | None) -> None:
+    grouping = GROUPINGS.get_checked(name)
+    if n_groups is None and not grouping.fixed_group_count:
+        raise GDAError(f"grouping {name!r} needs a number of groups (--groups K)")
+    if n_groups is not None and n_groups < 1:
+        raise GDAError(f"number of groups must be >= 1, got {n_groups}")
+
+
+def check_interval(name: str, value: float, low: float, high: float, *, low_closed: bool = False,
+                   high_closed: bool = False) -> None:
+    """``value`` inside the interval from ``low`` to ``high`` (ends included as asked), or one line."""
+    inside = (low <= value if low_closed else low < value) and (value <= high if high_closed else value < high)
+    if not inside:
+        interval = f"{'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+        raise GDAError(f"{name} must lie in {interval}, got {value}")
+
+
+class Request:
+    """What every request shares: JSON form and the identity its results are stored under."""
+
+    #: the store's kind of the results (``scores``, ``flags``, ...); set by subclasses
+    result_kind: ClassVar[str] = ""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def params(self) -> dict:
+        """What the results depend on: the request without where it runs."""
+        return {k: v for k, v in self.to_json().items() if k not in PLACEMENT_FIELDS}
+
+
+@dataclass
+class Choices(Request):
+    """The data and model a run uses (built-in names or file paths), its seed and device."""
+
+    data: str = "digits"
+    model: str = "mlp"
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_data_choice(self.data)
+        check_model_choice(self.model)
+        check_device(self.device)
+
+    def identity(self, split: DataSplit, model: TrainedModel) -> dict:
+        """What the result depends on: the request (where it runs aside), and the fingerprints
+        of the data and of the model's weights, so a retrained model is a different run."""
+        return {**self.params(), **input_fingerprints(split, model)}
+
+    def key(self, split: DataSplit, model: TrainedModel) -> str:
+        """The store's content key of this request."""
+        return content_key(self.result_kind, self.identity(split, model))
+
+
+@dataclass
+class ScoringSpec(Choices):
+    """Which method and grouping score the training points."""
+
+    method: str = "if-cg"
+    grouping: str = "per-example"
+    n_groups: int | None = None
+    method_options: dict = field(default_factory=dict)
+    grouping_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_method(self.method, self.method_options)
+        check_grouping(self.grouping, self.n_groups)
+
+
+@dataclass
+class AttributionRequest(ScoringSpec):
+    """Everything one attribution run depends on."""
+
+    result_kind: ClassVar[str] = "scores"
+
+    method: str = "grad-dot"
+    grouping: str = "grad-kmeans"
+    #: the first this many test points (None: all of them)
+    test_size: int | None = 200
+    #: where the training side runs: "local" (this process) or "ray" (shards on a cluster)
+    executor: str = "local"
+    #: the Ray cluster to use ("auto": the one `ray start` made here); None: a local Ray for the run
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.test_size is not None and self.test_size < 1:
+            raise GDAError(f"test size must be >= 1, got {self.test_size}")
+        check_executor(self.executor, self.ray_address)
+
+
+@dataclass
+class FlagRequest(ScoringSpec):
+    """Flag the training points of a data set and model, most suspicious first."""
+
+    result_kind: ClassVar[str] = "flags"
+
+    signal: str = "self-influence"
+    #: grouped runs re-score per example the top groups covering this fraction of the points
+    refine_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.signal not in SIGNALS:
+            raise GDAError(f"unknown signal {self.signal!r}; choose from: {', '.join(SIGNALS)}")
+        check_interval("refine fraction", self.refine_fraction, 0.0, 1.0, low_closed=True, high_closed=True)
+
+
+def _check_retrainable(model: str, command: str) -> None:
+    """Noisy-label evaluation and pruning retrain the model from scratch, so they need an
+    architecture, not a file of trained weights."""
+    if not is_zoo_model(model):
+        raise GDAError(f"{command} retrains the model from scratch, so it needs a zoo architecture "
+                       f"({', '.join(ARCHITECTURES)}), not an uploaded model file")
+
+
+@dataclass
+class NoisyConfig(FlagRequest):
+    """Flip a fraction of the training labels (seeded), retrain, flag, and measure how many
+    flips each ranking finds against the fraction of the training set inspected."""
+
+    result_kind: ClassVar[str] = "noisy"
+
+    #: fraction of the training labels flipped
+    flip: float = 0.1
+    #: held-out stratified part of the training split
+    validation_fraction: float = 0.1
+    baselines: tuple[str, ...] = BASELINES
+    #: folds of the cross-validated probabilities Confident Learning needs
+    cl_folds: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.baselines = tuple(self.baselines)
+        check_interval("flip fraction", self.flip, 0.0, 1.0)
+        check_interval("validation fraction", self.validation_fraction, 0.0, 0.5)
+        _check_retrainable(self.model, "noisy")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise GDAError(f"unknown baseline {', '.join(unknown)}; choose from: {', '.join(BASELINES)}")
+        if self.cl_folds < 2:
+            raise GDAError(f"Confident Learning needs at least 2 folds, got {self.cl_folds}")
+
+
+@dataclass
+class PruneConfig(ScoringSpec):
+    """Remove the lowest-value groups (by total influence on the validation loss) at several
+    fractions, retrain, and compare test accuracy with removing random groups."""
+
+    result_kind: ClassVar[str] = "prune"
+
+    method: str = "if-cg"
+    grouping: str = "grad-kmeans"
+    #: fractions of the training points removed
+    fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
+    #: retraining seeds averaged
+    seeds: int = 3
+    #: held-out stratified part of the training split
+    validation_fraction: float = 0.1
+    #: flip this fraction of labels first (0: the clean data)
+    flip: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.fractions = tuple(float(f) for f in self.fractions)
+        if not self.fractions:
+            raise GDAError("name at least one fraction to remove")
+        for fraction in self.fractions:
+            check_interval("fractions removed", fraction, 0.0, 1.0)
+        if self.seeds < 1:
+            raise GDAError(f"seeds must be >= 1, got {self.seeds}")
+        check_interval("flip fraction", self.flip, 0.0, 1.0, low_closed=True)
+        check_interval("validation fraction", self.validation_fraction, 0.0, 0.5)
+        _check_retrainable(self.model, "prune")
+
+
+@dataclass
+class Recipe:
+    """How trained copies of a model are trained (gold standards, retraining).
+    ``normalize='batch'`` divides a batch's weighted loss by the batch size, so a weight is an
+    absolute up-weighting (further training); ``'weights'`` divides by the batch's total
+    weight, i.e. trains on the weighted subset (retraining on subsets, as ``train_model`` does)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    normalize: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in GOLD_OPTIMIZERS:
+            raise GDAError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise GDAError("need lr > 0, batch_size >= 1, weight_decay >= 0 and 0 <= momentum < 1")
+        if self.normalize not in ("batch", "weights"):
+            raise GDAError(f"normalize must be 'batch' or 'weights', got {self.normalize!r}")
+
+    @classmethod
+    def of_model(cls, model: TrainedModel) -> "Recipe":
+        """The model's own training recipe. Full-batch L-BFGS (logistic regression) has no
+        batched form; Adam on full batches reaches the same convex optimum."""
+        config = model.train_config
+        if config.optimizer == "lbfgs":
+            return cls(optimizer="adam", lr=0.05, batch_size=config.batch_size,
+                       weight_decay=config.weight_decay, normalize="weights")
+        return cls(optimizer=config.optimizer, lr=config.lr, batch_size=config.batch_size,
+                   weight_decay=config.weight_decay, momentum=0.9 if config.optimizer == "sgd" else 0.0,
+                   normalize="weights")
+
+
+@dataclass
+class GoldConfig:
+    """Which gold standard a sweep compares against, and its parameters."""
+
+    kind: str = "lds"
+    #: LDS: number of subset models
+    n_subsets: int = 50
+    #: LDS: fraction of groups kept per subset
+    alpha: float = 0.5
+    #: further training: horizons in epochs
+    epochs: tuple[float, ...] = (1.0,)
+    #: seeds averaged in the gold standard
+    seeds: int = 1
+    #: further training: up-weighting (1 + epsilon); None leaves the group out
+    epsilon: float | None = 1.0
+    #: further training learning rate
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    batch_size: int = 64
+    measurement: str = "loss"
+
+    def __post_init__(self) -> None:
+        self.epochs = tuple(float(e) for e in self.epochs)
+        if self.kind not in GOLDS:
+            raise GDAError(f"unknown gold standard {self.kind!r}; choose from: {', '.join(GOLDS)}")
+        if self.seeds < 1 or self.n_subsets < 2:
+            raise GDAError("seeds must be >= 1 and n_subsets >= 2")
+        self.recipe()  # validates
+
+    def recipe(self) -> Recipe:
+        return Recipe(optimizer=self.optimizer, lr=self.lr, batch_size=self.batch_size)
+
+
+@dataclass
+class SweepConfig(Choices):
+    """Every combination of methods x groupings x group counts, against one gold standard."""
+
+    result_kind: ClassVar[str] = "sweep"
+
+    methods: tuple[str, ...] = ("grad-dot", "if-arnoldi")
+    groupings: tuple[str, ...] = ("random", "grad-kmeans")
+    #: group counts K
+    group_counts: tuple[int, ...] = (15, 150)
+    #: also the K = N per-example point
+    per_example: bool = True
+    test_size: int = 100
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    #: also run each influence method with damping 1 / (lr x T) for every further-training horizon T
+    horizon_matched: bool = False
+    #: options per method name
+    method_options: dict = field(default_factory=dict)
+    top_k: int = 10
+    #: where the methods' training side runs; like the device, not part of the sweep's cache
+    #: key (its result's config records them with the wall times)
+    executor: str = "local"
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_executor(self.executor, self.ray_address)
+        self.methods, self.groupings = tuple(self.methods), tuple(self.groupings)
+        self.group_counts = tuple(int(k) for k in self.group_counts)
+        for name in self.methods:
+            check_method(name, self.method_options.get(name, {}))
+        for name in self.groupings:
+            GROUPINGS.check(name)
+        if any(k < 1 for k in self.group_counts):
+            raise GDAError("group counts must be >= 1")
+        if self.test_size < 1:
+            raise GDAError("test size must be >= 1")
+        if isinstance(self.gold, dict):
+            self.gold = GoldConfig(**self.gold)
+
+
+@dataclass
+class EmbeddingRequest(Choices):
+    """A 2-D map of the training (and test) points of one data set and model.
+
+    ``space="features"`` embeds the model's hidden representation (what its last layer sees),
+    ``"inputs"`` the raw inputs. ``embedder="pca"`` is a fast stand-in for UMAP, whose numba
+    compile costs ~35 s in every new process: that is why embeddings run as store-cached jobs."""
+
+    result_kind: ClassVar[str] = "umap"
+
+    space: str = "features"
+    embedder: str = "umap"
+    n_neighbors: int = 15
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.embedder not in EMBEDDERS:
+            raise GDAError(f"unknown embedder {self.embedder!r}; choose from: {', '.join(EMBEDDERS)}")
+        if self.space not in EMBEDDING_SPACES:
+            raise GDAError(f"unknown embedding space {self.space!r}; choose from: {', '.join(EMBEDDING_SPACES)}")
+        if self.n_neighbors < 2:
+            raise GDAError(f"n_neighbors must be >= 2, got {self.n_neighbors}")

@@ -1,0 +1,205 @@
+"""Plotly figure builders. Plain functions returning figures, testable without Streamlit."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+
+from ..errors import GDAError
+from ..inputs.datasets import Dataset
+
+SIGN_NOTE = ("A group is a set of training points scored together. Positive score: up-weighting "
+             "the group lowers this test point's loss (it helps); negative: it hurts.")
+
+
+def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8) -> go.Figure:
+    """Small grey-scale images side by side (e.g. digits), one title each."""
+    images = np.asarray(images, dtype=float)
+    figure = px.imshow(images, facet_col=0, facet_col_wrap=min(columns, len(images)),
+                       binary_string=False, color_continuous_scale="gray_r", aspect="equal")
+    # Plotly lists the facet titles bottom row first while image 0 sits top left: match each
+    # title to its image by the facet index it names ("facet_col=3"), not by position.
+    for annotation in figure.layout.annotations:
+        annotation.text = titles[int(annotation.text.rsplit("=", 1)[-1])]
+    figure.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
+    figure.update_layout(coloraxis_showscale=False, margin=dict(l=0, r=0, t=30, b=0),
+                         height=120 * int(np.ceil(len(images) / columns)) + 40)
+    return figure
+
+
+def class_count_figure(data: Dataset) -> go.Figure:
+    counts = np.bincount(data.labels.cpu().numpy(), minlength=data.n_classes)
+    figure = go.Figure(go.Bar(x=data.class_names, y=counts))
+    figure.update_layout(title="Training points per class", xaxis_title="class", yaxis_title="points",
+                         height=300, margin=dict(l=10, r=10, t=40, b=10))
+    return figure
+
+
+def group_scores_figure(rows: list[dict], title: str) -> go.Figure:
+    """Horizontal bars of group scores (rows from :func:`gda_core.attribution.pipeline.top_groups`)."""
+    labels = [f"group {row['group']} ({row['size']} pts, mostly '{row['majority_class']}')" for row in rows]
+    scores = [row["score"] for row in rows]
+    colours = ["#2a9d8f" if s > 0 else "#e76f51" for s in scores]
+    figure = go.Figure(go.Bar(x=scores, y=labels, orientation="h", marker_color=colours))
+    figure.update_layout(title=title, xaxis_title="score (positive = helps)", yaxis=dict(autorange="reversed"),
+                         height=60 + 28 * len(rows), margin=dict(l=10, r=10, t=40, b=10))
+    return figure
+
+
+GOLD_NAMES = {"lds": "LDS (subset retraining)", "further-training": "further training (FiMO)",
+              "leave-group-out": "leave-group-out retraining"}
+GROUPING_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star", "cross", "hexagon", "pentagon"]
+
+
+def fidelity_speed_figure(sweep: dict, metric: str | None = None) -> go.Figure:
+    """Fidelity against wall time (log axis) from :func:`gda_core.evaluation.sweeps.run_sweep`: one line
+    per method (its points ordered by time), one marker shape per grouping, K on hover."""
+    metric = metric or sweep["metric"]
+    points = [p for p in sweep["points"] if p.get(metric) is not None and np.isfinite(p.get(metric))]
+    groupings = sorted({p["grouping"] for p in sweep["points"]})
+    symbols = {g: GROUPING_SYMBOLS[i % len(GROUPING_SYMBOLS)] for i, g in enumerate(groupings)}
+    figure = go.Figure()
+    for method in dict.fromkeys(p["method"] for p in points):
+        mine = sorted((p for p in points if p["method"] == method), key=lambda p: p["seconds"])
+        figure.add_trace(go.Scatter(
+            x=[p["seconds"] for p in mine], y=[p[metric] for p in mine], name=method, mode="lines+markers",
+            marker=dict(symbol=[symbols[p["grouping"]] for p in mine], size=10),
+            customdata=[[p["grouping"], p["n_groups"]] for p in mine],
+            hovertemplate=(f"{method}<br>%{{customdata[0]}}, K=%{{customdata[1]}}<br>"
+                           f"{metric} %{{y:.3f}}<br>%{{x:.3g}} s<extra></extra>"),
+        ))
+    for grouping, symbol in symbols.items():  # a legend entry per grouping's marker shape
+        figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"grouping: {grouping}",
+                                    marker=dict(symbol=symbol, size=10, color="grey")))
+    gold = GOLD_NAMES.get(sweep.get("gold", ""), sweep.get("gold", ""))
+    figure.update_layout(
+        title=f"Fidelity vs speed on {sweep['config']['data']} / {sweep['config']['model']} (gold: {gold})",
+        xaxis=dict(title="attribution time (s, log scale)", type="log"),
+        yaxis=dict(title=metric), height=480, margin=dict(l=10, r=10, t=50, b=10),
+    )
+    return figure
+
+
+GROUP_PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+MAP_COLOURS = ("group", "class", "score")
+#: red (hurts) to blue (helps) through grey, not white: most groups score near zero, and
+#: white points vanish on the white background
+SCORE_SCALE = [[0.0, "#b2182b"], [0.25, "#ef8a62"], [0.5, "#c8c8c8"], [0.75, "#67a9cf"], [1.0, "#2166ac"]]
+
+
+def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_names: list[str],
+                         group_labels: np.ndarray | None = None, *, group_scores: np.ndarray | None = None,
+                         helpful: list[int] = (), harmful: list[int] = (), test_xy: np.ndarray | None = None,
+                         test_labels: np.ndarray | None = None, selected_test: int | None = None,
+                         colour: str = "group", title: str = "Training points") -> go.Figure:
+    """The training points in 2-D, coloured by ``colour``: "group" (by class without groups),
+    "class", or "score" (each point's group score for the chosen test point, on a diverging
+    scale: with gradient K-means one large group of well-fit points often holds most of the
+    data, and colouring by score shows where the helpful and harmful mass lies).
+
+    Hover shows index, label, group and, with ``group_scores`` (one per group, for the chosen
+    test point), the group's score. Members of the ``helpful`` / ``harmful`` groups get green /
+    red rings; test points are grey crosses (a click on one selects it) and the chosen one a star.
+    The first trace always holds exactly the training points, in order."""
+    if colour not in MAP_COLOURS:
+        raise GDAError(f"colour must be one of {', '.join(MAP_COLOURS)}, got {colour!r}")
+    train_xy, train_labels = np.asarray(train_xy), np.asarray(train_labels)
+    colour_by = np.asarray(group_labels) if group_labels is not None else train_labels
+    names = np.array(class_names, dtype=object)[train_labels]
+    point_scores = (np.asarray(group_scores)[colour_by] if group_scores is not None and group_labels is not None
+                    else None)
+    custom = np.column_stack([np.arange(len(train_xy)), names, colour_by,
+                              point_scores if point_scores is not None else np.full(len(train_xy), np.nan)]).tolist()
+    score_line = "<br>group score %{customdata[3]:.3g}" if group_scores is not None else ""
+    if colour == "score" and point_scores is not None:
+        limit = float(np.abs(point_scores).max()) or 1.0
+        marker = dict(size=6, color=point_scores, colorscale=SCORE_SCALE, cmin=-limit, cmax=limit, opacity=0.85,
+                      colorbar=dict(title="group score", thickness=12))
+    else:
+        categories = train_labels if colour == "class" else colour_by
+        marker = dict(size=6, color=[GROUP_PALETTE[int(c) % len(GROUP_PALETTE)] for c in categories], opacity=0.8)
+    figure = go.Figure(go.Scatter(
+        x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points", marker=marker,
+        customdata=custom,
+        hovertemplate=("train #%{customdata[0]}<br>label %{customdata[1]}<br>group %{customdata[2]}"
+                       + score_line + "<extra></extra>"),
+    ))
+    for groups, colour, name in ((helpful, "#2a9d8f", "most helpful groups"), (harmful, "#e63946", "most harmful groups")):
+        members = np.flatnonzero(np.isin(colour_by, list(groups))) if len(groups) and group_labels is not None else []
+        if len(members):
+            figure.add_trace(go.Scatter(
+                x=train_xy[members, 0], y=train_xy[members, 1], mode="markers", name=name, hoverinfo="skip",
+                marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(color=colour, width=2)),
+            ))
+    if test_xy is not None:
+        test_xy = np.asarray(test_xy)
+        test_names = (np.array(class_names, dtype=object)[np.asarray(test_labels)] if test_labels is not None
+                      else np.full(len(test_xy), "?", dtype=object))
+        figure.add_trace(go.Scatter(
+            x=test_xy[:, 0], y=test_xy[:, 1], mode="markers", name="test points (click to choose)",
+            marker=dict(size=7, symbol="x-thin", line=dict(width=1, color="grey"), color="grey"), opacity=0.6,
+            customdata=np.column_stack([np.arange(len(test_xy)), test_names]).tolist(),
+            hovertemplate="test #%{customdata[0]}<br>label %{customdata[1]}<extra></extra>",
+        ))
+        if selected_test is not None:
+            figure.add_trace(go.Scatter(
+                x=[test_xy[selected_test, 0]], y=[test_xy[selected_test, 1]], mode="markers",
+                name=f"chosen test point #{selected_test}", hoverinfo="skip",
+                marker=dict(size=18, symbol="star", color="gold", line=dict(color="black", width=1)),
+            ))
+    figure.update_layout(title=title, height=560, margin=dict(l=10, r=10, t=40, b=10),
+                         xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
+                         legend=dict(orientation="h", yanchor="bottom", y=-0.08), clickmode="event+select")
+    return figure
+
+
+# --------------------------------------------------------------------- noisy labels, pruning
+RANKING_COLOURS = {"influence": "#1d3557", "loss": "#e76f51", "confident-learning": "#2a9d8f", "random": "#999999"}
+
+
+def noisy_detection_figure(evaluation: dict) -> go.Figure:
+    """Fraction of flipped labels found against the fraction of the training set inspected,
+    one line per ranking (from :func:`gda_core.evaluation.noisy.run_noisy`), with the area in the legend."""
+    figure = go.Figure()
+    for name, ranking in evaluation["rankings"].items():
+        figure.add_trace(go.Scatter(
+            x=ranking["inspected"], y=ranking["recall"], mode="lines",
+            name=f"{ranking['label']} (AUC {ranking['auc']:.3f}, {ranking['seconds']:.1f} s)",
+            line=dict(color=RANKING_COLOURS.get(name), dash="dash" if name == "random" else "solid"),
+            hovertemplate="inspected %{x:.0%}<br>found %{y:.1%}<extra></extra>",
+        ))
+    config = evaluation["config"]
+    figure.update_layout(
+        title=(f"Finding {evaluation['n_flipped']} flipped labels ({config['flip']:.0%}) on "
+               f"{config['data']} / {config['model']}"),
+        xaxis=dict(title="fraction of the training set inspected", tickformat=".0%", range=[0, 1]),
+        yaxis=dict(title="fraction of flipped labels found", tickformat=".0%", range=[0, 1.02]),
+        height=460, margin=dict(l=10, r=10, t=50, b=10), legend=dict(yanchor="bottom", y=0.02, xanchor="right", x=0.98),
+    )
+    return figure
+
+
+def pruning_figure(pruning: dict) -> go.Figure:
+    """Test accuracy against the fraction of training points removed (from
+    :func:`gda_core.evaluation.pruning.run_pruning`): lowest-value groups first versus random groups,
+    mean over seeds with standard-error bars; the full-data accuracy at 0."""
+    fractions = [0.0] + list(pruning["fractions"])
+    full = pruning["full_accuracy"]
+    figure = go.Figure()
+    for key, label, colour in (("accuracy", "lowest-value groups removed", "#1d3557"),
+                               ("random_accuracy", "random groups removed", "#999999")):
+        points = [full] + pruning[key]
+        figure.add_trace(go.Scatter(
+            x=fractions, y=[p["mean"] for p in points], name=label, mode="lines+markers",
+            error_y=dict(type="data", array=[p["se"] for p in points], visible=True), line=dict(color=colour),
+            hovertemplate="removed %{x:.0%}<br>accuracy %{y:.1%}<extra></extra>",
+        ))
+    config = pruning["config"]
+    figure.update_layout(
+        title=(f"Pruning {config['data']} / {config['model']} by {config['method']} on {config['grouping']} "
+               f"(K={pruning['n_groups']}), {config['seeds']} seed(s)"),
+        xaxis=dict(title="fraction of training points removed", tickformat=".0%"),
+        yaxis=dict(title="test accuracy", tickformat=".0%"), height=420, margin=dict(l=10, r=10, t=50, b=10),
+    )
+    return figure

@@ -1,0 +1,104 @@
+"""Groupings are partitions into exactly K non-empty groups, deterministic by seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gda_core.attribution.grouping import Groups, kmeans_labels, make_grouping
+from gda_core.errors import GDAError
+from gda_core.inputs.datasets import Dataset
+from gda_core.registry import GROUPINGS
+
+SIZED = [name for name, cls in GROUPINGS.items() if not cls.fixed_group_count]
+
+
+def test_registry_lists_every_grouping():
+    expected = {"per-example", "random", "per-class", "inputs-kmeans", "repr-kmeans", "grad-kmeans",
+                "inputs-kmeans-per-class", "repr-kmeans-per-class", "grad-kmeans-per-class"}
+    assert expected == set(GROUPINGS)
+
+
+@pytest.mark.parametrize("name", SIZED)
+@pytest.mark.parametrize("n_groups", [1, 17, 60])
+def test_partition_into_exactly_k_nonempty_groups(zoo, small_digits, name, n_groups):
+    train, _ = small_digits
+    if name.endswith("per-class") and n_groups < train.n_classes:
+        with pytest.raises(GDAError, match="at least one group per class"):
+            make_grouping(name, n_groups).fit(train, zoo["mlp"].module)
+        return
+    groups = make_grouping(name, n_groups, seed=3).fit(train, zoo["mlp"].module)
+    assert groups.labels.shape == (len(train),)
+    assert groups.n_groups == n_groups
+    assert set(np.unique(groups.labels)) == set(range(n_groups))
+    again = make_grouping(name, n_groups, seed=3).fit(train, zoo["mlp"].module)
+    np.testing.assert_array_equal(groups.labels, again.labels)
+    if name.endswith("per-class"):
+        # every group holds one class only
+        classes = train.labels.numpy()
+        assert all(len(np.unique(classes[groups.labels == k])) == 1 for k in range(n_groups))
+
+
+def test_random_grouping_depends_on_seed_and_is_balanced(small_digits):
+    train, _ = small_digits
+    first = make_grouping("random", 30, seed=0).fit(train)
+    second = make_grouping("random", 30, seed=1).fit(train)
+    assert not np.array_equal(first.labels, second.labels)
+    assert first.sizes.max() - first.sizes.min() <= 1
+
+
+def test_fixed_groupings(small_digits):
+    train, _ = small_digits
+    per_example = make_grouping("per-example").fit(train)
+    assert per_example.n_groups == len(train) and (per_example.sizes == 1).all()
+    per_class = make_grouping("per-class").fit(train)
+    assert per_class.n_groups == 10
+    np.testing.assert_array_equal(per_class.labels, train.labels.numpy())
+    with pytest.raises(GDAError, match="K = number of classes"):
+        make_grouping("per-class", 4).fit(train)
+
+
+def test_kmeans_with_duplicate_points_still_gives_k_groups():
+    """Fewer distinct points than clusters: empty clusters are filled, never dropped."""
+    features = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)  # 3 distinct points, 30 rows
+    labels = kmeans_labels(features, 7, seed=0)
+    assert set(np.unique(labels)) == set(range(7))
+
+
+def test_grad_kmeans_groups_are_more_alike_in_gradient_space_than_random(zoo, small_digits):
+    from gda_core.attribution.grads import GradientEngine
+
+    train, _ = small_digits
+    engine = GradientEngine(zoo["mlp"].module, last_layer_only=True)
+    gradients = engine.stacked(engine.per_example_gradients(train), len(train)).numpy()
+
+    def within_spread(groups: Groups) -> float:
+        return sum(((gradients[groups.labels == k] - gradients[groups.labels == k].mean(0)) ** 2).sum()
+                   for k in range(groups.n_groups))
+
+    kmeans = make_grouping("grad-kmeans", 20).fit(train, zoo["mlp"].module)
+    random = make_grouping("random", 20).fit(train)
+    assert within_spread(kmeans) < 0.7 * within_spread(random)
+
+
+@pytest.mark.parametrize("n_groups", [0, -3, 401])
+def test_bad_group_counts(small_digits, n_groups):
+    train, _ = small_digits
+    with pytest.raises(GDAError, match="between 1 and the training set size 400"):
+        make_grouping("random", n_groups).fit(train)
+
+
+def test_unknown_grouping_and_missing_model(small_digits):
+    train, _ = small_digits
+    with pytest.raises(GDAError, match="unknown grouping"):
+        make_grouping("clusters", 5)
+    with pytest.raises(GDAError, match="needs the trained model"):
+        make_grouping("repr-kmeans", 5).fit(train)
+
+
+def test_groups_validate_their_labels():
+    with pytest.raises(GDAError, match="at least once"):
+        Groups(np.array([0, 0, 2]), 3)
+    tiny = Dataset(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    assert make_grouping("random", 4).fit(tiny).n_groups == 4

@@ -48,8 +48,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -82,63 +80,6 @@ def log(message: str) -> None:
 
 
 # ====================================================================== worker side
-class PeakMemory:
-    """Peak resident memory of this process over a phase, as an increase over the RSS at the
-    phase's start (see the module docstring); on CUDA also the device's peak allocation."""
-
-    def __init__(self, device) -> None:
-        self.device = device
-        self.how = "VmHWM reset via /proc/self/clear_refs"
-
-    @staticmethod
-    def _status_kb(field: str) -> int | None:
-        try:
-            text = Path("/proc/self/status").read_text()
-        except OSError:
-            return None
-        match = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.MULTILINE)
-        return int(match.group(1)) if match else None
-
-    @staticmethod
-    def _maxrss_kb() -> int:
-        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return value // 1024 if sys.platform == "darwin" else value  # bytes on macOS
-
-    def start(self) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.cuda_baseline = torch.cuda.memory_allocated()
-        self.baseline_kb = self._status_kb("VmRSS")
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-            self.reset = self.baseline_kb is not None
-        except OSError:
-            self.reset = False
-        if not self.reset:
-            self.how = "ru_maxrss minus RSS at phase start (upper bound: no peak reset here)"
-            if self.baseline_kb is None:
-                self.baseline_kb = self._maxrss_kb()
-
-    def stop(self) -> dict:
-        import torch
-
-        peak_kb = self._status_kb("VmHWM") if self.reset else None
-        if peak_kb is None:
-            peak_kb = self._maxrss_kb()
-        host_mb = max(0, peak_kb - self.baseline_kb) / 1024
-        out = {"host_peak_mb": round(host_mb, 1)}
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            out["peak_mb"] = round((torch.cuda.max_memory_allocated() - self.cuda_baseline) / 2**20, 1)
-        else:
-            out["peak_mb"] = out["host_peak_mb"]
-        return out
-
-
 def _busy_cpu_seconds() -> float | None:
     """CPU seconds all processes on the machine have used (from /proc/stat), or None."""
     try:
@@ -231,6 +172,8 @@ def worker(spec: dict) -> dict:
     torch, device, train, test = _setup(spec)
     work = Path(spec["work_dir"])
     job = spec["job"]
+    from gda_core.evaluation.memory import PeakMemory
+
     clock, memory = Clock(device), PeakMemory(device)
 
     if job == "train":
@@ -480,6 +423,7 @@ def main(argv=None) -> int:
     import torch
 
     from gda_core.attribution.methods.curvature import CurvatureOperator
+    from gda_core.evaluation.memory import PeakMemory
     from gda_core.registry import METHODS
     from gda_core.requests import resolve_device
 

@@ -17,3 +17,9 @@ def unexpected_reason(error: BaseException, what: str) -> str:
     of a traceback (and the user can report it)."""
     return (f"{what} failed unexpectedly ({type(error).__name__}: {first_line(error, default='')}); "
             f"please report this as a bug")
+
+
+def check_choice(what: str, value: object, choices) -> None:
+    """A one-line error naming the choices when ``value`` is not one of them."""
+    if not isinstance(value, str) or value not in choices:
+        raise GDAError(f"unknown {what} {value!r}; choose from: {', '.join(choices)}")

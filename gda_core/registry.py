@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from .errors import GDAError
+from .errors import check_choice
 
 T = TypeVar("T")
 
@@ -28,8 +28,7 @@ class Registry(dict, Generic[T]):
 
     def check(self, name: object) -> None:
         """A one-line error naming the choices when ``name`` is not registered."""
-        if not isinstance(name, str) or name not in self:
-            raise GDAError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self)}")
+        check_choice(self.kind, name, self)
 
     def get_checked(self, name: str) -> T:
         self.check(name)

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 
-from .errors import GDAError
+from .errors import GDAError, check_choice
 from .inputs.choices import check_data_choice, check_model_choice, input_fingerprints, is_zoo_model
 from .inputs.datasets import DataSplit
 from .inputs.zoo import ARCHITECTURES, TrainedModel
@@ -52,8 +52,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_device(name: str) -> None:
-    if name not in DEVICES:
-        raise GDAError(f"unknown device {name!r}; choose from: {', '.join(DEVICES)}")
+    check_choice("device", name, DEVICES)
 
 
 def check_executor(name: str, ray_address: str | None = None) -> None:
@@ -174,8 +173,7 @@ class FlagRequest(ScoringSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.signal not in SIGNALS:
-            raise GDAError(f"unknown signal {self.signal!r}; choose from: {', '.join(SIGNALS)}")
+        check_choice("signal", self.signal, SIGNALS)
         check_interval("refine fraction", self.refine_fraction, 0.0, 1.0, low_closed=True, high_closed=True)
 
 
@@ -305,8 +303,7 @@ class GoldConfig:
 
     def __post_init__(self) -> None:
         self.epochs = tuple(float(e) for e in self.epochs)
-        if self.kind not in GOLDS:
-            raise GDAError(f"unknown gold standard {self.kind!r}; choose from: {', '.join(GOLDS)}")
+        check_choice("gold standard", self.kind, GOLDS)
         if self.seeds < 1 or self.n_subsets < 2:
             raise GDAError("seeds must be >= 1 and n_subsets >= 2")
         self.recipe()  # validates
@@ -372,9 +369,7 @@ class EmbeddingRequest(Choices):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.embedder not in EMBEDDERS:
-            raise GDAError(f"unknown embedder {self.embedder!r}; choose from: {', '.join(EMBEDDERS)}")
-        if self.space not in EMBEDDING_SPACES:
-            raise GDAError(f"unknown embedding space {self.space!r}; choose from: {', '.join(EMBEDDING_SPACES)}")
+        check_choice("embedder", self.embedder, EMBEDDERS)
+        check_choice("embedding space", self.space, EMBEDDING_SPACES)
         if self.n_neighbors < 2:
             raise GDAError(f"n_neighbors must be >= 2, got {self.n_neighbors}")

@@ -35,7 +35,7 @@ from typing import Callable, ClassVar, Iterator
 import numpy as np
 import torch
 
-from ..errors import GDAError
+from ..errors import GDAError, first_line
 from ..inputs.datasets import Dataset, load_builtin
 from ..inputs.zoo import ModelConfig, ZooModel, module_from_arrays, state_arrays
 from ..progress import FractionDone, no_fraction
@@ -353,9 +353,9 @@ class RayExecutor(Executor):
             try:
                 ray.init(logging_level=logging.WARNING, **options)
             except Exception as error:  # noqa: BLE001 - any start failure is one line for the user
-                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                first = first_line(error, width=10_000)
                 where = "a local Ray" if self.address is None else f"the Ray cluster at {self.address!r}"
-                raise GDAError(f"could not start or reach {where}: {first_line}") from None
+                raise GDAError(f"could not start or reach {where}: {first}") from None
             self._started = True
         return ray
 

@@ -146,26 +146,23 @@ class GroupingStrategy:
     def fit(self, train: Dataset, model: torch.nn.Module | None = None) -> Groups:
         if self.needs_model and model is None:
             raise GDAError(f"grouping {self.name!r} needs the trained model")
-        n_groups = self._resolve_group_count(train)
-        _check_group_count(n_groups, len(train))
-        labels = self._labels(train, model, n_groups)
+        if self.fixed_group_count:
+            # The grouping fixes K itself (N points, C classes): its labels say what K is.
+            labels = self._labels(train, model, None)
+            n_groups = int(labels.max()) + 1
+            if self.n_groups not in (None, n_groups):
+                raise GDAError(f"{self.name} grouping has K = {self.fixed_count_name} = {n_groups}, got {self.n_groups}")
+        else:
+            if self.n_groups is None:
+                raise GDAError(f"grouping {self.name!r} needs a number of groups")
+            n_groups = int(self.n_groups)
+            _check_group_count(n_groups, len(train))
+            labels = self._labels(train, model, n_groups)
         self.labels_ = labels
         return Groups(labels, n_groups, self.name)
 
-    def _resolve_group_count(self, train: Dataset) -> int:
-        if self.fixed_count_name:
-            fixed = self._fixed_count(train)
-            if self.n_groups not in (None, fixed):
-                raise GDAError(f"{self.name} grouping has K = {self.fixed_count_name} = {fixed}, got {self.n_groups}")
-            return fixed
-        if self.n_groups is None:
-            raise GDAError(f"grouping {self.name!r} needs a number of groups")
-        return int(self.n_groups)
-
-    def _fixed_count(self, train: Dataset) -> int:
-        raise NotImplementedError
-
-    def _labels(self, train: Dataset, model: torch.nn.Module | None, n_groups: int) -> np.ndarray:
+    def _labels(self, train: Dataset, model: torch.nn.Module | None, n_groups: int | None) -> np.ndarray:
+        """The group of every training point (``n_groups`` is None where the grouping fixes K)."""
         raise NotImplementedError
 
 
@@ -173,9 +170,6 @@ class PerExample(GroupingStrategy):
     name = "per-example"
     description = "one point per group (K = N): classic per-example attribution"
     fixed_count_name = "N"
-
-    def _fixed_count(self, train: Dataset) -> int:
-        return len(train)
 
     def _labels(self, train, model, n_groups):
         return np.arange(len(train))
@@ -193,12 +187,11 @@ class RandomGrouping(GroupingStrategy):
 
 
 class PerClass(GroupingStrategy):
+    """The classes present, in sorted order, are the groups."""
+
     name = "per-class"
     description = "one group per class (K = number of classes present)"
     fixed_count_name = "number of classes"
-
-    def _fixed_count(self, train: Dataset) -> int:
-        return int(len(np.unique(train.labels.numpy())))
 
     def _labels(self, train, model, n_groups):
         _, labels = np.unique(train.labels.numpy(), return_inverse=True)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from ..errors import GDAError
+from ..errors import GDAError, first_line
 from .datasets import Dataset
 from .safety import UploadLimits, checked_zip, read_entry, read_upload, refuse_pickle
 from .zoo import TrainedModel, ZooModel, _load_safetensors
@@ -96,14 +96,14 @@ def _load_program(payload: bytes, name: str, device: torch.device | str, limits:
         raise GDAError(f"{name} holds pickled objects beyond plain tensors, which are never loaded "
                        f"(they could run code); export plain tensors") from None
     except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        reason = first_line(error, width=100)
         if reason.startswith("We ran into an error when deserializing"):  # it points at logs we silenced
             reason = "no readable exported program in the archive"
         raise GDAError(f"{name} is not a valid torch.export program ({reason})") from None
     try:
         module: nn.Module = program.module()
     except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        reason = first_line(error, width=100)
         raise GDAError(f"{name}: the exported program cannot be turned into a module ({reason})") from None
     width = _input_width(module)
     module = _as_zoo_model(program, module, width)
@@ -199,7 +199,7 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
         with torch.no_grad():
             logits = module(sample)
     except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        reason = first_line(error, width=100)
         raise GDAError(f"the model does not accept a batch of {len(sample)} rows of {data.n_features} features "
                        f"({reason}); export it with a dynamic batch dimension (torch.export.Dim)") from None
     if not isinstance(logits, torch.Tensor) or logits.shape[:1] != sample.shape[:1] or logits.ndim != 2:
@@ -220,7 +220,7 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
         labels = data.labels[:len(sample)].to(reference.device)
         gradients = vmap(grad(loss), in_dims=(None, 0, 0))(params, sample, labels)
     except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        reason = first_line(error, width=100)
         raise GDAError(f"the model cannot be differentiated per example with torch.func ({reason}); upload "
                        f"a .safetensors state dict of a zoo architecture instead") from None
     # A cross-entropy gradient is never exactly zero everywhere (the output bias alone gets

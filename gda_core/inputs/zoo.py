@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import GDAError
+from ..errors import GDAError, first_line
 from ..io import atomic_write_bytes
 from .datasets import Dataset
 
@@ -383,12 +383,12 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
     except GDAError as error:
         raise GDAError(f"{config_name}: {error}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise GDAError(f"{config_name} is not a valid model config ({reason[:80]})") from None
     try:
         tensors = {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in load(weights).items()}
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable header"
+        reason = first_line(error, default="unreadable header")
         raise GDAError(f"{weights_name} is not a valid safetensors file ({reason[:80]})") from None
     # Built on the meta device and given the file's tensors: a config asking for huge layers
     # costs nothing until it is checked against the weights actually there.

@@ -37,7 +37,9 @@ def _gda(arguments: list[str], cache: Path) -> dict | None:
     done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode != 0:
         raise SystemExit(f"gda {' '.join(arguments)} failed: {done.stderr.strip()}")
-    return json.loads(done.stdout) if "--json" in arguments[-1:] else None
+    at = arguments.index("--json") if "--json" in arguments else None
+    prints_json = at is not None and (at + 1 == len(arguments) or arguments[at + 1].startswith("--"))
+    return json.loads(done.stdout) if prints_json else None
 
 
 def run_all(cache: Path) -> dict[str, np.ndarray]:

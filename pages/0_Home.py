@@ -1,7 +1,7 @@
 """GDA Explorer: the home page. Pick or upload a data set and a model; see what they are.
 
 UI only: every number comes from gda_core, every chart from gda_core.viz; parsing and
-validation of uploads live in gda_core.uploads (a bad upload is one line in st.error).
+validation of uploads live in gda_core.inputs (a bad upload is one line in st.error).
 Run with `make app` (or `streamlit run app.py`).
 """
 

@@ -1,8 +1,8 @@
 """Noisy labels: flag suspicious training points, review them (keep / relabel / skip, undo,
 export), and see how well flagging finds labels flipped on purpose, and what pruning does.
 
-UI only: flagging, evaluation and pruning run as jobs (gda_core.noisy), decisions live in the
-store (gda_core.review), figures come from gda_core.viz."""
+UI only: flagging, evaluation and pruning run as jobs (gda_core.evaluation), decisions live in the
+store (gda_core.runs.review), figures come from gda_core.viz."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """One attribution request, end to end: data -> model -> grouping -> method -> scores.
 
-:class:`AttributionRequest` names everything a run depends on (validated on construction,
-saved as JSON beside results); :func:`run_attribution` carries it out and returns an
-:class:`AttributionResult`. The CLI and the app both go through here.
+:func:`run_attribution` carries out an :class:`~gda_core.requests.AttributionRequest` (which
+names everything a run depends on) and returns an :class:`AttributionResult`. The CLI and
+the app both go through here.
 """
 
 from __future__ import annotations

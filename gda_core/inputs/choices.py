@@ -169,8 +169,6 @@ def load_model_choice(choice: str, train: Dataset, cache_dir: str | Path, *, see
     return model
 
 
-
-
 def input_fingerprints(split: DataSplit, model: TrainedModel) -> dict:
     """Content hashes of the data and of the model's weights, for cache keys: a retrained
     model or edited data is a different run."""
@@ -181,7 +179,7 @@ def input_fingerprints(split: DataSplit, model: TrainedModel) -> dict:
 def load_inputs(request, cache_dir: str | Path, device: torch.device | str = "cpu",
                 progress: Progress | None = None) -> tuple[DataSplit, TrainedModel]:
     """The data and model a request names (anything with ``data``, ``model`` and ``seed``):
-    built-in names and zoo names, or paths to uploaded files (see :mod:`gda_core.uploads`)."""
+    built-in names and zoo names, or paths to uploaded files (see :mod:`gda_core.inputs.choices`)."""
     split = load_data_choice(request.data, seed=request.seed)
     model = load_model_choice(request.model, split.train, cache_dir, seed=request.seed, device=device,
                               progress=None if progress is None else (lambda f: progress("train model", f)))

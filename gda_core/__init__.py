@@ -7,6 +7,8 @@ model.module)``. ``METHODS`` and ``GROUPINGS`` list what is registered. Every us
 :class:`GDAError` whose message is one line.
 """
 
+import logging
+
 from .version import __version__  # noqa: I001
 from .errors import GDAError
 from .registry import GROUPINGS, METHODS
@@ -14,6 +16,10 @@ from .attribution.grouping import Groups, make_grouping
 from .attribution.methods import AttributionMethod, make_method
 from .attribution.pipeline import AttributionResult, run_attribution
 from .requests import AttributionRequest
+
+# A library's loggers stay silent unless the application configures logging: an internal
+# failure is one line for the user, its traceback in the run's log (and in any handler set up).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = ["AttributionMethod", "AttributionRequest", "AttributionResult", "GDAError", "GROUPINGS", "Groups",
            "METHODS", "make_grouping", "make_method", "run_attribution", "__version__"]

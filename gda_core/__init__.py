@@ -7,9 +7,9 @@ model.module)``. ``METHODS`` and ``GROUPINGS`` list what is registered. Every us
 :class:`GDAError` whose message is one line.
 """
 
-import logging
+import logging  # noqa: I001 - the order below fills the registries before the requests
 
-from .version import __version__  # noqa: I001
+from .version import __version__
 from .errors import GDAError
 from .registry import GROUPINGS, METHODS
 from .attribution.grouping import Groups, make_grouping

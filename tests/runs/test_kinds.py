@@ -36,11 +36,7 @@ class ToyRequest(Choices):
 def toy_kind():
     """A kind defined here, with no change anywhere else; unregistered afterwards."""
 
-    class Toy(JobKind):
-        name = "toy"
-        request_type = ToyRequest
-        description = "count to --size"
-
+    class Toy(JobKind, name="toy", request_type=ToyRequest, description="count to --size"):
         @classmethod
         def run(cls, request, store, key, report):
             report("count", 0.5)

@@ -19,11 +19,8 @@ if TYPE_CHECKING:
     from ..store import ScoreStore
 
 
-class Attribute(ScoringKind):
-    name = "attribute"
-    request_type = AttributionRequest
-    description = "score training groups for test points"
-
+class Attribute(ScoringKind, name="attribute", request_type=AttributionRequest,
+                description="score training groups for test points"):
     @classmethod
     def run(cls, request: AttributionRequest, store: ScoreStore, key: str, report: Progress) -> Result:
         from ...attribution.pipeline import run_attribution

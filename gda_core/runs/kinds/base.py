@@ -37,8 +37,9 @@ _DATA_OPTIONS = "data_options."
 
 
 class JobKind:
-    """One kind of job. Subclasses set ``name``, ``request_type`` and ``description`` and
-    implement :meth:`run`; everything else has a default that fits most kinds."""
+    """One kind of job. A subclass names itself in its class statement,
+    ``class Noisy(JobKind, name="noisy", request_type=NoisyConfig, description="...")``, and
+    implements :meth:`run`; everything else has a default that fits most kinds."""
 
     #: the job's name: the key in ``JOB_KINDS`` and the ``gda`` sub-command
     name: ClassVar[str] = ""
@@ -51,12 +52,17 @@ class JobKind:
     #: whether the sub-command takes ``--plot HTML`` (which writes :meth:`figure`)
     draws_figure: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, name: str = "", request_type: type[Choices] | None = None, description: str = "",
+                          store_kind: str = "", draws_figure: bool | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:  # a concrete kind; a shared intermediate class sets no name
-            if "store_kind" not in cls.__dict__:
-                cls.store_kind = cls.request_type.result_kind
-            JOB_KINDS.register(cls.name, cls)
+        if request_type is not None:
+            cls.request_type = request_type
+        if draws_figure is not None:
+            cls.draws_figure = draws_figure
+        if name:  # a concrete kind; a shared intermediate class names none
+            cls.name, cls.description = name, description
+            cls.store_kind = store_kind or cls.request_type.result_kind
+            JOB_KINDS.register(name, cls)
 
     @classmethod
     def request(cls, fields: dict) -> Choices:
@@ -160,7 +166,14 @@ class ScoringKind(JobKind):
 class RetrainingKind(ScoringKind):
     """A kind that retrains its own model from the zoo architecture, so only the data's
     content joins the request in its identity (a data file with new content at the same path
-    is a new run)."""
+    is a new run). Its result is a summary alone, ``evaluate(request, progress=report)``."""
+
+    #: the evaluation a retraining kind runs (a ``staticmethod``)
+    evaluate: ClassVar[Any]
+
+    @classmethod
+    def run(cls, request: Choices, store: ScoreStore, key: str, report: Progress) -> Result:
+        return {}, cls.evaluate(request, progress=report)
 
     @classmethod
     def identity(cls, request: Choices, store: ScoreStore) -> dict:

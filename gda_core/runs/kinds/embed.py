@@ -16,11 +16,8 @@ if TYPE_CHECKING:
     from ..store import ScoreStore
 
 
-class Embed(JobKind):
-    name = "embed"
-    request_type = EmbeddingRequest
-    description = "map the training and test points to 2-D (UMAP or PCA)"
-
+class Embed(JobKind, name="embed", request_type=EmbeddingRequest,
+            description="map the training and test points to 2-D (UMAP or PCA)"):
     @classmethod
     def run(cls, request: EmbeddingRequest, store: ScoreStore, key: str, report: Progress) -> Result:
         from ...viz.embeddings import embed_points, embedding_inputs

@@ -16,12 +16,8 @@ if TYPE_CHECKING:
     from ..store import ScoreStore
 
 
-class Fidelity(JobKind):
-    name = "fidelity"
-    request_type = SweepConfig
-    draws_figure = True
-    description = "fidelity-vs-speed sweep against a gold standard"
-
+class Fidelity(JobKind, name="fidelity", request_type=SweepConfig, draws_figure=True,
+               description="fidelity-vs-speed sweep against a gold standard"):
     @classmethod
     def run(cls, request: SweepConfig, store: ScoreStore, key: str, report: Progress) -> Result:
         from ...evaluation.sweeps import run_sweep

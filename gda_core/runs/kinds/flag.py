@@ -14,11 +14,8 @@ if TYPE_CHECKING:
     from ..store import ScoreStore
 
 
-class Flag(ScoringKind):
-    name = "flag"
-    request_type = FlagRequest
-    description = "rank the demo model's training points, most suspicious label first"
-
+class Flag(ScoringKind, name="flag", request_type=FlagRequest,
+           description="rank the demo model's training points, most suspicious label first"):
     @classmethod
     def run(cls, request: FlagRequest, store: ScoreStore, key: str, report: Progress) -> Result:
         from ...evaluation.flagging import run_flagging

@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ...progress import Progress
+from ...evaluation.noisy import run_noisy
 from ...requests import NoisyConfig
-from .base import Result, RetrainingKind
-
-if TYPE_CHECKING:
-    from ..store import ScoreStore
+from .base import RetrainingKind
 
 
-class Noisy(RetrainingKind):
-    name = "noisy"
-    request_type = NoisyConfig
-    draws_figure = True
-    description = "flip labels, retrain, and measure how many flips flagging finds"
-
-    @classmethod
-    def run(cls, request: NoisyConfig, store: ScoreStore, key: str, report: Progress) -> Result:
-        from ...evaluation.noisy import run_noisy
-
-        return {}, run_noisy(request, progress=report)
-
-    @classmethod
-    def figure(cls, result: dict) -> Any:
-        from ...viz.figures import noisy_detection_figure
-
-        return noisy_detection_figure(result)
-
+class Noisy(RetrainingKind, name="noisy", request_type=NoisyConfig, draws_figure=True,
+            description="flip labels, retrain, and measure how many flips flagging finds"):
     @classmethod
     def describe(cls, result: dict) -> str:
         return "\n".join(f"{ranking['label']:<58} AUC {ranking['auc']:.3f}  found at 20%: "
                          f"{ranking['recall_at']['0.2']:.1%}  {ranking['seconds']:7.2f} s"
                          for ranking in result["rankings"].values())
+
+    evaluate = staticmethod(run_noisy)
+
+    @classmethod
+    def figure(cls, result: dict) -> Any:
+        from ...viz.figures import noisy_detection_figure  # plotly: only when a figure is asked for
+
+        return noisy_detection_figure(result)

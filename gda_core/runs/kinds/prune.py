@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ...progress import Progress
+from ...evaluation.pruning import run_pruning
 from ...requests import PruneConfig
-from .base import Result, RetrainingKind
-
-if TYPE_CHECKING:
-    from ..store import ScoreStore
+from .base import RetrainingKind
 
 
-class Prune(RetrainingKind):
-    name = "prune"
-    request_type = PruneConfig
-    draws_figure = True
-    description = "remove the lowest-value groups, retrain, report test accuracy"
-
-    @classmethod
-    def run(cls, request: PruneConfig, store: ScoreStore, key: str, report: Progress) -> Result:
-        from ...evaluation.pruning import run_pruning
-
-        return {}, run_pruning(request, progress=report)
-
-    @classmethod
-    def figure(cls, result: dict) -> Any:
-        from ...viz.figures import pruning_figure
-
-        return pruning_figure(result)
-
+class Prune(RetrainingKind, name="prune", request_type=PruneConfig, draws_figure=True,
+            description="remove the lowest-value groups, retrain, report test accuracy"):
     @classmethod
     def describe(cls, result: dict) -> str:
         lines = [f"removed   lowest-value   random      (full data: {result['full_accuracy']['mean']:.1%})"]
         lines += [f"{fraction:>6.0%}   {value['mean']:>10.1%}   {random['mean']:>8.1%}"
                   for fraction, value, random in zip(result["fractions"], result["accuracy"], result["random_accuracy"])]
         return "\n".join(lines)
+
+    evaluate = staticmethod(run_pruning)
+
+    @classmethod
+    def figure(cls, result: dict) -> Any:
+        from ...viz.figures import pruning_figure  # plotly: only when a figure is asked for
+
+        return pruning_figure(result)

@@ -5,7 +5,9 @@ written to a temporary name and renamed, then the row is marked ``done`` with ea
 SHA-256; a row without its files, or a file whose checksum does not match, is a miss and is
 recomputed, never shown. Several processes (app sessions, CLI runs, job workers) may use one
 store at once: claiming a run is one ``BEGIN IMMEDIATE`` transaction, so a run is computed
-once, and a run whose worker died is reclaimed.
+once, and a run whose worker died is reclaimed. A run that fails keeps a one-line reason in its
+row; a failure that is not the user's (not a ``GDAError``) also keeps its traceback in a log
+beside the run's arrays, which the row's ``log`` names.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def finished_runs(kind: str) -> list[Run]:
     with the app's seed: its pages show the data split and model of that seed, and a run of
     another seed (e.g. from the CLI) has other rows behind its indices."""
     data, model = st.session_state["data"], st.session_state["model"]
-    runs = store().runs(kind=JOB_KINDS[kind], status="done")
+    runs = store().runs(kind=JOB_KINDS[kind].store_kind, status="done")
     mine = [run for run in runs if run.params.get("data") == data and run.params.get("model") == model
             and run.params.get("seed", APP_SEED) == APP_SEED]
     return sorted(mine, key=lambda run: run.created, reverse=True)

@@ -7,13 +7,19 @@ model.module)``. ``METHODS`` and ``GROUPINGS`` list what is registered. Every us
 :class:`GDAError` whose message is one line.
 """
 
-from .version import __version__  # noqa: I001
+import logging  # noqa: I001 - the order below fills the registries before the requests
+
+from .version import __version__
 from .errors import GDAError
 from .registry import GROUPINGS, METHODS
 from .attribution.grouping import Groups, make_grouping
 from .attribution.methods import AttributionMethod, make_method
 from .attribution.pipeline import AttributionResult, run_attribution
 from .requests import AttributionRequest
+
+# A library's loggers stay silent unless the application configures logging: an internal
+# failure is one line for the user, its traceback in the run's log (and in any handler set up).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = ["AttributionMethod", "AttributionRequest", "AttributionResult", "GDAError", "GROUPINGS", "Groups",
            "METHODS", "make_grouping", "make_method", "run_attribution", "__version__"]

@@ -12,20 +12,22 @@ results. The hierarchy shares the checks rather than copying them:
 
 Method, grouping and executor names are checked against the registries in
 :mod:`gda_core.registry`, which the implementations fill when ``gda_core`` is imported. The
-command line builds its flags and their defaults from these fields.
+command line builds its flags, their defaults and their help from these fields: a field's
+``metadata`` holds its ``help`` (and, where the flag is not ``--field-name``, its ``flag``;
+``choices`` are listed in the help, and checked here, not by the command line).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from .errors import GDAError, check_choice
 from .inputs.choices import check_data_choice, check_model_choice, input_fingerprints, is_zoo_model
-from .inputs.datasets import DataSplit
+from .inputs.datasets import BUILTIN_DATASETS, DataSplit
 from .inputs.zoo import ARCHITECTURES, TrainedModel
 from .io import content_key
 from .registry import EXECUTORS, GROUPINGS, METHODS
@@ -39,6 +41,12 @@ BASELINES = ("loss", "confident-learning")
 EMBEDDERS = ("umap", "pca")
 EMBEDDING_SPACES = ("features", "inputs")
 GOLD_OPTIMIZERS = ("sgd", "adam")
+
+
+def documented(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+               **command_line: Any) -> Any:
+    """A request field with its help (and command-line ``flag``, ``choices`` or ``metavar``)."""
+    return field(default=default, default_factory=default_factory, metadata={"help": help, **command_line})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,6 +93,13 @@ def check_interval(name: str, value: float, low: float, high: float, *, low_clos
         raise GDAError(f"{name} must lie in {interval}, got {value}")
 
 
+#: the placement fields' help, shared by every request that has them
+_EXECUTOR = dict(choices=EXECUTORS, help="where the training side runs: local (this process) or ray (shards on a "
+                                          "Ray cluster)")
+_RAY_ADDRESS = dict(metavar="ADDRESS", help="Ray cluster to use with --executor ray ('auto': the one `ray start` "
+                                             "made on this machine); none: a local Ray started for the run")
+
+
 class Request:
     """What every request shares: JSON form and the identity its results are stored under."""
 
@@ -103,10 +118,14 @@ class Request:
 class Choices(Request):
     """The data and model a run uses (built-in names or file paths), its seed and device."""
 
-    data: str = "digits"
-    model: str = "mlp"
-    seed: int = 0
-    device: str = "auto"
+    data: str = documented("digits", metavar="NAME|PATH",
+                           help=f"built-in data set ({', '.join(BUILTIN_DATASETS)}) or a .csv, .npz or .zip "
+                                f"of image folders")
+    model: str = documented("mlp", metavar="NAME|PATH",
+                            help=f"zoo model ({', '.join(ARCHITECTURES)}) or a .pt2 program or a .safetensors "
+                                 f"state dict with its .json config beside it")
+    seed: int = documented(0, help="seed of the data split, the demo model and every random choice")
+    device: str = documented("auto", choices=DEVICES, help="where torch computes (auto: CUDA when present)")
 
     def __post_init__(self) -> None:
         check_data_choice(self.data)
@@ -127,11 +146,14 @@ class Choices(Request):
 class ScoringSpec(Choices):
     """Which method and grouping score the training points."""
 
-    method: str = "if-cg"
-    grouping: str = "per-example"
-    n_groups: int | None = None
-    method_options: dict = field(default_factory=dict)
-    grouping_options: dict = field(default_factory=dict)
+    method: str = documented("if-cg", choices=METHODS, help="attribution method")
+    grouping: str = documented("per-example", choices=GROUPINGS, help="how training points are grouped")
+    n_groups: int | None = documented(None, flag="--groups", metavar="K",
+                                      help="number of groups K (fixed-count groupings take theirs)")
+    method_options: dict = documented(default_factory=dict, flag="--option",
+                                      help="any other method option, e.g. --option max_iterations=200")
+    grouping_options: dict = documented(default_factory=dict, flag="--grouping-option",
+                                        help="a grouping option, e.g. --grouping-option iterations=50")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,12 +169,9 @@ class AttributionRequest(ScoringSpec):
 
     method: str = "grad-dot"
     grouping: str = "grad-kmeans"
-    #: the first this many test points (None: all of them)
-    test_size: int | None = 200
-    #: where the training side runs: "local" (this process) or "ray" (shards on a cluster)
-    executor: str = "local"
-    #: the Ray cluster to use ("auto": the one `ray start` made here); None: a local Ray for the run
-    ray_address: str | None = None
+    test_size: int | None = documented(200, metavar="N", help="the first N test points (none: all of them)")
+    executor: str = documented("local", **_EXECUTOR)
+    ray_address: str | None = documented(None, **_RAY_ADDRESS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -167,9 +186,11 @@ class FlagRequest(ScoringSpec):
 
     result_kind: ClassVar[str] = "flags"
 
-    signal: str = "self-influence"
-    #: grouped runs re-score per example the top groups covering this fraction of the points
-    refine_fraction: float = 0.3
+    signal: str = documented("self-influence", choices=SIGNALS,
+                             help="self-influence, or influence on a held-out validation loss")
+    refine_fraction: float = documented(0.3, flag="--refine", metavar="FRACTION",
+                                        help="grouped runs: re-score per example the top groups covering this "
+                                             "fraction of the points")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -192,13 +213,11 @@ class NoisyConfig(FlagRequest):
 
     result_kind: ClassVar[str] = "noisy"
 
-    #: fraction of the training labels flipped
-    flip: float = 0.1
-    #: held-out stratified part of the training split
-    validation_fraction: float = 0.1
-    baselines: tuple[str, ...] = BASELINES
-    #: folds of the cross-validated probabilities Confident Learning needs
-    cl_folds: int = 3
+    flip: float = documented(0.1, help="fraction of the training labels flipped")
+    validation_fraction: float = documented(0.1, flag="--validation", metavar="FRACTION",
+                                            help="held-out stratified part of the training split")
+    baselines: tuple[str, ...] = documented(BASELINES, choices=BASELINES, help="rankings compared with the method's")
+    cl_folds: int = documented(3, flag="--folds", help="Confident Learning's cross-validation folds")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -222,14 +241,11 @@ class PruneConfig(ScoringSpec):
 
     method: str = "if-cg"
     grouping: str = "grad-kmeans"
-    #: fractions of the training points removed
-    fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
-    #: retraining seeds averaged
-    seeds: int = 3
-    #: held-out stratified part of the training split
-    validation_fraction: float = 0.1
-    #: flip this fraction of labels first (0: the clean data)
-    flip: float = 0.0
+    fractions: tuple[float, ...] = documented((0.1, 0.2, 0.3, 0.5), help="fractions of the training points removed")
+    seeds: int = documented(3, help="retraining seeds averaged")
+    validation_fraction: float = documented(0.1, flag="--validation", metavar="FRACTION",
+                                            help="held-out stratified part of the training split")
+    flip: float = documented(0.0, help="flip this fraction of labels first (0: the clean data)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -284,22 +300,18 @@ class Recipe:
 class GoldConfig:
     """Which gold standard a sweep compares against, and its parameters."""
 
-    kind: str = "lds"
-    #: LDS: number of subset models
-    n_subsets: int = 50
-    #: LDS: fraction of groups kept per subset
-    alpha: float = 0.5
-    #: further training: horizons in epochs
-    epochs: tuple[float, ...] = (1.0,)
-    #: seeds averaged in the gold standard
-    seeds: int = 1
-    #: further training: up-weighting (1 + epsilon); None leaves the group out
-    epsilon: float | None = 1.0
-    #: further training learning rate
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    batch_size: int = 64
-    measurement: str = "loss"
+    kind: str = documented("lds", flag="--gold", choices=GOLDS, help="the gold standard")
+    n_subsets: int = documented(50, flag="--subsets", help="LDS: number of subset models")
+    alpha: float = documented(0.5, help="LDS: fraction of groups kept per subset")
+    epochs: tuple[float, ...] = documented((1.0,), help="further training: horizons in epochs")
+    seeds: int = documented(1, help="seeds averaged in the gold standard")
+    epsilon: float | None = documented(1.0, help="further training: up-weighting (1 + epsilon); none leaves the "
+                                                  "group out")
+    lr: float = documented(0.01, help="the gold standard's training learning rate")
+    optimizer: str = documented("sgd", choices=GOLD_OPTIMIZERS, help="the gold standard's training optimizer")
+    batch_size: int = documented(64, help="the gold standard's training batch size")
+    measurement: str = documented("loss", flag="--gold-measurement", choices=("loss", "margin"),
+                                  help="test-side quantity the gold standard measures")
 
     def __post_init__(self) -> None:
         self.epochs = tuple(float(e) for e in self.epochs)
@@ -318,23 +330,21 @@ class SweepConfig(Choices):
 
     result_kind: ClassVar[str] = "sweep"
 
-    methods: tuple[str, ...] = ("grad-dot", "if-arnoldi")
-    groupings: tuple[str, ...] = ("random", "grad-kmeans")
-    #: group counts K
-    group_counts: tuple[int, ...] = (15, 150)
-    #: also the K = N per-example point
-    per_example: bool = True
-    test_size: int = 100
+    methods: tuple[str, ...] = documented(("grad-dot", "if-arnoldi"), choices=METHODS, help="methods compared")
+    groupings: tuple[str, ...] = documented(("random", "grad-kmeans"), choices=GROUPINGS, help="groupings compared")
+    group_counts: tuple[int, ...] = documented((15, 150), flag="--groups", help="group counts K")
+    per_example: bool = documented(True, help="also the K = N per-example point")
+    test_size: int = documented(100, metavar="N", help="the first N test points")
     gold: GoldConfig = field(default_factory=GoldConfig)
-    #: also run each influence method with damping 1 / (lr x T) for every further-training horizon T
-    horizon_matched: bool = False
-    #: options per method name
-    method_options: dict = field(default_factory=dict)
-    top_k: int = 10
-    #: where the methods' training side runs; like the device, not part of the sweep's cache
-    #: key (its result's config records them with the wall times)
-    executor: str = "local"
-    ray_address: str | None = None
+    horizon_matched: bool = documented(False, help="also run influence methods with damping 1/(lr x T) for each "
+                                                   "further-training horizon T")
+    #: options per method name (not a flag: a dict of dicts)
+    method_options: dict = documented(default_factory=dict, flag=None, help="options per method name")
+    top_k: int = documented(10, help="top-k overlap: the k of the fidelity metric")
+    # Where the methods' training side runs; like the device, not part of the sweep's cache key
+    # (its result's config records them with the wall times).
+    executor: str = documented("local", **_EXECUTOR)
+    ray_address: str | None = documented(None, **_RAY_ADDRESS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -363,9 +373,10 @@ class EmbeddingRequest(Choices):
 
     result_kind: ClassVar[str] = "umap"
 
-    space: str = "features"
-    embedder: str = "umap"
-    n_neighbors: int = 15
+    space: str = documented("features", choices=EMBEDDING_SPACES,
+                            help="features: the model's hidden representation; inputs: the raw inputs")
+    embedder: str = documented("umap", choices=EMBEDDERS, help="umap, or pca (a fast stand-in)")
+    n_neighbors: int = documented(15, help="UMAP's number of neighbours")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,7 +8,7 @@ import hashlib
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -356,12 +356,15 @@ def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, nam
 @dataclass(frozen=True)
 class DataOptions:
     """How to read a data file: the CSV's label (and optional split) column, a separate test
-    CSV, and the size images are resized to."""
+    CSV, and the size images are resized to. Each field is a command-line flag (its metadata's
+    ``help``, and ``flag`` where it is not ``--field-name``)."""
 
-    label_column: str = "label"
-    split_column: str | None = None
-    test_path: str | None = None
-    image_size: int = DEFAULT_IMAGE_SIZE
+    label_column: str = field(default="label", metadata={"help": "CSV data: the label column"})
+    split_column: str | None = field(default=None, metadata={"help": "CSV data: a column of train/test per row"})
+    test_path: str | None = field(default=None, metadata={"flag": "--test-file", "metavar": "CSV",
+                                                          "help": "CSV data: a separate test file"})
+    image_size: int = field(default=DEFAULT_IMAGE_SIZE, metadata={"metavar": "N",
+                                                                  "help": "image zip: resize images to N x N"})
 
 
 def parse_data(payload: bytes, name: str, options: DataOptions = DataOptions(),

@@ -6,7 +6,8 @@ work never blocks the Streamlit server). Progress (phase, fraction, ETA) goes to
 where any process can read it; cancel is a flag in the store that the job sees at its next
 progress report (and a worker that does not stop within a few seconds is terminated).
 Attribution results are saved in chunks of test points as they finish, so a job that was
-killed resumes where it stopped.
+killed resumes where it stopped. What a job of each kind depends on and computes is its
+:class:`JobKind` in ``JOB_KINDS`` (one module per kind in :mod:`gda_core.runs.kinds`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GDAError
-from ..io import content_key
 from ..progress import Progress, throttled
+from ..registry import JOB_KINDS
+from . import kinds  # noqa: F401 - importing the kinds registers them in JOB_KINDS
+from .kinds.base import JobKind
 from .store import JobCancelled, Run, ScoreStore
 
-JOB_KINDS = {"attribute": "scores", "fidelity": "sweep", "embed": "umap", "flag": "flags", "noisy": "noisy",
-             "prune": "prune"}
+__all__ = ["JOB_KINDS", "JobKind", "JobManager", "JobOutcome", "execute", "job_key", "run_in_foreground"]
 
 
 @dataclass
@@ -36,117 +38,17 @@ class JobOutcome:
     seconds: float
 
 
-def job_params(kind: str, request: dict, store: ScoreStore) -> dict:
-    """What a job's result depends on: the request, and the fingerprints of the data and of
-    the model's weights (so a retrained model, or an uploaded file with new content at the
-    same path, is a different run)."""
-    if kind == "attribute":
-        from ..inputs.choices import load_inputs
-        from ..requests import AttributionRequest, resolve_device
-
-        parsed = AttributionRequest(**request)
-        split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
-        return parsed.identity(split, model)
-    if kind == "fidelity":
-        from ..inputs.choices import input_fingerprints, load_inputs
-        from ..requests import PLACEMENT_FIELDS, SweepConfig, resolve_device
-
-        parsed = SweepConfig(**request)
-        split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
-        # Where it runs stays out of the key, as for attribution; the result's config says
-        # which executor measured its wall times.
-        return {**{k: v for k, v in request.items() if k not in PLACEMENT_FIELDS}, **input_fingerprints(split, model)}
-    if kind == "embed":
-        from ..inputs.choices import input_fingerprints, load_inputs
-        from ..requests import EmbeddingRequest, resolve_device
-
-        parsed = EmbeddingRequest(**request)
-        split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
-        return {**{k: v for k, v in request.items() if k != "device"}, **input_fingerprints(split, model)}
-    if kind == "flag":
-        from ..inputs.choices import input_fingerprints, load_inputs
-        from ..requests import FlagRequest, resolve_device
-
-        parsed = FlagRequest(**request)
-        split, model = load_inputs(parsed, store.root, resolve_device(parsed.device))
-        return {**parsed.params(), **input_fingerprints(split, model)}
-    if kind in ("noisy", "prune"):
-        from ..inputs.choices import load_data_choice
-        from ..requests import NoisyConfig, PruneConfig
-
-        # These retrain their own model, so only the data's content joins the request (a data
-        # file with new content at the same path is a new run).
-        parsed = (NoisyConfig if kind == "noisy" else PruneConfig)(**request)
-        split = load_data_choice(parsed.data, seed=parsed.seed)
-        return {**parsed.params(), "data_fingerprint": split.train.fingerprint() + split.test.fingerprint()}
-    raise GDAError(f"unknown job kind {kind!r}; choose from: {', '.join(JOB_KINDS)}")
-
-
 def job_key(kind: str, request: dict, store: ScoreStore) -> tuple[str, dict]:
-    params = job_params(kind, request, store)
-    return content_key(JOB_KINDS[kind], params), params
+    """The store's content key of a job, and the parameters hashed into it (its kind's
+    :meth:`JobKind.identity`). An unknown kind or a bad request is one :class:`GDAError` line."""
+    job = JOB_KINDS.get_checked(kind)
+    return job.key(job.request(request), store)
 
 
 def execute(kind: str, request: dict, store: ScoreStore, key: str, report: Progress) -> tuple[dict, dict]:
     """Compute one job's arrays and summary. ``report`` may raise :class:`JobCancelled`."""
-    if kind == "attribute":
-        from ..attribution.pipeline import run_attribution
-        from ..requests import AttributionRequest
-
-        def save(name: str, array: np.ndarray) -> None:
-            store.save_part(key, name, array)
-
-        result = run_attribution(AttributionRequest(**request), cache_dir=store.root, progress=report,
-                                 parts=(lambda name: store.load_part(key, name), save))
-        return {"scores": result.scores.astype(np.float32), "groups": result.groups.labels}, result.summary()
-    if kind == "embed":
-        return _embed(request, store, report)
-    if kind == "flag":
-        return _flag(request, store, report)
-    if kind == "noisy":
-        from ..evaluation.noisy import run_noisy
-        from ..requests import NoisyConfig
-
-        return {}, run_noisy(NoisyConfig(**request), progress=report)
-    if kind == "prune":
-        from ..evaluation.pruning import run_pruning
-        from ..requests import PruneConfig
-
-        return {}, run_pruning(PruneConfig(**request), progress=report)
-    from ..evaluation.sweeps import run_sweep
-    from ..requests import SweepConfig
-
-    sweep = run_sweep(SweepConfig(**request), store, progress=report)
-    return {}, sweep
-
-
-def _embed(request: dict, store: ScoreStore, report: Progress) -> tuple[dict, dict]:
-    from ..inputs.choices import load_inputs
-    from ..requests import EmbeddingRequest, resolve_device
-    from ..viz.embeddings import embed_points, embedding_inputs
-
-    parsed = EmbeddingRequest(**request)
-    started = time.perf_counter()
-    report("load", 0.0)
-    split, model = load_inputs(parsed, store.root, resolve_device(parsed.device), report)
-    train, test = embedding_inputs(split, model, parsed.space)
-    report(f"embed ({parsed.embedder})", 0.1)
-    train_xy, test_xy = embed_points(train, test, embedder=parsed.embedder, seed=parsed.seed,
-                                     n_neighbors=parsed.n_neighbors)
-    report(f"embed ({parsed.embedder})", 1.0)
-    summary = {"embedder": parsed.embedder, "space": parsed.space, "n_train": len(train_xy),
-               "n_test": len(test_xy), "seconds": round(time.perf_counter() - started, 3)}
-    return {"train": train_xy, "test": test_xy}, summary
-
-
-def _flag(request: dict, store: ScoreStore, report: Progress) -> tuple[dict, dict]:
-    from ..evaluation.flagging import run_flagging
-    from ..requests import FlagRequest
-
-    flags, train, summary = run_flagging(FlagRequest(**request), cache_dir=store.root, progress=report)
-    arrays = {"order": flags.order, "scores": flags.scores, "refined": flags.refined, "groups": flags.group_labels,
-              "labels": train.labels.cpu().numpy(), "source_rows": train.indices}
-    return arrays, summary
+    job = JOB_KINDS.get_checked(kind)
+    return job.run(job.request(request), store, key, report)
 
 
 def run_in_foreground(kind: str, request: dict, store: ScoreStore | None = None,
@@ -165,7 +67,7 @@ def run_in_foreground(kind: str, request: dict, store: ScoreStore | None = None,
 
         return execute(kind, request, store, key, throttled(both))
 
-    arrays, summary, hit = store.get_or_compute(JOB_KINDS[kind], params, compute)
+    arrays, summary, hit = store.get_or_compute(JOB_KINDS[kind].store_kind, params, compute)
     return JobOutcome(key, arrays, summary, hit, time.perf_counter() - started)
 
 
@@ -182,7 +84,7 @@ def _worker(root: str, kind: str, request: dict, key: str) -> None:
         store.mark_cancelled(key)
         return
     except BaseException as error:  # noqa: BLE001 - a worker reports every failure to the store
-        store.fail(key, f"{type(error).__name__}: {error}")
+        store.record_failure(key, error)  # one line; a bug's traceback goes to the run's log
         return
     store.complete(key, arrays, summary)
 
@@ -200,7 +102,7 @@ class JobManager:
         key, params = job_key(kind, request, self.store)
         if self.store.load(key) is not None:
             return key, True
-        if self.store.claim(key, JOB_KINDS[kind], params):
+        if self.store.claim(key, JOB_KINDS[kind].store_kind, params):
             process = self._context.Process(target=_worker, args=(str(self.store.root), kind, request, key),
                                             daemon=True)
             process.start()

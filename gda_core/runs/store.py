@@ -5,7 +5,9 @@ written to a temporary name and renamed, then the row is marked ``done`` with ea
 SHA-256; a row without its files, or a file whose checksum does not match, is a miss and is
 recomputed, never shown. Several processes (app sessions, CLI runs, job workers) may use one
 store at once: claiming a run is one ``BEGIN IMMEDIATE`` transaction, so a run is computed
-once, and a run whose worker died is reclaimed.
+once, and a run whose worker died is reclaimed. A run that fails keeps a one-line reason in its
+row; a failure that is not the user's (not a ``GDAError``) also keeps its traceback in a log
+beside the run's arrays, which the row's ``log`` names.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import sqlite3
 import time
+import traceback
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +28,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import GDAError
+from ..errors import GDAError, first_line
 from ..io import atomic_write_bytes, content_key, default_cache_dir
+from ..registry import JOB_KINDS
 from ..version import __version__
 
-KINDS = ("scores", "gold", "lds", "sweep", "umap", "groups", "flags", "noisy", "prune")
+logger = logging.getLogger(__name__)
+
+#: kinds of run the store keeps for itself (gold standards and what they need), besides the job kinds'
+INTERNAL_KINDS = ("gold", "lds", "groups")
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 #: a running row whose worker has not reported for this long is considered dead
 STALE_SECONDS = 600.0
@@ -52,10 +60,27 @@ CREATE TABLE IF NOT EXISTS runs (
     summary TEXT DEFAULT '{}',
     version TEXT NOT NULL,
     worker_pid INTEGER,
-    cancel_requested INTEGER DEFAULT 0
+    cancel_requested INTEGER DEFAULT 0,
+    log TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_kind ON runs(kind, created);
 """
+#: columns added after the first release, each with its type: an older index gains them on open
+_ADDED_COLUMNS = {"log": "TEXT"}
+
+
+def store_kinds() -> tuple[str, ...]:
+    """Every kind of run the store keeps: each registered job kind's, then its own."""
+    from . import kinds  # noqa: F401 - importing the kinds registers them
+
+    return tuple(dict.fromkeys([*(job.store_kind for job in JOB_KINDS.values()), *INTERNAL_KINDS]))
+
+
+def __getattr__(name: str):
+    # ``KINDS`` is read when asked for, so a job kind registered later (a plug-in, a test) is in it.
+    if name == "KINDS":
+        return store_kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _sha256(payload: bytes) -> str:
@@ -100,6 +125,8 @@ class Run:
     version: str
     worker_pid: int | None
     cancel_requested: bool
+    #: the file holding the traceback of an internal failure (None for a user error)
+    log: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Run":
@@ -117,6 +144,15 @@ class JobCancelled(Exception):
     """Raised inside a job when the user asked to cancel it."""
 
 
+class RunFailed(Exception):
+    """A run failed for a reason the user cannot fix (a bug, not a :class:`GDAError`).
+    ``str(error)`` is one line that says where the traceback is kept (``log``)."""
+
+    def __init__(self, message: str, log: Path):
+        super().__init__(message)
+        self.log = log
+
+
 class ScoreStore:
     """The cache of runs under ``root`` (``cache/`` by default, or ``GDA_CACHE_DIR``)."""
 
@@ -127,6 +163,20 @@ class ScoreStore:
         self.arrays_root = self.root / "arrays"
         with self._connection() as connection:
             connection.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns an index written by an older release lacks (one transaction, so
+        two processes opening it at once add each column once)."""
+        with self._connection() as connection:
+            present = {row["name"] for row in connection.execute("PRAGMA table_info(runs)")}
+        if present >= set(_ADDED_COLUMNS):
+            return
+        with self._transaction() as connection:
+            present = {row["name"] for row in connection.execute("PRAGMA table_info(runs)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:
+                    connection.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
@@ -208,12 +258,16 @@ class ScoreStore:
     def file_path(self, key: str, name: str) -> Path:
         return self.arrays_root / key / f"{name}.npy"
 
+    def log_path(self, key: str) -> Path:
+        """Where the traceback of a run's internal failure is kept."""
+        return self.arrays_root / key / "error.log"
+
     # ------------------------------------------------------------------- writing
     def claim(self, key: str, kind: str, params: dict) -> bool:
         """Take the run for computing. True: the caller computes it (new, failed, cancelled,
         or its worker died). False: it is done, or another live worker is on it."""
-        if kind not in KINDS:
-            raise GDAError(f"unknown run kind {kind!r}")
+        if kind not in store_kinds():
+            raise GDAError(f"unknown run kind {kind!r}; choose from: {', '.join(store_kinds())}")
         now = time.time()
         with self._transaction() as connection:
             row = connection.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
@@ -295,9 +349,30 @@ class ScoreStore:
                 (json.dumps(files), json.dumps(summary or {}, default=float), now, now, now - started, key),
             )
         shutil.rmtree(self.arrays_root / key / "parts", ignore_errors=True)
+        self.log_path(key).unlink(missing_ok=True)  # an earlier attempt's failure
 
-    def fail(self, key: str, error: str) -> None:
-        self._update(key, status="failed", error=error, finished=time.time(), updated=time.time())
+    def fail(self, key: str, error: str, log: str | None = None) -> None:
+        """Mark the run failed with a one-line ``error`` (and the relative path of its traceback)."""
+        self._update(key, status="failed", error=error, log=log, finished=time.time(), updated=time.time())
+
+    def record_failure(self, key: str, error: BaseException) -> RunFailed | None:
+        """Mark the run failed by ``error``, in one line. A user error (:class:`GDAError`) or
+        an interrupt is its message alone; anything else is a bug, whose traceback is written
+        to a log beside the run's arrays that the row points to. Returns the one-line
+        :class:`RunFailed` to raise for such a bug (``error`` itself when it already is one:
+        an inner run's failure, logged there), None otherwise."""
+        if isinstance(error, RunFailed):
+            self.fail(key, str(error), log=str(error.log))
+            return error
+        if isinstance(error, GDAError) or not isinstance(error, Exception):
+            self.fail(key, first_line(error))
+            return None
+        path = self.log_path(key)
+        atomic_write_bytes(path, "".join(traceback.format_exception(error)).encode())
+        line = f"{type(error).__name__}: {first_line(error, default='')} (traceback in {path})"
+        logger.error("run %s failed: %s", key, line, exc_info=error)
+        self.fail(key, line, log=str(path))
+        return RunFailed(line, path)
 
     def request_cancel(self, key: str) -> None:
         self._update(key, cancel_requested=1)
@@ -344,7 +419,9 @@ class ScoreStore:
             self.mark_cancelled(key)
             raise
         except BaseException as error:
-            self.fail(key, f"{type(error).__name__}: {error}")
-            raise
+            failure = self.record_failure(key, error)
+            if failure is None or failure is error:
+                raise
+            raise failure from error
         self.complete(key, arrays, summary)
         return arrays, summary, False

@@ -194,6 +194,7 @@ class PerClass(GroupingStrategy):
     fixed_count_name = "number of classes"
 
     def _labels(self, train, model, n_groups):
+        train.require_classes("the per-class grouping", "its groups are the classes")
         _, labels = np.unique(train.labels.numpy(), return_inverse=True)
         return labels.astype(np.int64)
 
@@ -207,6 +208,8 @@ class _KMeansGrouping(GroupingStrategy):
         raise NotImplementedError
 
     def _labels(self, train, model, n_groups):
+        if self.per_class:
+            train.require_classes(f"the {self.name} grouping", "it clusters within each class")
         features = self.grouping_features(train, model)
         if not self.per_class:
             return kmeans_labels(features, n_groups, self.seed)

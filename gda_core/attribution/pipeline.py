@@ -34,8 +34,10 @@ class AttributionResult:
     n_test: int
     key: str
     timings: dict[str, float]
-    model_accuracy: float
+    #: the model's test score: accuracy for classification, R^2 for regression (``score_name``)
+    model_score: float
     method_info: dict
+    score_name: str = "accuracy"
 
     def summary(self) -> dict:
         return {
@@ -48,7 +50,8 @@ class AttributionResult:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "data": self.request.data,
             "model": self.request.model,
-            "model_test_accuracy": round(self.model_accuracy, 4),
+            "model_test_score": round(self.model_score, 4),
+            "model_score_name": self.score_name,
             "key": self.key,
             "method_info": self.method_info,
         }
@@ -110,14 +113,14 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
         scores = np.concatenate(chunks)
         timings["attribute"] = time.perf_counter() - started
     timings["fit"] = method.fit_seconds_
-    info = {"options": method.options.to_json()}
+    info = {"options": method.options.to_json(), "measurement": method.measurement_}
     for attribute in ("damping_", "solver_info_"):
         if hasattr(method, attribute):
             info[attribute.rstrip("_")] = getattr(method, attribute)
     return AttributionResult(
         request=request, scores=scores, groups=groups, n_train=len(train), n_test=len(test),
-        key=request.key(split, model), timings=timings, model_accuracy=accuracy(model.module, test),
-        method_info=info,
+        key=request.key(split, model), timings=timings, model_score=accuracy(model.module, test),
+        method_info=info, score_name=test.task.score_name,
     )
 
 

@@ -23,6 +23,8 @@ from .flagging import flag_training_points
 
 #: fractions of the training set inspected at which recall is reported
 REPORTED_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+#: why noisy labels and pruning refuse regression targets
+NEEDS_CLASSES = "it flips labels to other classes and reports accuracy"
 #: points on the detection curve (fraction inspected 0, 0.01, ..., 1)
 CURVE_POINTS = 101
 
@@ -102,7 +104,7 @@ def loss_ranking(model: TrainedModel, train: Dataset) -> np.ndarray:
     """Training points by their loss under the model, highest first."""
     with torch.no_grad():
         logits = model.module(train.features.to(next(model.module.parameters())))
-        losses = torch.nn.functional.cross_entropy(logits, train.labels.to(logits.device), reduction="none")
+        losses = train.task.loss(logits, train.labels.to(logits.device))
     return np.argsort(-losses.cpu().numpy(), kind="stable")
 
 
@@ -144,6 +146,7 @@ def run_noisy(config: NoisyConfig, progress: Progress | None = None) -> dict:
     progress = progress or no_progress
     device = resolve_device(config.device)
     split = load_data_choice(config.data, seed=config.seed)
+    split.train.require_classes("noisy-label evaluation", NEEDS_CLASSES)
     inputs = noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
                           seed=config.seed, device=device, progress=progress)
     flags = flag_training_points(inputs.model, inputs.train, inputs.validation, config, progress)

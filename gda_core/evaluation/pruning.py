@@ -16,7 +16,7 @@ from ..inputs.zoo import TrainedModel
 from ..progress import Progress, no_progress
 from ..requests import PruneConfig, Recipe, resolve_device
 from .gold import BatchedTrainer, retraining_epochs
-from .noisy import noisy_inputs
+from .noisy import NEEDS_CLASSES, noisy_inputs
 from .statistics import mean_and_error
 
 
@@ -57,6 +57,7 @@ def run_pruning(config: PruneConfig, progress: Progress | None = None) -> dict:
     progress = progress or no_progress
     device = resolve_device(config.device)
     split = load_data_choice(config.data, seed=config.seed)
+    split.train.require_classes("pruning", NEEDS_CLASSES)
     inputs = noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
                           seed=config.seed, device=device, progress=progress)
     train = inputs.train

@@ -25,6 +25,7 @@ from ..errors import GDAError
 from ..inputs.datasets import Dataset
 from ..task import Objective
 
+
 @dataclass
 class ParameterSpace:
     """The differentiated parameters, their order in flat vectors, and their per-layer blocks."""

@@ -26,8 +26,8 @@ from ...inputs.datasets import Dataset
 from ...inputs.zoo import TrainedModel
 from ...progress import Progress, no_progress
 from ...registry import METHODS
-from ..executors import Executor, LocalExecutor, TrainSide, Transform, ViewRecipe
 from ...task import MEASUREMENTS
+from ..executors import Executor, LocalExecutor, TrainSide, Transform, ViewRecipe
 from ..grads import GradientChunk, GradientEngine
 from ..grouping import Groups
 

@@ -127,7 +127,9 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
 def top_groups(scores: np.ndarray, group_labels: np.ndarray, train_labels: np.ndarray,
                class_names: list[str], test_index: int, count: int = 5) -> dict[str, list[dict]]:
     """The most helpful (highest score) and most harmful (lowest) groups for one test point,
-    from a result's ``scores`` (n_test x K) and its training points' ``group_labels``."""
+    from a result's ``scores`` (n_test x K) and its training points' ``group_labels``. Each
+    row's ``description`` says what its members are: mostly one class, or their mean target
+    (regression: no ``class_names``)."""
     if not 0 <= test_index < len(scores):
         raise GDAError(f"test point must lie in 0..{len(scores) - 1}, got {test_index}")
     row = scores[test_index]
@@ -135,9 +137,13 @@ def top_groups(scores: np.ndarray, group_labels: np.ndarray, train_labels: np.nd
 
     def describe(group: int) -> dict:
         members = np.flatnonzero(group_labels == group)
+        described = {"group": int(group), "score": float(row[group]), "size": int(len(members)),
+                     "members": members[:16].tolist()}
+        if not class_names:
+            return {**described, "description": f"mean target {float(np.mean(train_labels[members])):.3g}"}
         majority = int(np.bincount(train_labels[members], minlength=len(class_names)).argmax())
-        return {"group": int(group), "score": float(row[group]), "size": int(len(members)),
-                "majority_class": class_names[majority], "members": members[:16].tolist()}
+        return {**described, "majority_class": class_names[majority],
+                "description": f"mostly '{class_names[majority]}'"}
 
     count = min(count, len(row))
     return {"helpful": [describe(g) for g in order[:count]],

@@ -82,6 +82,10 @@ class Dataset:
         """Classification when the data has class names, regression when it has none."""
         return CLASSIFICATION if self.class_names else REGRESSION
 
+    def label_texts(self, labels: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """How labels read to a person (default: this set's): class names, or target values."""
+        return label_texts(self.labels if labels is None else labels, self.class_names)
+
     def require_classes(self, purpose: str, reason: str) -> None:
         """A one-line refusal of ``purpose`` (which needs class labels, ``reason``) on regression data."""
         if self.task is not CLASSIFICATION:
@@ -115,6 +119,14 @@ class Dataset:
         digest.update(self.labels.detach().cpu().contiguous().numpy().tobytes())
         digest.update("\x00".join(self.class_names).encode())
         return digest.hexdigest()[:16]
+
+
+def label_texts(labels: np.ndarray | torch.Tensor, class_names: list[str]) -> np.ndarray:
+    """Class names of class indices, or (no class names) regression targets to 3 digits."""
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if class_names:
+        return np.array(class_names, dtype=object)[labels.astype(np.int64)]
+    return np.array([f"{value:.3g}" for value in labels.astype(np.float64)], dtype=object)
 
 
 @dataclass

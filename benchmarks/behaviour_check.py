@@ -47,9 +47,10 @@ def run_all(cache: Path) -> dict[str, np.ndarray]:
     for method in METHODS:
         for grouping, k in GROUPINGS:
             arguments = ["attribute", "--data", "digits", "--model", "mlp", "--method", method,
-                         "--grouping", grouping, "--test-size", str(TEST_SIZE), "--json"]
+                         "--grouping", grouping, "--test-size", str(TEST_SIZE)]
             if k is not None:
                 arguments += ["--groups", str(k)]
+            arguments.append("--json")  # last: _gda parses stdout as JSON only then
             summary = _gda(arguments, cache)
             arrays[f"attribute/{method}/{grouping}"] = np.load(summary["scores_path"])
             arrays[f"groups/{method}/{grouping}"] = np.load(summary["groups_path"])

@@ -100,7 +100,7 @@ def _predictions(data: str, model: str, directory: str, part: str = "test") -> t
 
 
 def test_predictions() -> tuple[np.ndarray, np.ndarray]:
-    """The model's predicted class and its probability for every test point."""
+    """The model's prediction (a class or a value) for every test point, and its probability (None for regression)."""
     return _predictions(st.session_state["data"], st.session_state["model"], cache_dir())
 
 

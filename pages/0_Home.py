@@ -16,6 +16,7 @@ from gda_core.inputs.datasets import BUILTIN_DATASETS
 from gda_core.inputs.examples import EXAMPLE_FILES, FORMATS_HELP
 from gda_core.inputs.parsers import DEFAULT_IMAGE_SIZE, DataOptions
 from gda_core.inputs.zoo import accuracy
+from gda_core.task import TASKS
 from gda_core.viz.figures import class_count_figure, image_grid_figure
 
 SOURCES = ("Built-in", "Upload")
@@ -56,9 +57,11 @@ with left:
     else:
         uploaded = st.file_uploader("Data file (.csv, .npz, or .zip of class folders)", type=["csv", "npz", "zip"],
                                     key="data_file", help=FORMATS_HELP)
-        label_column, image_size = st.columns(2)
+        label_column, task, image_size = st.columns(3)
         options = DataOptions(
             label_column=label_column.text_input("CSV label column", value="label", key="label_column"),
+            task=task.selectbox("Labels are", list(TASKS), key="data_task",
+                                help="classification: class labels; regression: a numeric target (CSV, .npz)"),
             image_size=int(image_size.number_input("Image size (zip)", min_value=2, max_value=512,
                                                    value=DEFAULT_IMAGE_SIZE, key="image_size")))
         if uploaded is not None:
@@ -99,9 +102,14 @@ split, model = state.inputs()
 columns = st.columns(5)
 columns[0].metric("Training points", len(split.train))
 columns[1].metric("Test points", len(split.test))
-columns[2].metric("Classes", split.train.n_classes)
+task = split.train.task
+if task.name == "regression":
+    columns[2].metric("Task", "regression")
+    columns[4].metric(f"Test {task.score_name}", f"{accuracy(model.module, split.test):.3f}")
+else:
+    columns[2].metric("Classes", split.train.n_classes)
+    columns[4].metric("Test accuracy", f"{accuracy(model.module, split.test):.1%}")
 columns[3].metric("Features", split.train.n_features)
-columns[4].metric("Test accuracy", f"{accuracy(model.module, split.test):.1%}")
 
 if split.train.images is not None:
     st.plotly_chart(image_grid_figure(split.train.images[:16],

@@ -84,7 +84,8 @@ if run is not None:
     columns[0].metric("Groups", summary.get("n_groups"))
     columns[1].metric("Test points scored", summary.get("n_test"))
     columns[2].metric("Attribution time", f"{summary.get('seconds', 0):.2f} s")
-    columns[3].metric("Model test accuracy", f"{summary.get('model_test_accuracy', 0):.1%}")
+    score, score_name = summary.get("model_test_score", 0.0), summary.get("model_score_name", "accuracy")
+    columns[3].metric(f"Model test {score_name}", f"{score:.1%}" if score_name == "accuracy" else f"{score:.3f}")
     st.page_link("pages/2_Explore.py", label="See the groups on the map", icon=":material/scatter_plot:")
 
 st.subheader("Finished runs")

@@ -67,23 +67,29 @@ st.session_state["test_index"] = min(int(st.session_state["test_index"]), n_scor
 
 predicted, confidence = state.test_predictions()
 test_labels = split.test.labels.cpu().numpy()
-wrong = np.flatnonzero(predicted[:n_scored] != test_labels[:n_scored])
-names = split.test.class_names
+regression = not split.test.class_names
+if regression:  # the worst predictions stand in for the misclassified points
+    errors = np.abs(predicted[:n_scored] - test_labels[:n_scored])
+    wrong, wrong_kind = np.argsort(-errors, kind="stable")[:20], "worst-predicted"
+else:
+    wrong, wrong_kind = np.flatnonzero(predicted[:n_scored] != test_labels[:n_scored]), "misclassified"
+label_names, predicted_names = split.test.label_texts(), split.test.label_texts(predicted)
 left, middle, right = st.columns([1, 2, 2])
 left.number_input("Test point", min_value=0, max_value=n_scored - 1, step=1, key="test_index")
 middle.selectbox(
-    f"Or one of the {len(wrong)} misclassified test points", [None, *wrong.tolist()], key="pick_wrong",
-    format_func=lambda i: "-" if i is None else f"#{i}: label {names[test_labels[i]]}, predicted {names[predicted[i]]}",
+    f"Or one of the {len(wrong)} {wrong_kind} test points", [None, *wrong.tolist()], key="pick_wrong",
+    format_func=lambda i: "-" if i is None else f"#{i}: label {label_names[i]}, predicted {predicted_names[i]}",
     on_change=lambda: st.session_state.update(test_index=st.session_state["pick_wrong"])
     if st.session_state["pick_wrong"] is not None else None)
 index = int(st.session_state["test_index"])
-right.markdown(f"Test point **#{index}**: label **{names[test_labels[index]]}**, model predicts "
-               f"**{names[predicted[index]]}** ({confidence[index]:.0%}). Or click a grey cross on the map.")
+certainty = "" if confidence is None else f" ({confidence[index]:.0%})"
+right.markdown(f"Test point **#{index}**: label **{label_names[index]}**, model predicts "
+               f"**{predicted_names[index]}**{certainty}. Or click a grey cross on the map.")
 st.caption(f"Scores: **{run.params['method']}** on **{run.params['grouping']}** groups "
            f"(K = {run.summary.get('n_groups')}). {SIGN_NOTE}")
 
 st.radio("Colour the map by", MAP_COLOURS, key="map_colour", horizontal=True,
-         format_func={"group": "group", "class": "class label",
+         format_func={"group": "group", "class": "target value" if regression else "class label",
                       "score": "group score for this test point (blue helps, red hurts)"}.get)
 ranking = top_groups(scores, group_labels, split.train.labels.cpu().numpy(), split.train.class_names, index)
 figure = embedding_map_figure(
@@ -107,7 +113,7 @@ for tab, kind, title in zip(st.tabs(["Most helpful groups", "Most harmful groups
         if split.train.images is not None:
             for row in ranking[kind][:3]:
                 tab.markdown(f"Group {row['group']}: score {row['score']:.3g}, {row['size']} points, "
-                             f"mostly '{row['majority_class']}' (first {len(row['members'])} shown)")
+                             f"{row['description']} (first {len(row['members'])} shown)")
                 members = np.array(row["members"])
                 tab.plotly_chart(image_grid_figure(
                     split.train.images[members],

@@ -13,6 +13,7 @@ import streamlit as st
 
 from gda_app import state
 from gda_core.errors import GDAError
+from gda_core.evaluation.noisy import NEEDS_CLASSES
 from gda_core.registry import GROUPINGS, METHODS
 from gda_core.requests import SIGNALS, FlagRequest, NoisyConfig, PruneConfig
 from gda_core.runs.review import ReviewSession, review_for_flags
@@ -28,6 +29,11 @@ for name, default in FLAG_DEFAULTS.items():
     st.session_state[name] = st.session_state.get(name, default)
 st.title("Noisy labels")
 split, model = state.inputs()
+try:
+    split.train.require_classes("the Noisy labels page", NEEDS_CLASSES)
+except GDAError as error:
+    st.info(str(error))
+    st.stop()
 data, arch = st.session_state["data"], st.session_state["model"]
 data_name, model_name = state.describe(data), state.describe(arch)  # uploads by their file names
 file_stem = f"{Path(data_name).stem}-{Path(model_name).stem}"

@@ -6,8 +6,9 @@ at once; per-example gradients are the same call with one point per group, so th
 second code path. Groups are sorted by size before packing so padding stays small, and each
 chunk holds at most ``chunk_examples`` padded examples, which bounds memory.
 
-Every gradient is of a quantity where *lower is better* (the loss, the negative margin, the
-negative log-odds), so that a positive dot product always means "helps".
+Every gradient is of an objective of the data's task (:mod:`gda_core.task`), a quantity
+where *lower is better* (the loss, the negative margin, the negative log-odds), so that a
+positive dot product always means "helps".
 """
 
 from __future__ import annotations
@@ -22,43 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..errors import GDAError
 from ..inputs.datasets import Dataset
-
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, labels, reduction="none")
-
-
-def _best_other_logit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    # A comparison, not one_hot: one_hot is data-dependent and breaks under vmap.
-    own = torch.arange(logits.shape[-1], device=logits.device) == labels.unsqueeze(-1)
-    return logits.masked_fill(own, float("-inf"))
-
-
-def _negative_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Largest other logit minus the correct-class logit (lower is better)."""
-    correct = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return _best_other_logit(logits, labels).amax(dim=-1) - correct
-
-
-def _negative_log_odds(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """-log(p / (1 - p)) of the correct class: TRAK's model output, negated (lower is better)."""
-    correct = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return torch.logsumexp(_best_other_logit(logits, labels), dim=-1) - correct
-
-
-OBJECTIVES: dict[str, Objective] = {
-    "loss": _cross_entropy,
-    "margin": _negative_margin,
-    "log-odds": _negative_log_odds,
-}
-
-
-def objective_function(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        raise GDAError(f"unknown measurement {name!r}; choose from: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
+from ..task import Objective
 
 
 @dataclass
@@ -238,7 +203,7 @@ class GradientEngine:
         group_labels = np.asarray(group_labels, dtype=np.int64)
         if group_labels.shape != (len(data),):
             raise GDAError(f"need one group label per example: {len(data)} examples, {group_labels.shape} labels")
-        batched_grad = self._batched_grad(objective_function(objective))
+        batched_grad = self._batched_grad(data.task.objective(objective))
         inputs = self.inputs(data) if inputs is None else inputs
         labels = data.labels.to(self.device)
         weights = (torch.ones(len(data), device=self.device, dtype=self.dtype) if weights is None

@@ -131,6 +131,8 @@ class GroupingStrategy:
     #: what K is for groupings that fix it themselves (e.g. "N"); empty when K is a parameter
     fixed_count_name: ClassVar[str] = ""
     fixed_group_count: ClassVar[bool] = False
+    #: why the grouping needs class labels (refused on regression targets); empty when it does not
+    needs_classes: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -146,6 +148,8 @@ class GroupingStrategy:
     def fit(self, train: Dataset, model: torch.nn.Module | None = None) -> Groups:
         if self.needs_model and model is None:
             raise GDAError(f"grouping {self.name!r} needs the trained model")
+        if self.needs_classes:
+            train.require_classes(f"the {self.name} grouping", self.needs_classes)
         if self.fixed_group_count:
             # The grouping fixes K itself (N points, C classes): its labels say what K is.
             labels = self._labels(train, model, None)
@@ -192,10 +196,10 @@ class PerClass(GroupingStrategy):
     name = "per-class"
     description = "one group per class (K = number of classes present)"
     fixed_count_name = "number of classes"
+    needs_classes = "its groups are the classes"
 
     def _labels(self, train, model, n_groups):
-        _, labels = np.unique(train.labels.numpy(), return_inverse=True)
-        return labels.astype(np.int64)
+        return np.unique(train.labels.numpy(), return_inverse=True)[1].astype(np.int64)
 
 
 class _KMeansGrouping(GroupingStrategy):
@@ -275,7 +279,7 @@ class GradKMeans(_KMeansGrouping):
 def _per_class_variant(base: type[_KMeansGrouping]) -> type[_KMeansGrouping]:
     return type(
         base.__name__ + "PerClass", (base,),
-        {"name": base.name + "-per-class", "per_class": True,
+        {"name": base.name + "-per-class", "per_class": True, "needs_classes": "it clusters within each class",
          "description": base.description + ", within each class"},
     )
 

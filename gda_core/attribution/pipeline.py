@@ -34,8 +34,10 @@ class AttributionResult:
     n_test: int
     key: str
     timings: dict[str, float]
-    model_accuracy: float
+    #: the model's test score: accuracy for classification, R^2 for regression (``score_name``)
+    model_score: float
     method_info: dict
+    score_name: str = "accuracy"
 
     def summary(self) -> dict:
         return {
@@ -48,7 +50,8 @@ class AttributionResult:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "data": self.request.data,
             "model": self.request.model,
-            "model_test_accuracy": round(self.model_accuracy, 4),
+            "model_test_score": round(self.model_score, 4),
+            "model_score_name": self.score_name,
             "key": self.key,
             "method_info": self.method_info,
         }
@@ -110,21 +113,23 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
         scores = np.concatenate(chunks)
         timings["attribute"] = time.perf_counter() - started
     timings["fit"] = method.fit_seconds_
-    info = {"options": method.options.to_json()}
+    info = {"options": method.options.to_json(), "measurement": method.measurement_}
     for attribute in ("damping_", "solver_info_"):
         if hasattr(method, attribute):
             info[attribute.rstrip("_")] = getattr(method, attribute)
     return AttributionResult(
         request=request, scores=scores, groups=groups, n_train=len(train), n_test=len(test),
-        key=request.key(split, model), timings=timings, model_accuracy=accuracy(model.module, test),
-        method_info=info,
+        key=request.key(split, model), timings=timings, model_score=accuracy(model.module, test),
+        method_info=info, score_name=test.task.score_name,
     )
 
 
 def top_groups(scores: np.ndarray, group_labels: np.ndarray, train_labels: np.ndarray,
                class_names: list[str], test_index: int, count: int = 5) -> dict[str, list[dict]]:
     """The most helpful (highest score) and most harmful (lowest) groups for one test point,
-    from a result's ``scores`` (n_test x K) and its training points' ``group_labels``."""
+    from a result's ``scores`` (n_test x K) and its training points' ``group_labels``. Each
+    row's ``description`` says what its members are: mostly one class, or their mean target
+    (regression: no ``class_names``)."""
     if not 0 <= test_index < len(scores):
         raise GDAError(f"test point must lie in 0..{len(scores) - 1}, got {test_index}")
     row = scores[test_index]
@@ -132,9 +137,13 @@ def top_groups(scores: np.ndarray, group_labels: np.ndarray, train_labels: np.nd
 
     def describe(group: int) -> dict:
         members = np.flatnonzero(group_labels == group)
+        described = {"group": int(group), "score": float(row[group]), "size": int(len(members)),
+                     "members": members[:16].tolist()}
+        if not class_names:
+            return {**described, "description": f"mean target {float(np.mean(train_labels[members])):.3g}"}
         majority = int(np.bincount(train_labels[members], minlength=len(class_names)).argmax())
-        return {"group": int(group), "score": float(row[group]), "size": int(len(members)),
-                "majority_class": class_names[majority], "members": members[:16].tolist()}
+        return {**described, "majority_class": class_names[majority],
+                "description": f"mostly '{class_names[majority]}'"}
 
     count = min(count, len(row))
     return {"helpful": [describe(g) for g in order[:count]],

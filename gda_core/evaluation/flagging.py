@@ -129,6 +129,7 @@ def run_flagging(request: FlagRequest, *, cache_dir: str | Path | None = None,
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     device = resolve_device(request.device)
     split, model = load_inputs(request, cache_dir, device, progress)
+    split.train.require_classes("flagging for label review", "a reviewer keeps or relabels points into classes")
     flags = flag_training_points(model, split.train.to(device), split.test.to(device), request, progress)
     summary = {**flags.summary(), "config": request.to_json(), "data": request.data, "model": request.model,
                "n_groups": flags.n_groups, "class_names": list(split.train.class_names)}

@@ -32,13 +32,13 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from ..attribution.executors import Executor, LocalExecutor
-from ..attribution.grads import objective_function
 from ..attribution.grouping import Groups
 from ..errors import GDAError
 from ..inputs.datasets import Dataset
 from ..inputs.zoo import ModelConfig, TrainConfig, TrainedModel, build_model, module_from_arrays, state_arrays
 from ..progress import Progress, both, no_progress
 from ..requests import GoldConfig, Recipe
+from ..task import Task
 from .statistics import spearman, standard_error
 
 
@@ -61,17 +61,18 @@ class BatchedTrainer:
         module = model.module
         reference = next(module.parameters())
         self.device, self.dtype = reference.device, reference.dtype
+        self._module = module
+
+    def _batch_gradients(self, task: Task) -> Callable:
+        """Per-copy gradients of the task's weighted, regularised batch loss."""
+        module, recipe = self._module, self.recipe
 
         def batch_loss(params, weights, inputs, labels):
-            losses = torch.nn.functional.cross_entropy(functional_call(module, params, (inputs,)), labels,
-                                                       reduction="none")
-            weighted = (losses * weights).sum()
             denominator = weights.sum().clamp_min(1e-12) if recipe.normalize == "weights" else len(labels)
-            penalty = 0.5 * recipe.weight_decay * sum((p * p).sum() for p in params.values())
-            return weighted / denominator + penalty
+            return task.weighted_loss(functional_call(module, params, (inputs,)), labels, weights, denominator,
+                                      params.values(), recipe.weight_decay)
 
-        self._gradients = vmap(grad(batch_loss), in_dims=(0, 0, None, None))
-        self._module = module
+        return vmap(grad(batch_loss), in_dims=(0, 0, None, None))
 
     def initial_parameters(self, seed: int | None) -> dict[str, torch.Tensor]:
         """The model's final weights (``seed=None``) or a fresh seeded initialisation."""
@@ -84,7 +85,7 @@ class BatchedTrainer:
 
     def measure(self, params: dict[str, torch.Tensor], test: Dataset, measurement: str) -> torch.Tensor:
         """(M, n_test) measurements (lower is better) of every copy on the test points."""
-        objective = objective_function(measurement)
+        objective = test.task.objective(measurement)
         inputs, labels = test.features.to(self.device, self.dtype), test.labels.to(self.device)
         with torch.no_grad():
             return vmap(lambda p: objective(functional_call(self._module, p, (inputs,)), labels))(params)
@@ -97,6 +98,8 @@ class BatchedTrainer:
         ``seed`` alone, so every copy (and every chunk of copies) sees the same batches."""
         if weights.shape[1] != len(train):
             raise GDAError(f"weights must have one column per training point ({len(train)})")
+        self.model.check_task(train)
+        gradients_of = self._batch_gradients(train.task)
         record_steps = sorted(set(int(s) for s in record_steps))
         if not record_steps or record_steps[0] < 0:
             raise GDAError("record_steps must be non-negative step counts")
@@ -124,7 +127,7 @@ class BatchedTrainer:
                 if within_epoch == 0:
                     order = torch.randperm(len(train), generator=generator).to(self.device)
                 rows = order[within_epoch * self.recipe.batch_size:(within_epoch + 1) * self.recipe.batch_size]
-                gradients = self._gradients(params, chunk[:, rows], inputs[rows], labels[rows])
+                gradients = gradients_of(params, chunk[:, rows], inputs[rows], labels[rows])
                 self._update(params, gradients, state, step)
                 if record_index < len(record_steps) and step == record_steps[record_index]:
                     out[record_index, first:first + copies] = self.measure(params, test, measurement)

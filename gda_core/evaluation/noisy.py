@@ -18,11 +18,13 @@ from ..inputs.choices import load_data_choice
 from ..inputs.datasets import Dataset, DataSplit, stratified_split
 from ..inputs.zoo import TrainedModel, default_train_config, model_config_for, predict, train_model
 from ..progress import Progress, no_progress
-from ..requests import NoisyConfig, ScoringSpec, resolve_device
+from ..requests import NoisyConfig, PruneConfig, ScoringSpec, resolve_device
 from .flagging import flag_training_points
 
 #: fractions of the training set inspected at which recall is reported
 REPORTED_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+#: why noisy labels and pruning refuse regression targets
+NEEDS_CLASSES = "it flips labels to other classes and reports accuracy"
 #: points on the detection curve (fraction inspected 0, 0.01, ..., 1)
 CURVE_POINTS = 101
 
@@ -55,6 +57,16 @@ def flip_labels(labels: np.ndarray, fraction: float, n_classes: int, seed: int) 
 def with_labels(data: Dataset, labels: np.ndarray) -> Dataset:
     return Dataset(data.features, torch.as_tensor(labels, dtype=torch.long), list(data.class_names), data.name,
                    data.images, data.image_shape, data.indices)
+
+
+def noisy_inputs_of(config: NoisyConfig | PruneConfig, purpose: str, device: torch.device,
+                    progress: Progress = no_progress) -> NoisyInputs:
+    """:func:`noisy_inputs` for a request's data and model (``purpose`` names it in the refusal
+    of regression targets)."""
+    split = load_data_choice(config.data, seed=config.seed)
+    split.train.require_classes(purpose, NEEDS_CLASSES)
+    return noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
+                        seed=config.seed, device=device, progress=progress)
 
 
 def noisy_inputs(split: DataSplit, arch: str, *, flip: float, validation_fraction: float, seed: int,
@@ -102,7 +114,7 @@ def loss_ranking(model: TrainedModel, train: Dataset) -> np.ndarray:
     """Training points by their loss under the model, highest first."""
     with torch.no_grad():
         logits = model.module(train.features.to(next(model.module.parameters())))
-        losses = torch.nn.functional.cross_entropy(logits, train.labels.to(logits.device), reduction="none")
+        losses = train.task.loss(logits, train.labels.to(logits.device))
     return np.argsort(-losses.cpu().numpy(), kind="stable")
 
 
@@ -143,9 +155,7 @@ def run_noisy(config: NoisyConfig, progress: Progress | None = None) -> dict:
     """Inject label noise, retrain, flag, and compare with the baselines (JSON-ready)."""
     progress = progress or no_progress
     device = resolve_device(config.device)
-    split = load_data_choice(config.data, seed=config.seed)
-    inputs = noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
-                          seed=config.seed, device=device, progress=progress)
+    inputs = noisy_inputs_of(config, "noisy-label evaluation", device, progress)
     flags = flag_training_points(inputs.model, inputs.train, inputs.validation, config, progress)
     n_groups = flags.n_groups
     rankings = {"influence": {"label": f"{_flag_label(config, n_groups)}, {config.signal}",

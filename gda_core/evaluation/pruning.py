@@ -10,13 +10,12 @@ import torch
 
 from ..attribution.grouping import make_grouping
 from ..attribution.methods import make_method
-from ..inputs.choices import load_data_choice
 from ..inputs.datasets import Dataset
 from ..inputs.zoo import TrainedModel
 from ..progress import Progress, no_progress
 from ..requests import PruneConfig, Recipe, resolve_device
 from .gold import BatchedTrainer, retraining_epochs
-from .noisy import noisy_inputs
+from .noisy import noisy_inputs_of
 from .statistics import mean_and_error
 
 
@@ -56,9 +55,7 @@ def run_pruning(config: PruneConfig, progress: Progress | None = None) -> dict:
     removing random groups, retrained over ``seeds`` seeds (JSON-ready)."""
     progress = progress or no_progress
     device = resolve_device(config.device)
-    split = load_data_choice(config.data, seed=config.seed)
-    inputs = noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
-                          seed=config.seed, device=device, progress=progress)
+    inputs = noisy_inputs_of(config, "pruning", device, progress)
     train = inputs.train
     started = time.perf_counter()
     groups = make_grouping(config.grouping, config.n_groups, seed=config.seed, **config.grouping_options).fit(train, inputs.model.module)

@@ -14,15 +14,19 @@ import torch
 
 from ..errors import GDAError
 from ..io import atomic_write_bytes
+from ..task import CLASSIFICATION, REGRESSION, Task
 
 
 @dataclass
 class Dataset:
-    """Features, integer labels and what is needed to show the points to a person.
+    """Features, labels and what is needed to show the points to a person.
 
     ``features`` is a float tensor of shape (n, d); image data keeps its pixels flattened
     there and the original image shape in ``image_shape`` so models can restore it.
     ``images`` holds the raw (unstandardised) pixels for display only.
+
+    The data knows its task: with class names the labels are class indices (classification);
+    with none (``class_names=[]``) they are real-valued regression targets.
     """
 
     features: torch.Tensor
@@ -37,7 +41,7 @@ class Dataset:
         if not isinstance(self.features, torch.Tensor):
             self.features = torch.as_tensor(np.asarray(self.features), dtype=torch.float32)
         if not isinstance(self.labels, torch.Tensor):
-            self.labels = torch.as_tensor(np.asarray(self.labels), dtype=torch.long)
+            self.labels = torch.as_tensor(np.asarray(self.labels), dtype=self.task.target_dtype)
         if self.features.ndim != 2:
             raise GDAError(f"features must be a 2-d array (n, d), got shape {tuple(self.features.shape)}")
         if self.labels.ndim != 1 or len(self.labels) != len(self.features):
@@ -49,8 +53,11 @@ class Dataset:
             raise GDAError("the data set is empty")
         if not torch.isfinite(self.features).all():
             raise GDAError("features contain NaN or infinite values")
-        self.labels = self.labels.long()
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+        self.labels = self.labels.to(self.task.target_dtype)
+        if self.task is REGRESSION:
+            if not torch.isfinite(self.labels).all():
+                raise GDAError("regression targets contain NaN or infinite values")
+        elif len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise GDAError(
                 f"labels must lie in 0..{len(self.class_names) - 1} (one per class name), "
                 f"found {int(self.labels.min())}..{int(self.labels.max())}"
@@ -67,7 +74,22 @@ class Dataset:
 
     @property
     def n_classes(self) -> int:
+        """The number of classes (0 for regression targets)."""
         return len(self.class_names)
+
+    @property
+    def task(self) -> Task:
+        """Classification when the data has class names, regression when it has none."""
+        return CLASSIFICATION if self.class_names else REGRESSION
+
+    def label_texts(self, labels: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """How labels read to a person (default: this set's): class names, or target values."""
+        return label_texts(self.labels if labels is None else labels, self.class_names)
+
+    def require_classes(self, purpose: str, reason: str) -> None:
+        """A one-line refusal of ``purpose`` (which needs class labels, ``reason``) on regression data."""
+        if self.task is not CLASSIFICATION:
+            raise GDAError(f"{purpose} needs class labels ({reason}); {self.name} has regression targets")
 
     def subset(self, rows: np.ndarray | list[int] | slice) -> "Dataset":
         """The rows given, keeping class names and display images."""
@@ -99,6 +121,14 @@ class Dataset:
         return digest.hexdigest()[:16]
 
 
+def label_texts(labels: np.ndarray | torch.Tensor, class_names: list[str]) -> np.ndarray:
+    """Class names of class indices, or (no class names) regression targets to 3 digits."""
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if class_names:
+        return np.array(class_names, dtype=object)[labels.astype(np.int64)]
+    return np.array([f"{value:.3g}" for value in labels.astype(np.float64)], dtype=object)
+
+
 @dataclass
 class DataSplit:
     """A training set and a test set of one data source, standardised with training statistics."""
@@ -125,6 +155,13 @@ def _load_breast_cancer() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int,
     return bunch.data, bunch.target, [str(c) for c in bunch.target_names], None
 
 
+def _load_diabetes() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()  # a regression target: disease progression after one year
+    return bunch.data, bunch.target, [], None
+
+
 def _load_wine() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
     from sklearn.datasets import load_wine
 
@@ -136,6 +173,7 @@ BUILTIN_DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str]
     "digits": _load_digits,
     "breast_cancer": _load_breast_cancer,
     "wine": _load_wine,
+    "diabetes": _load_diabetes,
 }
 
 
@@ -154,6 +192,15 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return train, test
 
 
+def random_split(n_rows: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of rows without strata (for regression targets), sorted row indices."""
+    permutation = np.random.default_rng(seed).permutation(n_rows)
+    count = min(int(round(test_fraction * n_rows)), n_rows - 1)
+    if count < 1:
+        raise GDAError("the test fraction leaves no test points; use a larger fraction or more data")
+    return np.sort(permutation[count:]), np.sort(permutation[:count])
+
+
 def split_and_standardise(
     features: np.ndarray,
     labels: np.ndarray,
@@ -167,15 +214,26 @@ def split_and_standardise(
 ) -> DataSplit:
     """Seeded, stratified train/test split; features standardised with the training statistics.
 
-    ``rows`` gives the (train, test) rows instead, for data that comes with its own test part
+    Regression targets (no ``class_names``) are split at random, not stratified, and
+    standardised too, with the training mean and standard deviation, so that losses and
+    learning rates mean the same on every regression set. ``rows`` gives the (train, test) rows instead, for data that comes with its own test part
     (an upload with ``X_test``). Constant columns (e.g. the always-blank corner pixels of
     digits) are left centred, not divided by a zero standard deviation.
     """
     if not 0.0 < test_fraction < 1.0:
         raise GDAError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
     features = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    train_rows, test_rows = rows if rows is not None else stratified_split(labels, test_fraction, seed)
+    regression = not class_names
+    labels = np.asarray(labels, dtype=np.float64 if regression else np.int64)
+    if rows is not None:
+        train_rows, test_rows = rows
+    elif regression:
+        train_rows, test_rows = random_split(len(labels), test_fraction, seed)
+    else:
+        train_rows, test_rows = stratified_split(labels, test_fraction, seed)
+    if regression:
+        scale = labels[train_rows].std()
+        labels = ((labels - labels[train_rows].mean()) / (scale if scale > 1e-12 else 1.0)).astype(np.float32)
     mean = features[train_rows].mean(axis=0)
     std = features[train_rows].std(axis=0)
     std[std < 1e-12] = 1.0
@@ -220,7 +278,8 @@ def _raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[in
 
 
 def load_builtin(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> DataSplit:
-    """One of the built-in data sets (``digits``, ``breast_cancer``, ``wine``), split and standardised."""
+    """One of the built-in data sets (``digits``, ``breast_cancer``, ``wine``; ``diabetes`` for
+    regression), split and standardised."""
     if name not in BUILTIN_DATASETS:
         raise GDAError(f"unknown data set {name!r}; choose from: {', '.join(BUILTIN_DATASETS)}")
     features, labels, class_names, image_shape = _raw_builtin(name)

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import GDAError
+from ..task import TASKS
 from .datasets import DataSplit, split_and_standardise
 from .safety import MB, UploadLimits, check_size, checked_zip, one_line, read_entry, read_upload, refuse_pickle
 
@@ -27,7 +28,9 @@ DEFAULT_IMAGE_SIZE = 28
 # --------------------------------------------------------------------------- parsed data
 @dataclass
 class UploadedData:
-    """Validated raw (unstandardised) arrays of an upload, with an optional test part."""
+    """Validated raw (unstandardised) arrays of an upload, with an optional test part.
+
+    As in :class:`Dataset`, empty ``class_names`` mean the labels are regression targets."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -55,6 +58,9 @@ class UploadedData:
         if self.test_features is not None and self.test_features.shape[1] != self.features.shape[1]:
             raise GDAError(f"test features have {self.test_features.shape[1]} columns, training features "
                            f"{self.features.shape[1]}")
+        if not self.class_names:
+            regression_targets(*(labels for _, _, labels in parts))
+            return
         present = np.unique(self.labels)
         if len(present) < 2:
             raise GDAError(f"the data needs at least 2 classes, found {len(present)}")
@@ -72,9 +78,13 @@ class UploadedData:
         digest.update(str(self.image_shape).encode())
         return digest.hexdigest()
 
+    @property
+    def task_name(self) -> str:
+        return "classification" if self.class_names else "regression"
+
     def to_npz_bytes(self) -> bytes:
         arrays = {"X": self.features, "y": self.labels, "class_names": np.array(self.class_names, dtype=str),
-                  "image_shape": np.array(self.image_shape or (), dtype=np.int64)}
+                  "image_shape": np.array(self.image_shape or (), dtype=np.int64), "task": np.array(self.task_name)}
         if self.test_features is not None:
             arrays.update(X_test=self.test_features, y_test=self.test_labels)
         buffer = io.BytesIO()
@@ -94,6 +104,36 @@ class UploadedData:
                                      rows=rows)
 
 
+def encode_targets(task: str, *parts: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+    """The labels of ``task``: class indices and class names, or regression targets and no names."""
+    if task == "regression":
+        return regression_targets(*parts), []
+    return encode_labels(*parts)
+
+
+def regression_targets(*parts: np.ndarray) -> list[np.ndarray]:
+    """Real-valued targets (one per row, numeric and finite) as float64 arrays."""
+    cleaned = [np.asarray(part) for part in parts]
+    for part in cleaned:
+        if part.ndim != 1:
+            raise GDAError(f"targets must be one per row (1-d), got shape {part.shape}")
+        if part.dtype.kind not in "biuf":
+            example = next((str(v) for v in part.ravel() if not _is_number(v)), str(part.ravel()[:1]))
+            raise GDAError(f"a regression target must be numeric, found {one_line(example, 30)}; "
+                           f"use --task classification for class labels")
+        if not np.isfinite(part.astype(np.float64)).all():
+            raise GDAError("regression targets contain NaN or infinite values")
+    return [part.astype(np.float64) for part in cleaned]
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def encode_labels(*parts: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
     """Integer class indices for one or more label arrays, and the class names.
 
@@ -108,7 +148,8 @@ def encode_labels(*parts: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
         if not np.isfinite(values).all():
             raise GDAError("labels contain NaN or infinite values")
         if (values != np.round(values)).any() or (values < 0).any():
-            raise GDAError("numeric labels must be whole numbers >= 0 (class indices); use class names otherwise")
+            raise GDAError("numeric labels must be whole numbers >= 0 (class indices); use class names "
+                           "otherwise, or --task regression for a numeric target")
         largest = int(values.max()) if len(values) else 0
         if largest >= MAX_CLASSES:
             raise GDAError(f"labels go up to {largest}; class indices must stay below {MAX_CLASSES}")
@@ -197,9 +238,10 @@ def _csv_parts(payload: bytes, name: str, label_column: str,
 
 def parse_csv(payload: bytes, *, label_column: str = "label", split_column: str | None = None,
               test_payload: bytes | None = None, name: str = "data.csv", test_name: str = "test.csv",
-              limits: UploadLimits | None = None) -> UploadedData:
-    """A CSV of numeric feature columns and a label column; optionally a ``split_column`` of
-    train/test or a second CSV (``test_payload``) with the same columns as the test part."""
+              limits: UploadLimits | None = None, task: str = "classification") -> UploadedData:
+    """A CSV of numeric feature columns and a label column (class labels, or a numeric target
+    for ``task="regression"``); optionally a ``split_column`` of train/test or a second CSV
+    (``test_payload``) with the same columns as the test part."""
     limits = limits or UploadLimits.from_env()
     check_size(len(payload), name, limits)
     columns, features, labels, is_test = _csv_parts(payload, name, label_column, split_column)
@@ -216,9 +258,9 @@ def parse_csv(payload: bytes, *, label_column: str = "label", split_column: str 
         features, test_features = features[~is_test], features[is_test]
         labels, test_labels = labels[~is_test], labels[is_test]
     if test_labels is None:
-        (labels,), class_names = encode_labels(labels)
+        (labels,), class_names = encode_targets(task, labels)
     else:
-        (labels, test_labels), class_names = encode_labels(labels, test_labels)
+        (labels, test_labels), class_names = encode_targets(task, labels, test_labels)
     return UploadedData(features, labels, class_names, name=Path(name).stem,
                         test_features=test_features, test_labels=test_labels)
 
@@ -237,10 +279,12 @@ def _numeric_array(archive, key: str, name: str) -> np.ndarray:
     return array
 
 
-def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | None = None) -> UploadedData:
-    """An ``.npz`` with ``X`` (rows x features, or rows x height x width images) and ``y``,
-    optionally ``X_test``/``y_test``; ``class_names`` and ``image_shape`` are kept when present
-    (the normalised form written by :func:`store_upload`)."""
+def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | None = None,
+              task: str = "classification") -> UploadedData:
+    """An ``.npz`` with ``X`` (rows x features, or rows x height x width images) and ``y``
+    (class labels, or numeric targets for ``task="regression"``), optionally ``X_test``/``y_test``;
+    ``class_names``, ``image_shape`` and ``task`` are kept when present (the normalised form
+    written by :func:`store_upload` names its task, which then holds)."""
     limits = limits or UploadLimits.from_env()
     check_size(len(payload), name, limits)
     checked_zip(payload, name, limits)  # an .npz is a zip: refuse bombs before numpy unpacks it
@@ -257,7 +301,7 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
         if ("X_test" in keys) != ("y_test" in keys):
             raise GDAError(f"{name} has only one of X_test and y_test; give both or neither")
         arrays = {key: _numeric_array(archive, key, name) for key in sorted(keys)
-                  if key in ("X", "y", "X_test", "y_test", "class_names", "image_shape")}
+                  if key in ("X", "y", "X_test", "y_test", "class_names", "image_shape", "task")}
     image_shape = None
     if arrays["X"].ndim == 3:
         image_shape = tuple(int(s) for s in arrays["X"].shape[1:])
@@ -282,9 +326,15 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
                                     or image_shape[0] * image_shape[1] != train_features.shape[1]):
         raise GDAError(f"{name}: image_shape must be (height, width), two positive sizes whose product is the "
                        f"{train_features.shape[1]} features, got {one_line(image_shape, 40)}")
+    if "task" in arrays:
+        stored = str(arrays["task"])
+        TASKS.check(stored)
+        if task != "classification" and task != stored:  # the default gives way to the file's own
+            raise GDAError(f"{name} holds {stored} data, not {task}")
+        task = stored
     parts = [arrays["y"]] + ([arrays["y_test"]] if test_features is not None else [])
-    encoded, class_names = encode_labels(*parts)
-    if "class_names" in arrays:
+    encoded, class_names = encode_targets(task, *parts)
+    if "class_names" in arrays and task == "classification":
         stored = [str(c) for c in np.asarray(arrays["class_names"]).ravel()]
         if len(stored) < len(class_names):
             raise GDAError(f"{name}: {len(stored)} class names for labels up to {len(class_names) - 1}")
@@ -295,12 +345,15 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
 
 # ------------------------------------------------------------------------------ image zip
 def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, name: str = "images.zip",
-                    limits: UploadLimits | None = None) -> UploadedData:
+                    limits: UploadLimits | None = None, task: str = "classification") -> UploadedData:
     """A zip with one folder per class of PNG/JPEG images, turned grey and resized to
     ``image_size`` x ``image_size`` with pixel values in [0, 1]. One enclosing folder (what
     zipping a folder gives) is looked through; hidden files and ``__MACOSX`` are skipped."""
     from PIL import Image
 
+    if task != "classification":
+        raise GDAError("image folders name classes, so an image zip is classification data; "
+                       "give regression targets in a CSV or .npz")
     limits = limits or UploadLimits.from_env()
     if not 2 <= image_size <= 512:
         raise GDAError(f"image size must lie in 2..512 pixels, got {image_size}")
@@ -356,8 +409,9 @@ def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, nam
 @dataclass(frozen=True)
 class DataOptions:
     """How to read a data file: the CSV's label (and optional split) column, a separate test
-    CSV, and the size images are resized to. Each field is a command-line flag (its metadata's
-    ``help``, and ``flag`` where it is not ``--field-name``)."""
+    CSV, the size images are resized to, and the task the labels are for (``classification``:
+    class labels; ``regression``: a numeric target, CSV and .npz only). Each field is a
+    command-line flag (its metadata's ``help``, and ``flag`` where it is not ``--field-name``)."""
 
     label_column: str = field(default="label", metadata={"help": "CSV data: the label column"})
     split_column: str | None = field(default=None, metadata={"help": "CSV data: a column of train/test per row"})
@@ -365,6 +419,11 @@ class DataOptions:
                                                           "help": "CSV data: a separate test file"})
     image_size: int = field(default=DEFAULT_IMAGE_SIZE, metadata={"metavar": "N",
                                                                   "help": "image zip: resize images to N x N"})
+    task: str = field(default="classification", metadata={
+        "help": "classification (class labels) or regression (a numeric target; CSV and .npz data)"})
+
+    def __post_init__(self) -> None:
+        TASKS.check(self.task)
 
 
 def parse_data(payload: bytes, name: str, options: DataOptions = DataOptions(),
@@ -385,13 +444,15 @@ def _parse_data(payload: bytes, name: str, options: DataOptions, limits: UploadL
     if suffix == ".csv":
         return parse_csv(payload, label_column=options.label_column, split_column=options.split_column,
                          test_payload=test_payload, name=Path(name).name,
-                         test_name=Path(options.test_path or "test.csv").name, limits=limits)
+                         test_name=Path(options.test_path or "test.csv").name, limits=limits,
+                         task=options.task)
     if test_payload is not None:
         raise GDAError("a separate test file is only read for CSV data; put X_test/y_test in the .npz")
     if suffix == ".npz":
-        return parse_npz(payload, name=Path(name).name, limits=limits)
+        return parse_npz(payload, name=Path(name).name, limits=limits, task=options.task)
     if suffix == ".zip":
-        return parse_image_zip(payload, image_size=options.image_size, name=Path(name).name, limits=limits)
+        return parse_image_zip(payload, image_size=options.image_size, name=Path(name).name, limits=limits,
+                               task=options.task)
     raise GDAError(f"unsupported data file type {one_line(suffix or Path(name).name, 20)}; "
                    f"use one of: {', '.join(DATA_SUFFIXES)}")
 

@@ -185,36 +185,34 @@ def export_program(module: nn.Module, n_features: int) -> bytes:
 
 
 def check_model_fits(model: TrainedModel, data: Dataset) -> None:
-    """An uploaded model must take the data's features, return one logit per class for a
-    batch, and be differentiable with ``torch.func``; one line says what does not fit."""
+    """An uploaded model must be made for the data's task, take the data's features, return
+    its outputs for a batch (one logit per class, or one value for regression), and be
+    differentiable with ``torch.func``; one line says what does not fit."""
     from torch.func import functional_call, grad, vmap
 
     module = model.module
     reference = next(module.parameters())
+    model.check_task(data)
     expected = model.config.n_features if model.config is not None else model.input_width
     if expected is not None and expected != data.n_features:
         raise GDAError(f"the model takes {expected} input features but the data has {data.n_features}")
     sample = data.features[:3].to(device=reference.device, dtype=reference.dtype)
     try:
         with torch.no_grad():
-            logits = module(sample)
+            outputs = module(sample)
     except Exception as error:
         reason = first_line(error, width=100)
         raise GDAError(f"the model does not accept a batch of {len(sample)} rows of {data.n_features} features "
                        f"({reason}); export it with a dynamic batch dimension (torch.export.Dim)") from None
-    if not isinstance(logits, torch.Tensor) or logits.shape[:1] != sample.shape[:1] or logits.ndim != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise GDAError(f"the model must return logits of shape (batch, classes), got {shape}")
-    n_outputs = int(logits.shape[1])
-    largest = int(data.labels.max())
-    if largest >= n_outputs:
-        raise GDAError(f"labels go up to {largest} but the model has {n_outputs} outputs (classes 0..{n_outputs - 1})")
-    if n_outputs < 2:
-        raise GDAError("the model has a single output; classification needs one logit per class (>= 2)")
+    if not isinstance(outputs, torch.Tensor) or outputs.shape[:1] != sample.shape[:1] or outputs.ndim != 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise GDAError(f"the model must return outputs of shape (batch, outputs), got {shape}")
+    task = data.task
+    task.check_outputs(int(outputs.shape[1]), data.labels)
     params = {name: p.detach() for name, p in module.named_parameters()}
 
     def loss(p, x, y):
-        return nn.functional.cross_entropy(functional_call(module, p, (x[None],)), y[None])
+        return task.loss(functional_call(module, p, (x[None],)), y[None]).sum()
 
     try:
         labels = data.labels[:len(sample)].to(reference.device)
@@ -223,11 +221,9 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
         reason = first_line(error, width=100)
         raise GDAError(f"the model cannot be differentiated per example with torch.func ({reason}); upload "
                        f"a .safetensors state dict of a zoo architecture instead") from None
-    # A cross-entropy gradient is never exactly zero everywhere (the output bias alone gets
-    # softmax - onehot), unless the outputs do not depend on the parameters at all.
+    # A loss gradient is never exactly zero everywhere (for cross-entropy the output bias alone
+    # gets softmax - onehot), unless the outputs do not depend on the parameters at all.
     if all(not bool(g.any()) for g in gradients.values()):
         raise GDAError("the model's outputs do not depend on its parameters (torch.no_grad or .detach() in "
                        "forward?), so there is nothing to attribute; export it without them, or upload a "
                        ".safetensors state dict with its .json config")
-
-

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import GDAError, first_line
 from ..io import atomic_write_bytes
+from ..task import TASKS
 from .datasets import Dataset
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
@@ -29,14 +30,18 @@ OPTIMIZERS = ("adam", "sgd", "lbfgs")
 
 @dataclass
 class ModelConfig:
-    """Architecture and sizes of a zoo model; saved as JSON beside its weights."""
+    """Architecture, sizes and task of a zoo model; saved as JSON beside its weights.
+
+    A ``classification`` model has one output (logit) per class; a ``regression`` model has
+    one output and ``n_classes`` 0 (logreg is then ridge regression: a linear model with L2)."""
 
     arch: str
     n_features: int
-    n_classes: int
+    n_classes: int = 0
     hidden: tuple[int, ...] = (64, 64)
     image_shape: tuple[int, ...] | None = None
     cnn_channels: tuple[int, ...] = (16, 32)
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -45,8 +50,13 @@ class ModelConfig:
             self.image_shape = tuple(int(s) for s in self.image_shape)
         if self.arch not in ARCHITECTURES:
             raise GDAError(f"unknown model {self.arch!r}; choose from: {', '.join(ARCHITECTURES)}")
-        if self.n_features < 1 or self.n_classes < 2:
-            raise GDAError(f"a model needs >= 1 feature and >= 2 classes, got {self.n_features} and {self.n_classes}")
+        TASKS.check(self.task)
+        if self.n_features < 1:
+            raise GDAError(f"a model needs >= 1 feature, got {self.n_features}")
+        if self.task == "classification" and self.n_classes < 2:
+            raise GDAError(f"a classification model needs >= 2 classes, got {self.n_classes}")
+        if self.task == "regression" and self.n_classes != 0:
+            raise GDAError(f"a regression model has one output and no classes; drop n_classes ({self.n_classes})")
         if any(h < 1 for h in self.hidden):
             raise GDAError(f"hidden sizes must be positive, got {self.hidden}")
         if self.arch == "cnn":
@@ -55,8 +65,17 @@ class ModelConfig:
             if math.prod(self.image_shape) != self.n_features:
                 raise GDAError(f"image shape {self.image_shape} does not match {self.n_features} features")
 
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.task == "regression" else self.n_classes
+
     def to_json(self) -> dict:
-        return asdict(self)
+        payload = asdict(self)
+        if self.task == "classification":
+            # Left out for the default task, so classification models keep the fingerprints
+            # (and cached demo models) they had before tasks were named.
+            del payload["task"]
+        return payload
 
     @classmethod
     def from_json(cls, payload: dict) -> "ModelConfig":
@@ -85,14 +104,14 @@ class ZooModel(nn.Module):
 def build_model(config: ModelConfig) -> ZooModel:
     """A freshly initialised zoo model (initialisation follows torch's global RNG)."""
     if config.arch == "logreg":
-        return ZooModel(nn.Identity(), nn.Linear(config.n_features, config.n_classes))
+        return ZooModel(nn.Identity(), nn.Linear(config.n_features, config.n_outputs))
     if config.arch == "mlp":
         layers: list[nn.Module] = []
         width = config.n_features
         for size in config.hidden:
             layers += [nn.Linear(width, size), nn.Tanh()]
             width = size
-        return ZooModel(nn.Sequential(*layers), nn.Linear(width, config.n_classes))
+        return ZooModel(nn.Sequential(*layers), nn.Linear(width, config.n_outputs))
     # cnn: two 3x3 convolutions, one 2x2 pooling, one hidden dense layer.
     height, width_px = config.image_shape  # type: ignore[misc]
     first, second = config.cnn_channels
@@ -105,7 +124,7 @@ def build_model(config: ModelConfig) -> ZooModel:
         nn.AvgPool2d(2), nn.Flatten(),
         nn.Linear(pooled, hidden), nn.Tanh(),
     )
-    return ZooModel(body, nn.Linear(hidden, config.n_classes))
+    return ZooModel(body, nn.Linear(hidden, config.n_outputs))
 
 
 def state_arrays(module: nn.Module) -> dict[str, np.ndarray]:
@@ -150,8 +169,8 @@ class TrainConfig:
 def default_train_config(arch: str, seed: int = 0) -> TrainConfig:
     """Defaults that train each zoo model well on the built-in sets in seconds.
 
-    Logistic regression is trained to convergence with full-batch L-BFGS so that its
-    influence functions are exact (the model is convex)."""
+    Logistic regression (ridge regression on a regression task) is trained to convergence
+    with full-batch L-BFGS so that its influence functions are exact (the model is convex)."""
     if arch == "logreg":
         return TrainConfig(epochs=200, lr=1.0, batch_size=10**9, optimizer="lbfgs",
                            weight_decay=1e-3, seed=seed, n_checkpoints=1)
@@ -214,6 +233,13 @@ class TrainedModel:
     def n_classes(self) -> int | None:
         return None if self.config is None else self.config.n_classes
 
+    def check_task(self, data: Dataset) -> None:
+        """A one-line refusal when the model was made for another task than the data's (an
+        exported program has no config: its outputs are checked by ``check_model_fits``)."""
+        if self.config is not None and self.config.task != data.task.name:
+            raise GDAError(f"the model is a {self.config.task} model but {data.name} is {data.task.name} data; "
+                           f"use a model made for {data.task.name}")
+
     def checkpoint_module(self, checkpoint: Checkpoint) -> ZooModel:
         """A copy of the model holding a checkpoint's weights."""
         module = build_model(self.zoo_config("TracIn checkpoints")).to(next(self.module.parameters()))
@@ -228,21 +254,22 @@ class TrainedModel:
         return self
 
 
-def mean_loss(module: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(module(features), labels)
+def _outputs(module: nn.Module, data: Dataset) -> torch.Tensor:
+    with torch.no_grad():
+        return module(data.features.to(next(module.parameters())))
 
 
 def accuracy(module: nn.Module, data: Dataset) -> float:
-    predicted, _ = predict(module, data)
-    return float((predicted == data.labels.cpu().numpy()).mean())
+    """The model's score on the data: accuracy for classes, R^2 for regression targets (the
+    data's task names it, ``data.task.score_name``)."""
+    return data.task.score(_outputs(module, data), data.labels)
 
 
-def predict(module: nn.Module, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The predicted class of every point and the model's probability for it."""
-    with torch.no_grad():
-        probabilities = torch.softmax(module(data.features.to(next(module.parameters()))), dim=1).cpu()
-    confidence, predicted = probabilities.max(dim=1)
-    return predicted.numpy(), confidence.numpy()
+def predict(module: nn.Module, data: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
+    """The prediction for every point (a class, or a value) and, for classes, the model's
+    probability of it."""
+    predicted, confidence = data.task.predict(_outputs(module, data).cpu())
+    return predicted.numpy(), None if confidence is None else confidence.numpy()
 
 
 def train_model(
@@ -256,9 +283,12 @@ def train_model(
 ) -> TrainedModel:
     """Train a zoo model from a seeded initialisation.
 
-    The loss is the (optionally weighted) mean cross-entropy plus ``weight_decay / 2 *
+    The loss is the data task's (optionally weighted) mean loss plus ``weight_decay / 2 *
     ||theta||^2``; the same seed gives the same initialisation and the same batch order.
     """
+    if config.task != train.task.name:
+        raise GDAError(f"a {config.task} model cannot be trained on {train.task.name} data")
+    task = train.task
     train_config = train_config or default_train_config(config.arch)
     generator = torch.Generator().manual_seed(train_config.seed)
     torch.manual_seed(train_config.seed)
@@ -269,9 +299,9 @@ def train_model(
     n = len(labels)
 
     def objective(rows: torch.Tensor | slice) -> torch.Tensor:
-        losses = nn.functional.cross_entropy(module(features[rows]), labels[rows], reduction="none")
-        penalty = 0.5 * train_config.weight_decay * sum((p * p).sum() for p in module.parameters())
-        return (losses * weights[rows]).sum() / weights[rows].sum().clamp_min(1e-12) + penalty
+        return task.weighted_loss(module(features[rows]), labels[rows], weights[rows],
+                                  weights[rows].sum().clamp_min(1e-12), module.parameters(),
+                                  train_config.weight_decay)
 
     checkpoint_epochs = sorted({
         max(1, round(train_config.epochs * (i + 1) / train_config.n_checkpoints))
@@ -416,7 +446,7 @@ def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = 
     """The zoo config of ``arch`` sized for ``data``."""
     kwargs = {} if hidden is None else {"hidden": hidden}
     return ModelConfig(arch=arch, n_features=data.n_features, n_classes=data.n_classes,
-                       image_shape=data.image_shape, **kwargs)
+                       image_shape=data.image_shape, task=data.task.name, **kwargs)
 
 
 def demo_model(

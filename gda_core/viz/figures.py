@@ -7,7 +7,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from ..errors import GDAError
-from ..inputs.datasets import Dataset
+from ..inputs.datasets import Dataset, label_texts
 
 SIGN_NOTE = ("A group is a set of training points scored together. Positive score: up-weighting "
              "the group lowers this test point's loss (it helps); negative: it hurts.")
@@ -29,6 +29,12 @@ def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8) -
 
 
 def class_count_figure(data: Dataset) -> go.Figure:
+    """Training points per class, or a histogram of the targets for regression data."""
+    if not data.class_names:
+        figure = go.Figure(go.Histogram(x=data.labels.cpu().numpy(), nbinsx=30))
+        figure.update_layout(title="Training targets (standardised)", xaxis_title="target", yaxis_title="points",
+                             height=300, margin=dict(l=10, r=10, t=40, b=10))
+        return figure
     counts = np.bincount(data.labels.cpu().numpy(), minlength=data.n_classes)
     figure = go.Figure(go.Bar(x=data.class_names, y=counts))
     figure.update_layout(title="Training points per class", xaxis_title="class", yaxis_title="points",
@@ -38,7 +44,7 @@ def class_count_figure(data: Dataset) -> go.Figure:
 
 def group_scores_figure(rows: list[dict], title: str) -> go.Figure:
     """Horizontal bars of group scores (rows from :func:`gda_core.attribution.pipeline.top_groups`)."""
-    labels = [f"group {row['group']} ({row['size']} pts, mostly '{row['majority_class']}')" for row in rows]
+    labels = [f"group {row['group']} ({row['size']} pts, {row['description']})" for row in rows]
     scores = [row["score"] for row in rows]
     colours = ["#2a9d8f" if s > 0 else "#e76f51" for s in scores]
     figure = go.Figure(go.Bar(x=scores, y=labels, orientation="h", marker_color=colours))
@@ -93,8 +99,9 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
                          helpful: list[int] = (), harmful: list[int] = (), test_xy: np.ndarray | None = None,
                          test_labels: np.ndarray | None = None, selected_test: int | None = None,
                          colour: str = "group", title: str = "Training points") -> go.Figure:
-    """The training points in 2-D, coloured by ``colour``: "group" (by class without groups),
-    "class", or "score" (each point's group score for the chosen test point, on a diverging
+    """The training points in 2-D, coloured by ``colour``: "group" (by label without groups),
+    "class" (the label: a colour per class, or the target's value on a continuous scale for
+    regression data, which has no ``class_names``), or "score" (each point's group score for the chosen test point, on a diverging
     scale: with gradient K-means one large group of well-fit points often holds most of the
     data, and colouring by score shows where the helpful and harmful mass lies).
 
@@ -105,8 +112,12 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
     if colour not in MAP_COLOURS:
         raise GDAError(f"colour must be one of {', '.join(MAP_COLOURS)}, got {colour!r}")
     train_xy, train_labels = np.asarray(train_xy), np.asarray(train_labels)
-    colour_by = np.asarray(group_labels) if group_labels is not None else train_labels
-    names = np.array(class_names, dtype=object)[train_labels]
+    regression = not class_names
+    if group_labels is None and colour == "group":
+        colour = "class"
+    colour_by = (np.asarray(group_labels) if group_labels is not None
+                 else np.zeros(len(train_xy), dtype=np.int64) if regression else train_labels)
+    names = label_texts(train_labels, class_names)
     point_scores = (np.asarray(group_scores)[colour_by] if group_scores is not None and group_labels is not None
                     else None)
     custom = np.column_stack([np.arange(len(train_xy)), names, colour_by,
@@ -116,6 +127,9 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
         limit = float(np.abs(point_scores).max()) or 1.0
         marker = dict(size=6, color=point_scores, colorscale=SCORE_SCALE, cmin=-limit, cmax=limit, opacity=0.85,
                       colorbar=dict(title="group score", thickness=12))
+    elif colour == "class" and regression:
+        marker = dict(size=6, color=train_labels.astype(float), colorscale="Viridis", opacity=0.85,
+                      colorbar=dict(title="target", thickness=12))
     else:
         categories = train_labels if colour == "class" else colour_by
         marker = dict(size=6, color=[GROUP_PALETTE[int(c) % len(GROUP_PALETTE)] for c in categories], opacity=0.8)
@@ -134,7 +148,7 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
             ))
     if test_xy is not None:
         test_xy = np.asarray(test_xy)
-        test_names = (np.array(class_names, dtype=object)[np.asarray(test_labels)] if test_labels is not None
+        test_names = (label_texts(test_labels, class_names) if test_labels is not None
                       else np.full(len(test_xy), "?", dtype=object))
         figure.add_trace(go.Scatter(
             x=test_xy[:, 0], y=test_xy[:, 1], mode="markers", name="test points (click to choose)",

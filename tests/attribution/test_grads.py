@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from gda_core.attribution.grads import OBJECTIVES, GradientEngine, RandomProjector, group_members
+from gda_core.attribution.grads import GradientEngine, RandomProjector, group_members
+from gda_core.task import CLASSIFICATION
 
 
 def _brute_force_gradient(module, features, label, objective):
     module.zero_grad()
     logits = module(features[None])
-    OBJECTIVES[objective](logits, label[None]).sum().backward()
+    CLASSIFICATION.objective(objective)(logits, label[None]).sum().backward()
     return torch.cat([p.grad.reshape(-1) for p in module.parameters()]).clone()
 
 
@@ -67,9 +68,9 @@ def test_margin_is_correct_logit_minus_best_other():
     logits = torch.tensor([[2.0, 5.0, 1.0], [0.0, -1.0, 3.0]])
     labels = torch.tensor([1, 0])
     # Negative margin: best other logit minus the correct one (lower is better).
-    torch.testing.assert_close(OBJECTIVES["margin"](logits, labels), torch.tensor([2.0 - 5.0, 3.0 - 0.0]))
+    torch.testing.assert_close(CLASSIFICATION.objective("margin")(logits, labels), torch.tensor([2.0 - 5.0, 3.0 - 0.0]))
     probability = torch.softmax(logits, 1)[0, 1]
-    torch.testing.assert_close(OBJECTIVES["log-odds"](logits, labels)[0], -torch.log(probability / (1 - probability)))
+    torch.testing.assert_close(CLASSIFICATION.objective("log-odds")(logits, labels)[0], -torch.log(probability / (1 - probability)))
 
 
 def test_projection_preserves_inner_products_on_average():

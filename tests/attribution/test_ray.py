@@ -27,6 +27,7 @@ from gda_core.attribution.methods.first_order import GradDot
 from gda_core.cli import main as cli_main
 from gda_core.errors import GDAError
 from gda_core.evaluation.gold import further_training, lds_ensemble, leave_group_out
+from gda_core.inputs.datasets import load_builtin
 from gda_core.inputs.zoo import TrainConfig, model_config_for, train_model
 from gda_core.registry import METHODS
 from gda_core.requests import AttributionRequest, SweepConfig
@@ -128,6 +129,34 @@ def test_gold_standards_train_their_blocks_of_copies_on_ray(ray_cluster, setting
     np.testing.assert_array_equal(local.masks, sharded.masks)
     _assert_same_scores(local.outputs, sharded.outputs)
     assert fractions[-1] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def regression_setting():
+    """diabetes: 150 training points in 10 random groups, 6 test points, a small regression MLP."""
+    split = load_builtin("diabetes", seed=0)
+    train, test = split.train.subset(slice(0, 150)), split.test.subset(slice(0, 6))
+    model = train_model(model_config_for("mlp", train, hidden=(8,)), train,
+                        TrainConfig(epochs=3, lr=1e-2, batch_size=32, seed=0, n_checkpoints=2))
+    return model, train, test, make_grouping("random", 10, seed=0).fit(train)
+
+
+@pytest.mark.parametrize("name", ["grad-dot", "tracin", "if-cg", "trak", "datainf"])
+def test_regression_scores_the_same_on_ray(ray_cluster, regression_setting, name):
+    model, train, test, groups = regression_setting
+    method = make_method(name, model, **FAST_OPTIONS.get(name, {})).fit(train, groups)
+    _assert_same_scores(method.attribute(test), method.attribute(test, executor=RayExecutor(shards_per_cpu=2)))
+    # workers may load the built-in regression set by name
+    executor = RayExecutor(builtin=BuiltinSource("diabetes", seed=0))
+    _assert_same_scores(method.attribute(test), method.attribute(test, executor=executor))
+
+
+def test_regression_gold_standard_trains_on_ray(ray_cluster, regression_setting):
+    model, train, test, groups = regression_setting
+    local = further_training(model, train, test, groups, epochs=[1.0], seeds=2, copies_per_chunk=5)
+    sharded = further_training(model, train, test, groups, epochs=[1.0], seeds=2, copies_per_chunk=5,
+                               executor=RayExecutor())
+    _assert_same_scores(local.scores, sharded.scores)
 
 
 def test_an_uploaded_program_is_a_one_line_refusal_on_ray(ray_cluster, setting, tmp_path):

@@ -50,7 +50,7 @@ def test_digits_keep_raw_images_for_display():
 def test_unknown_data_set():
     with pytest.raises(GDAError, match="unknown data set 'mnist'; choose from: digits"):
         load_builtin("mnist")
-    assert set(BUILTIN_DATASETS) == {"digits", "breast_cancer", "wine"}
+    assert set(BUILTIN_DATASETS) == {"digits", "breast_cancer", "wine", "diabetes"}
 
 
 @pytest.mark.parametrize("features,labels,message", [

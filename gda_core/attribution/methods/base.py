@@ -26,8 +26,9 @@ from ...inputs.datasets import Dataset
 from ...inputs.zoo import TrainedModel
 from ...progress import Progress, no_progress
 from ...registry import METHODS
+from ...task import MEASUREMENTS
 from ..executors import Executor, LocalExecutor, TrainSide, Transform, ViewRecipe
-from ..grads import OBJECTIVES, GradientChunk, GradientEngine
+from ..grads import GradientChunk, GradientEngine
 from ..grouping import Groups
 
 
@@ -36,15 +37,17 @@ class MethodOptions:
     """Options every method takes. Subclasses add their own fields; all are validated here
     and in their ``__post_init__`` and saved as JSON beside results."""
 
-    measurement: str = "loss"
+    #: what a test point is attributed on (lower is better); None: the method's default for
+    #: the data's task. The data's task refuses a measurement it does not offer, at fit.
+    measurement: str | None = "loss"
     last_layer_only: bool = False
     chunk_examples: int = 1024
     cache_bytes: int = 1 << 30
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.measurement not in OBJECTIVES:
-            raise GDAError(f"measurement must be one of {', '.join(OBJECTIVES)}, got {self.measurement!r}")
+        if self.measurement is not None and self.measurement not in MEASUREMENTS:
+            raise GDAError(f"measurement must be one of {', '.join(MEASUREMENTS)}, got {self.measurement!r}")
         if self.chunk_examples < 1:
             raise GDAError(f"chunk_examples must be >= 1, got {self.chunk_examples}")
 
@@ -101,6 +104,9 @@ class AttributionMethod:
         """Prepare everything that depends only on the training side."""
         if len(groups.labels) != len(train):
             raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
+        self.model.check_task(train)
+        #: the measurement test points are attributed on, checked against the data's task
+        self.measurement_ = train.task.check_measurement(self.options.measurement or self._default_measurement(train))
         started = time.perf_counter()
         self.train_ = train
         self.groups_ = groups
@@ -118,7 +124,7 @@ class AttributionMethod:
         """Scores of shape (n_test, K): positive means the group helps the test prediction.
 
         ``executor`` computes the training side of each view (default: this process)."""
-        return self._scores(lambda engine: engine.test_gradients(test, measurement=self.options.measurement),
+        return self._scores(lambda engine: engine.test_gradients(test, measurement=self.measurement_),
                             progress, executor)
 
     def attribute_total(self, test: Dataset, progress: Progress = no_progress) -> np.ndarray:
@@ -126,7 +132,7 @@ class AttributionMethod:
         loss): the test set as one aggregate, from one backward of its summed measurement."""
         def summed(engine: GradientEngine) -> torch.Tensor:
             zeros = np.zeros(len(test), dtype=np.int64)
-            return engine.stacked(engine.group_gradients(test, zeros, 1, objective=self.options.measurement), 1)
+            return engine.stacked(engine.group_gradients(test, zeros, 1, objective=self.measurement_), 1)
 
         return self._scores(summed, progress)[0]
 
@@ -140,7 +146,7 @@ class AttributionMethod:
         n_views = len(self.views_)
         for index, view in enumerate(self.views_):
             test_chunks = view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
-                                                      objective=self.options.measurement)
+                                                      objective=self.measurement_)
             done = 0
             for test_chunk, train_chunk in zip(test_chunks, self._train_side(index, view)):
                 if not np.array_equal(test_chunk.group_ids, train_chunk.group_ids):
@@ -186,6 +192,10 @@ class AttributionMethod:
         return scores.double().cpu().numpy()
 
     # ------------------------------------------------------------ overridables
+    def _default_measurement(self, train: Dataset) -> str:
+        """The measurement when the options name none."""
+        return "loss"
+
     def _views(self, train: Dataset) -> list[View]:
         return [View(self._engine(self.model.module), 1.0)]
 

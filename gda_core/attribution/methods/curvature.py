@@ -1,7 +1,9 @@
 """Curvature of the mean training loss as a batched matrix-vector product.
 
 The Gauss-Newton matrix (GGN, positive semi-definite: the safe default) or the Hessian, of
-the mean cross-entropy over a sample of training rows, at the model's current weights.
+the data task's mean loss over a sample of training rows, at the model's current weights. The
+GGN is J^T H_out J with H_out the task's output Hessian (softmax's diag(p) - p p^T for
+cross-entropy, 1 for squared error).
 Products are batched over vectors with ``vmap`` and chunked over rows, so memory stays
 bounded; the full P x P matrix is only built on request, for small models.
 """
@@ -9,7 +11,6 @@ bounded; the full P x P matrix is only built on request, for small models.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ...errors import GDAError
@@ -29,7 +30,7 @@ class CurvatureOperator:
         if kind not in CURVATURES:
             raise GDAError(f"curvature must be one of {', '.join(CURVATURES)}, got {kind!r}")
         rows = torch.as_tensor(rows, device=engine.device)
-        self.engine, self.kind = engine, kind
+        self.engine, self.kind, self.task = engine, kind, data.task
         self.inputs = engine.inputs(data)[rows]
         self.labels = data.labels.to(engine.device)[rows]
         self.row_chunk, self.vector_chunk = row_chunk, vector_chunk
@@ -39,7 +40,7 @@ class CurvatureOperator:
     def _product(self, inputs: torch.Tensor, labels: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """Sum over these rows of C_i v, for each row v of ``vectors``."""
         engine = self.engine
-        space, params, module = engine.space, engine.params, engine.function_module
+        space, params, module, task = engine.space, engine.params, engine.function_module, self.task
 
         def logits_of(p):
             return functional_call(module, p, (inputs,))
@@ -47,14 +48,12 @@ class CurvatureOperator:
         if self.kind == "ggn":
             def single(flat_vector):
                 logits, tangent = jvp(logits_of, (params,), (space.unflatten(flat_vector),))
-                prob = torch.softmax(logits, dim=-1)
-                # Hessian of cross-entropy w.r.t. the logits is diag(p) - p p^T.
-                output_product = prob * tangent - prob * (prob * tangent).sum(-1, keepdim=True)
+                output_product = task.output_hessian_product(logits, tangent)
                 _, pullback = vjp(logits_of, params)
                 return space.flatten(pullback(output_product)[0], batch_dims=0)
         else:
             def summed_loss(p):
-                return nn.functional.cross_entropy(logits_of(p), labels, reduction="sum")
+                return task.loss(logits_of(p), labels).sum()
 
             def single(flat_vector):
                 _, product = jvp(grad(summed_loss), (params,), (space.unflatten(flat_vector),))

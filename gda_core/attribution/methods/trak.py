@@ -1,8 +1,10 @@
 """TRAK: influence in a random projection of output-function gradients.
 
-score(t, G) = phi_t^T (Phi^T Phi + lambda I)^-1 sum_{i in G} (1 - p_i) phi_i, where phi is
-the projected gradient of the model output f = log(p / (1 - p)) of the correct class and
-(1 - p_i) the residual weights (Park et al., 2023). Phi^T Phi is estimated on a sample of
+score(t, G) = phi_t^T (Phi^T Phi + lambda I)^-1 sum_{i in G} Q_i phi_i, where phi is the
+projected gradient of the task's model output function and Q_i its residual weight (Park et
+al., 2023): for classification f = log(p / (1 - p)) of the correct class and Q = 1 - p; for
+regression f is the prediction itself and Q = f - y (so Q phi is the projected squared-error
+gradient, Phi^T Phi the Gauss-Newton matrix, and the test side measures the loss). Phi^T Phi is estimated on a sample of
 training points (scaled to the full set), so the group path never needs per-example
 gradients of every point. ``ensemble`` > 1 averages over independently trained models.
 """
@@ -24,7 +26,8 @@ from .influence import InverseCurvatureMethod, InverseOptions
 
 @dataclass
 class TRAKOptions(InverseOptions):
-    measurement: str = "log-odds"
+    #: None: the task's TRAK measurement (log-odds for classification, loss for regression)
+    measurement: str | None = None
     projection_dim: int = 512
     ensemble: int = 1
     curvature_samples: int | None = 4096
@@ -43,6 +46,9 @@ class TRAK(InverseCurvatureMethod):
     description = "TRAK: projected output-function gradients with a ridge kernel inverse"
     Options = TRAKOptions
 
+    def _default_measurement(self, train: Dataset) -> str:
+        return train.task.trak_measurement
+
     def _views(self, train: Dataset) -> list[View]:
         modules = [self.model.module]
         base = self.model.train_config
@@ -60,14 +66,12 @@ class TRAK(InverseCurvatureMethod):
         self.projectors_.append(RandomProjector(
             view.engine.space.dim, min(self.options.projection_dim, view.engine.space.dim),
             seed=self.options.seed + index))
-        probabilities = torch.softmax(view.engine.logits(train), dim=1)
-        correct = probabilities.gather(1, train.labels.to(probabilities.device)[:, None])[:, 0]
-        self.residual_weights_.append(1.0 - correct)
+        self.residual_weights_.append(train.task.residual_weights(view.engine.logits(train), train.labels))
         super()._fit_view(index, view, train)
 
     def _prepare(self, index: int, view: View, sample: Dataset) -> None:
         features = view.engine.stacked(view.engine.per_example_gradients(
-            sample, objective="log-odds", projector=self.projectors_[index]), len(sample)).double()
+            sample, objective=sample.task.trak_output, projector=self.projectors_[index]), len(sample)).double()
         kernel = features.T @ features * (len(self.train_) / len(sample))
         dim = kernel.shape[0]
         ridge = self._resolve_damping(index, lambda: self.options.ridge_fraction * float(kernel.trace()) / dim)
@@ -75,7 +79,7 @@ class TRAK(InverseCurvatureMethod):
         self.kernel_factors_.append(torch.linalg.cholesky(kernel + ridge * identity))
 
     def _train_objective(self, index: int, view: View) -> tuple[str, torch.Tensor | None]:
-        return "log-odds", self.residual_weights_[index]
+        return self.train_.task.trak_output, self.residual_weights_[index]
 
     def _train_transform(self, index: int, view: View) -> Transform:
         return self.projectors_[index].project

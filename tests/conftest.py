@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -38,3 +40,20 @@ def zoo(small_digits):
     """One trained model of each zoo architecture on the small digits set."""
     train, _ = small_digits
     return {arch: _train(arch, train) for arch in ("logreg", "mlp", "cnn")}
+
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+
+
+@pytest.fixture()
+def open_app(monkeypatch):
+    """``open_app(cache)``: the app (Streamlit's AppTest of app.py) on the cache folder
+    ``cache``, with the PCA stand-in for UMAP (the browser test runs the real one)."""
+    from streamlit.testing.v1 import AppTest
+
+    def open_(cache, timeout: float = 240) -> AppTest:
+        monkeypatch.setenv("GDA_CACHE_DIR", str(cache))
+        monkeypatch.setenv("GDA_EMBEDDER", "pca")
+        return AppTest.from_file(str(APP), default_timeout=timeout)
+
+    return open_

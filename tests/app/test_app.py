@@ -23,17 +23,9 @@ from gda_core.viz.figures import SIGN_NOTE
 PAGES = {"compute": "pages/1_Compute.py", "explore": "pages/2_Explore.py", "fidelity": "pages/3_Fidelity.py"}
 
 
-@pytest.fixture(scope="module")
-def app_cache(tmp_path_factory):
-    """One cache for the module: the demo model trains once, and runs are shared on purpose."""
-    return tmp_path_factory.mktemp("app-cache")
-
-
 @pytest.fixture()
-def app(app_cache, monkeypatch):
-    monkeypatch.setenv("GDA_CACHE_DIR", str(app_cache))
-    monkeypatch.setenv("GDA_EMBEDDER", "pca")
-    return AppTest.from_file("../../app.py", default_timeout=240)
+def app(app_cache, open_app):
+    return open_app(app_cache)
 
 
 def plotly_specs(app: AppTest) -> list[dict]:

@@ -20,15 +20,9 @@ from gda_core.runs.store import ScoreStore
 PAGE = "pages/4_Noisy_labels.py"
 
 
-@pytest.fixture(scope="module")
-def app_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("noisy-app-cache")
-
-
 @pytest.fixture()
-def app(app_cache, monkeypatch):
-    monkeypatch.setenv("GDA_CACHE_DIR", str(app_cache))
-    app = AppTest.from_file("../../app.py", default_timeout=240)
+def app(app_cache, open_app):
+    app = open_app(app_cache)
     app.run()
     return app.switch_page(PAGE)
 
@@ -44,9 +38,8 @@ def session(app_cache) -> ReviewSession:
     return ReviewSession(store, f"flags:{run.key}")
 
 
-def test_home_links_to_the_page(app_cache, monkeypatch):
-    monkeypatch.setenv("GDA_CACHE_DIR", str(app_cache))
-    home = AppTest.from_file("../../app.py", default_timeout=240)
+def test_home_links_to_the_page(app_cache, open_app):
+    home = open_app(app_cache)
     home.run()
     assert any(link.proto.page == "Noisy_labels" for link in home.get("page_link"))
 

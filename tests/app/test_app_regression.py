@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 from test_app import decoded, plotly_specs  # tests/ is on the path under pytest's default import mode
 
 from gda_core.requests import AttributionRequest, EmbeddingRequest
@@ -15,16 +14,9 @@ from gda_core.runs.jobs import run_in_foreground
 from gda_core.runs.store import ScoreStore
 
 
-@pytest.fixture(scope="module")
-def app_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("app-regression-cache")
-
-
 @pytest.fixture()
-def app(app_cache, monkeypatch):
-    monkeypatch.setenv("GDA_CACHE_DIR", str(app_cache))
-    monkeypatch.setenv("GDA_EMBEDDER", "pca")
-    app = AppTest.from_file("../../app.py", default_timeout=240)
+def app(app_cache, open_app):
+    app = open_app(app_cache)
     app.run()
     app.selectbox(key="data").set_value("diabetes").run()
     return app

@@ -530,14 +530,11 @@ def test_cli_bad_file_is_one_line_and_exit_2(args, message, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------- the app
-def test_home_page_upload_path(tmp_path, monkeypatch):
+def test_home_page_upload_path(tmp_path, open_app):
     """Upload data and a model on the home page: bad files are one st.error line, good ones
     become the choices that every page uses."""
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("GDA_CACHE_DIR", str(tmp_path))
     examples = example_files()
-    app = AppTest.from_file("../../app.py", default_timeout=120)
+    app = open_app(tmp_path, timeout=120)
     app.run()
     assert len(app.get("download_button")) == len(examples)
     app.radio(key="data_source").set_value("Upload").run()

@@ -177,13 +177,13 @@ def worker(spec: dict) -> dict:
     clock, memory = Clock(device), PeakMemory(device)
 
     if job == "train":
-        from gda_core.inputs.zoo import accuracy, save_model, train_model
+        from gda_core.inputs.zoo import model_score, save_model, train_model
 
         clock.start()
         trained = train_model(_model_config(), train, _train_config(spec["train_epochs"]), device=device)
         seconds, _ = clock.stop()
         save_model(trained, work / "model")
-        return {"train_seconds": seconds, "test_accuracy": accuracy(trained.module, test),
+        return {"train_seconds": seconds, "test_accuracy": model_score(trained.module, test),
                 "n_train": len(train), "n_test": len(test),
                 "n_parameters": sum(p.numel() for p in trained.module.parameters()),
                 "n_checkpoints": len(trained.checkpoints), "final_train_loss": trained.history[-1]}

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import GDAError
+from .errors import GDAError, check_choice
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -107,8 +107,12 @@ def _run_job(args: argparse.Namespace) -> None:
 
 
 def _cache(args: argparse.Namespace) -> None:
+    from .runs.store import store_kinds
+
     store = _store(args)
     if args.cache_command == "ls":
+        if args.kind is not None:
+            check_choice("run kind", args.kind, store_kinds())
         runs = store.runs(kind=args.kind)
         if args.json:
             print(json.dumps([{k: v for k, v in run.to_json().items() if k != "files"} for run in runs],

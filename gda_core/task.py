@@ -179,12 +179,13 @@ class ClassificationTask(Task):
         return float((predicted.cpu().numpy() == targets.cpu().numpy()).mean())
 
     def check_outputs(self, n_outputs, targets):
+        if n_outputs < 2:
+            raise GDAError("the model has a single output (a regression model?); classification needs one "
+                           "logit per class (>= 2)")
         largest = int(targets.max())
         if largest >= n_outputs:
             raise GDAError(f"labels go up to {largest} but the model has {n_outputs} outputs "
                            f"(classes 0..{n_outputs - 1})")
-        if n_outputs < 2:
-            raise GDAError("the model has a single output; classification needs one logit per class (>= 2)")
 
 
 class RegressionTask(Task):

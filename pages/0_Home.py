@@ -15,7 +15,7 @@ from gda_core.inputs.choices import accept_data_upload, accept_model_upload, is_
 from gda_core.inputs.datasets import BUILTIN_DATASETS
 from gda_core.inputs.examples import EXAMPLE_FILES, FORMATS_HELP
 from gda_core.inputs.parsers import DEFAULT_IMAGE_SIZE, DataOptions
-from gda_core.inputs.zoo import accuracy
+from gda_core.inputs.zoo import model_score
 from gda_core.task import TASKS
 from gda_core.viz.figures import class_count_figure, image_grid_figure
 
@@ -105,10 +105,10 @@ columns[1].metric("Test points", len(split.test))
 task = split.train.task
 if task.name == "regression":
     columns[2].metric("Task", "regression")
-    columns[4].metric(f"Test {task.score_name}", f"{accuracy(model.module, split.test):.3f}")
+    columns[4].metric(f"Test {task.score_name}", f"{model_score(model.module, split.test):.3f}")
 else:
     columns[2].metric("Classes", split.train.n_classes)
-    columns[4].metric("Test accuracy", f"{accuracy(model.module, split.test):.1%}")
+    columns[4].metric("Test accuracy", f"{model_score(model.module, split.test):.1%}")
 columns[3].metric("Features", split.train.n_features)
 
 if split.train.images is not None:

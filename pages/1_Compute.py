@@ -51,11 +51,13 @@ with st.expander("Advanced options"):
         elif isinstance(value, int):
             options[option.name] = column.number_input(option.name, value=value, step=1, key=widget_key)
         elif isinstance(value, float) or value is None:
+            # An optional option's type is in its annotation ("int | None"); empty text is None.
+            parse = next((kind for name, kind in (("int", int), ("float", float)) if name in str(option.type)), str)
             text = column.text_input(option.name, value="" if value is None else f"{value:g}", key=widget_key)
             try:
-                options[option.name] = float(text) if text.strip() else None
+                options[option.name] = parse(text) if text.strip() else None
             except ValueError:
-                column.error(f"{option.name}: {text!r} is not a number")
+                column.error(f"{option.name}: {text!r} is not {'a whole number' if parse is int else 'a number'}")
                 options[option.name] = value
         elif isinstance(value, str):
             options[option.name] = column.text_input(option.name, value=value, key=widget_key)

@@ -61,12 +61,33 @@ def test_method_options_pass_through(tmp_path, capsys):
     (["attribute", "--data", "wine", "--groups", "3", "--option", "nonsense=1"], "has no option nonsense"),
     (["attribute", "--data", "wine", "--model", "cnn", "--groups", "3"], "needs image data"),
     (["frobnicate"], "invalid choice"),
+    # data-file options on a built-in set would be ignored: refused instead
+    (["attribute", "--data", "wine", "--groups", "3", "--task", "regression"],
+     "--task only apply to a data file; the built-in data set 'wine' is read as it is"),
+    (["attribute", "--data", "wine", "--groups", "3", "--label-column", "y", "--image-size", "8"],
+     "--label-column, --image-size only apply to a data file"),
+    (["cache", "ls", "--kind", "bogus"], "unknown run kind 'bogus'; choose from: scores"),
+    (["attribute", "--data", "wine", "--groups", "3", "--method", "if-cg", "--option", "max_iterations=abc"],
+     "option max_iterations of method 'if-cg' must be int, got 'abc'"),
+    (["attribute", "--data", "wine", "--groups", "3", "--method", "if-cg", "--option", "damping=x"],
+     "option damping of method 'if-cg' must be float or null, got 'x'"),
 ])
 def test_bad_arguments_fail_with_one_line(tmp_path, capsys, args, message):
-    assert main(args + ["--cache", str(tmp_path)] if args[0] == "attribute" else args) == 2
+    assert main(args + ["--cache", str(tmp_path)] if args[0] in ("attribute", "cache") else args) == 2
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_the_model_score_is_of_the_whole_test_split_whatever_is_scored(tmp_path, capsys):
+    scores = []
+    for size in ("5", "none"):
+        assert main(["attribute", "--data", "diabetes", "--model", "logreg", "--grouping", "random", "--groups", "4",
+                     "--test-size", size, "--cache", str(tmp_path), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        scores.append((summary["n_test"], summary["model_test_score"], summary["model_score_name"]))
+    assert scores[0][0] == 5 and scores[1][0] > 5
+    assert scores[0][1:] == scores[1][1:] and scores[0][2] == "R^2"
 
 
 def test_methods_listing_through_the_console_script():

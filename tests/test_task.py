@@ -100,3 +100,10 @@ def test_scores_are_accuracy_and_r2():
     targets = torch.tensor([1.0, 2.0, 3.0])
     assert REGRESSION.score(targets[:, None], targets) == 1.0
     assert REGRESSION.score(torch.full((3, 1), 2.0), targets) == 0.0
+
+
+def test_a_one_output_model_on_class_labels_is_refused_for_its_output_count():
+    with pytest.raises(GDAError, match="the model has a single output \\(a regression model\\?\\)"):
+        CLASSIFICATION.check_outputs(1, torch.tensor([0, 1, 1]))
+    with pytest.raises(GDAError, match="labels go up to 2 but the model has 2 outputs"):
+        CLASSIFICATION.check_outputs(2, torch.tensor([0, 2]))

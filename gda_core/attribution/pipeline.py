@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import GDAError
 from ..inputs.choices import load_inputs
-from ..inputs.zoo import accuracy
+from ..inputs.zoo import model_score
 from ..io import default_cache_dir
 from ..progress import Progress
 from ..requests import AttributionRequest, resolve_device
@@ -119,7 +119,8 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
             info[attribute.rstrip("_")] = getattr(method, attribute)
     return AttributionResult(
         request=request, scores=scores, groups=groups, n_train=len(train), n_test=len(test),
-        key=request.key(split, model), timings=timings, model_score=accuracy(model.module, test),
+        key=request.key(split, model), timings=timings,
+        model_score=model_score(model.module, split.test.to(device)),
         method_info=info, score_name=test.task.score_name,
     )
 

@@ -24,7 +24,8 @@ from .flagging import flag_training_points
 #: fractions of the training set inspected at which recall is reported
 REPORTED_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
 #: why noisy labels and pruning refuse regression targets
-NEEDS_CLASSES = "it flips labels to other classes and reports accuracy"
+NEEDS_CLASSES = {"noisy-label evaluation": "it flips labels to other classes and reports accuracy",
+                 "pruning": "it reports test accuracy and can flip labels to other classes"}
 #: points on the detection curve (fraction inspected 0, 0.01, ..., 1)
 CURVE_POINTS = 101
 
@@ -64,7 +65,7 @@ def noisy_inputs_of(config: NoisyConfig | PruneConfig, purpose: str, device: tor
     """:func:`noisy_inputs` for a request's data and model (``purpose`` names it in the refusal
     of regression targets)."""
     split = load_data_choice(config.data, seed=config.seed)
-    split.train.require_classes(purpose, NEEDS_CLASSES)
+    split.train.require_classes(purpose, NEEDS_CLASSES[purpose])
     return noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
                         seed=config.seed, device=device, progress=progress)
 

@@ -99,8 +99,9 @@ def run_sweep(config: SweepConfig, store: ResultCache, progress: Progress = no_p
                                          for i, h in enumerate(gold.horizons)}
                     lead = point["fidelity"][f"{gold.horizons[0]:g}"]
                     point.update(cosine=lead["cosine"], cosine_se=lead["cosine_se"], spearman=lead["spearman"])
-                    point["gold_relative_se"] = float(np.nanmean(np.abs(gold.standard_error[0])) /
-                                                      max(np.abs(gold.scores[0]).mean(), 1e-300))
+                    error = np.abs(gold.standard_error[0])  # all NaN with one seed: no spread to report
+                    point["gold_relative_se"] = (float(np.nanmean(error)) / max(np.abs(gold.scores[0]).mean(), 1e-300)
+                                                 if np.isfinite(error).any() else float("nan"))
                 points.append(point)
                 progress("methods", (cell_index + 1) / len(cells))
     return {

@@ -11,6 +11,7 @@ how the app and the CLI pass an uploaded CSV or image zip to jobs).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Callable
@@ -72,6 +73,11 @@ def prepare_data_choice(choice: str, options: DataOptions, cache_dir: str | Path
     """The data choice jobs should get: a built-in name as it is; a data file parsed with
     ``options`` (a CSV's label column, image size), validated, and stored normalised."""
     if choice in BUILTIN_DATASETS:
+        changed = [f.metadata.get("flag", "--" + f.name.replace("_", "-")) for f in dataclasses.fields(options)
+                   if getattr(options, f.name) != f.default]
+        if changed:  # they would be silently ignored: a built-in set is read as it is
+            raise GDAError(f"{', '.join(changed)} only apply to a data file; the built-in data set {choice!r} "
+                           f"is read as it is")
         return choice
     check_data_choice(choice)
     return str(store_upload(parse_data_file(choice, options), cache_dir))

@@ -237,7 +237,7 @@ class TrainedModel:
         """A one-line refusal when the model was made for another task than the data's (an
         exported program has no config: its outputs are checked by ``check_model_fits``)."""
         if self.config is not None and self.config.task != data.task.name:
-            raise GDAError(f"the model is a {self.config.task} model but {data.name} is {data.task.name} data; "
+            raise GDAError(f"the model is a {self.config.task} model but the data is {data.task.name} data; "
                            f"use a model made for {data.task.name}")
 
     def checkpoint_module(self, checkpoint: Checkpoint) -> ZooModel:
@@ -259,7 +259,7 @@ def _outputs(module: nn.Module, data: Dataset) -> torch.Tensor:
         return module(data.features.to(next(module.parameters())))
 
 
-def accuracy(module: nn.Module, data: Dataset) -> float:
+def model_score(module: nn.Module, data: Dataset) -> float:
     """The model's score on the data: accuracy for classes, R^2 for regression targets (the
     data's task names it, ``data.task.score_name``)."""
     return data.task.score(_outputs(module, data), data.labels)

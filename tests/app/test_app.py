@@ -177,3 +177,14 @@ def test_a_running_job_shows_progress_and_can_be_cancelled(app):
     button(app, "Cancel").click().run()
     run_until(app, lambda a: any("was cancelled" in w.value for w in a.warning), timeout=60)
     assert not any(b.label == "Cancel" for b in app.button)
+
+
+def test_advanced_options_are_read_as_their_fields_types(app):
+    """An optional option (``int | None``) takes a whole number, not a float; a bad one is
+    one error line on the page, not a refused job."""
+    app.switch_page(PAGES["compute"]).run()
+    app.selectbox(key="method").set_value("if-arnoldi").run()
+    app.text_input(key="option:if-arnoldi:iterations").set_value("40").run()
+    assert not app.exception and not app.error
+    app.text_input(key="option:if-arnoldi:iterations").set_value("1.5").run()
+    assert [e.value for e in app.error] == ["iterations: '1.5' is not a whole number"]

@@ -160,13 +160,13 @@ def test_a_model_of_another_task_is_refused(small, digits):
     model, train, _ = small
     classifier = train_model(model_config_for("logreg", digits.train), digits.train.subset(slice(0, 100)),
                              default_train_config("logreg"))
-    with pytest.raises(GDAError, match="the model is a classification model but diabetes is regression data"):
+    with pytest.raises(GDAError, match="the model is a classification model but the data is regression data"):
         make_method("grad-dot", classifier).fit(train, make_grouping("random", 3).fit(train))
-    with pytest.raises(GDAError, match="the model is a regression model but digits is classification data"):
+    with pytest.raises(GDAError, match="the model is a regression model but the data is classification data"):
         make_method("grad-dot", model).fit(digits.train, make_grouping("random", 3).fit(digits.train))
 
 
 @pytest.mark.parametrize("run,config", [(run_noisy, NoisyConfig), (run_pruning, PruneConfig)])
 def test_noisy_labels_and_pruning_refuse_regression(run, config):
-    with pytest.raises(GDAError, match="needs class labels \\(it flips labels to other classes"):
+    with pytest.raises(GDAError, match="needs class labels \\(it .*flips? labels to other classes"):
         run(config(data="diabetes", model="logreg", method="grad-dot", grouping="random", n_groups=5))

@@ -13,11 +13,11 @@ from gda_core.inputs.datasets import BUILTIN_DATASETS, Dataset, load_builtin
 from gda_core.inputs.zoo import (
     ModelConfig,
     TrainConfig,
-    accuracy,
     default_train_config,
     demo_model,
     load_model,
     model_config_for,
+    model_score,
     save_model,
     train_model,
 )
@@ -104,7 +104,7 @@ def test_training_is_seeded_and_records_checkpoints(small_digits):
     final = {k: v for k, v in first.module.state_dict().items()}
     for name, value in first.checkpoints[-1].state.items():
         torch.testing.assert_close(value, final[name])
-    assert accuracy(first.module, test) > 0.8
+    assert model_score(first.module, test) > 0.8
 
 
 def test_logistic_regression_is_trained_to_its_optimum(small_digits):

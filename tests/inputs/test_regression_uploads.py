@@ -105,11 +105,11 @@ def test_a_safetensors_config_names_its_task(tmp_path):
     path = _safetensors(tmp_path, ModelConfig("mlp", 10, task="regression", hidden=(4,)))
     model = load_model_choice(str(path), train, tmp_path)
     assert model.config.task == "regression" and model.config.n_outputs == 1
-    with pytest.raises(GDAError, match="model.safetensors: the model is a regression model but wine is "
+    with pytest.raises(GDAError, match="model.safetensors: the model is a regression model but the data is "
                                        "classification data"):
         load_model_choice(str(_safetensors(tmp_path, ModelConfig("mlp", 13, task="regression"))),
                           load_data_choice("wine").train, tmp_path)
-    with pytest.raises(GDAError, match="the model is a classification model but diabetes is regression data"):
+    with pytest.raises(GDAError, match="the model is a classification model but the data is regression data"):
         load_model_choice(str(_safetensors(tmp_path, ModelConfig("mlp", 10, 3))), train, tmp_path)
 
 

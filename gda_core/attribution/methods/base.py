@@ -89,11 +89,13 @@ class AttributionMethod:
     @classmethod
     def make_options(cls, **options) -> MethodOptions:
         """Validated options; an unknown name is a one-line error listing the known ones."""
-        names = {field.name for field in dataclasses.fields(cls.Options)}
-        unknown = sorted(set(options) - names)
+        fields = {field.name: field for field in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(options) - set(fields))
         if unknown:
             raise GDAError(f"method {cls.name!r} has no option {', '.join(unknown)}; "
-                           f"its options are: {', '.join(sorted(names))}")
+                           f"its options are: {', '.join(sorted(fields))}")
+        for name, value in options.items():
+            _check_option_type(cls.name, fields[name], value)
         try:
             return cls.Options(**options)
         except TypeError as error:
@@ -256,6 +258,24 @@ class AttributionMethod:
             return np.arange(n_train)
         rng = np.random.default_rng(self.options.seed)
         return np.sort(rng.choice(n_train, size=n_samples, replace=False))
+
+
+#: the option types a value is checked against (annotations are strings: ``int | None``)
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_option_type(method: str, field: dataclasses.Field, value: object) -> None:
+    """A one-line error when an option's value is not of its field's type (``--option
+    max_iterations=abc`` would otherwise fail deep inside validation with Python's words)."""
+    kinds = [kind.strip() for kind in str(field.type).split("|")]
+    if value is None and "None" in kinds:
+        return
+    if not all(kind in _OPTION_TYPES or kind == "None" for kind in kinds):
+        return  # a type this check does not know: the options' own validation decides
+    allowed = tuple(t for kind in kinds if kind != "None" for t in _OPTION_TYPES[kind])
+    if not isinstance(value, allowed) or (isinstance(value, bool) and "bool" not in kinds):
+        wanted = " or ".join("null" if kind == "None" else kind for kind in kinds)
+        raise GDAError(f"option {field.name} of method {method!r} must be {wanted}, got {value!r}")
 
 
 def make_method(name: str, model: TrainedModel, **options) -> AttributionMethod:

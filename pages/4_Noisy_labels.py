@@ -30,7 +30,7 @@ for name, default in FLAG_DEFAULTS.items():
 st.title("Noisy labels")
 split, model = state.inputs()
 try:
-    split.train.require_classes("the Noisy labels page", NEEDS_CLASSES)
+    split.train.require_classes("the Noisy labels page", NEEDS_CLASSES["noisy-label evaluation"])
 except GDAError as error:
     st.info(str(error))
     st.stop()

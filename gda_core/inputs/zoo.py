@@ -22,9 +22,11 @@ from torch import nn
 from ..errors import GDAError, first_line
 from ..io import atomic_write_bytes
 from ..task import TASKS
-from .datasets import Dataset
+from .datasets import Dataset, image_shape_of
 
-ARCHITECTURES = ("logreg", "mlp", "cnn")
+ARCHITECTURES = ("logreg", "mlp", "cnn", "resnet")
+#: architectures that need image data (an ``image_shape``)
+IMAGE_ARCHITECTURES = ("cnn", "resnet")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 
 
@@ -33,7 +35,10 @@ class ModelConfig:
     """Architecture, sizes and task of a zoo model; saved as JSON beside its weights.
 
     A ``classification`` model has one output (logit) per class; a ``regression`` model has
-    one output and ``n_classes`` 0 (logreg is then ridge regression: a linear model with L2)."""
+    one output and ``n_classes`` 0 (logreg is then ridge regression: a linear model with L2).
+    Image models (``cnn``, ``resnet``) take ``image_shape`` = (channels, height, width), the
+    features being the pixels flattened channels first; ``resnet_width`` is the ResNet-9's
+    first width (its stages have 1, 2, 4 and 8 times as many channels)."""
 
     arch: str
     n_features: int
@@ -42,12 +47,13 @@ class ModelConfig:
     image_shape: tuple[int, ...] | None = None
     cnn_channels: tuple[int, ...] = (16, 32)
     task: str = "classification"
+    resnet_width: int = 8
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
         if self.image_shape is not None:
-            self.image_shape = tuple(int(s) for s in self.image_shape)
+            self.image_shape = image_shape_of(self.image_shape)
         if self.arch not in ARCHITECTURES:
             raise GDAError(f"unknown model {self.arch!r}; choose from: {', '.join(ARCHITECTURES)}")
         TASKS.check(self.task)
@@ -59,11 +65,21 @@ class ModelConfig:
             raise GDAError(f"a regression model has one output and no classes; drop n_classes ({self.n_classes})")
         if any(h < 1 for h in self.hidden):
             raise GDAError(f"hidden sizes must be positive, got {self.hidden}")
-        if self.arch == "cnn":
-            if self.image_shape is None or len(self.image_shape) != 2:
-                raise GDAError("the cnn model needs image data (e.g. digits); use mlp or logreg for tabular data")
+        if self.arch in IMAGE_ARCHITECTURES:
+            if self.image_shape is None:
+                raise GDAError(f"the {self.arch} model needs image data (e.g. digits, mnist); use mlp or logreg "
+                               f"for tabular data")
             if math.prod(self.image_shape) != self.n_features:
                 raise GDAError(f"image shape {self.image_shape} does not match {self.n_features} features")
+            if len(self.cnn_channels) != 2 or min(self.cnn_channels) < 1:
+                raise GDAError(f"cnn_channels must be two positive channel counts, got {self.cnn_channels}")
+        if self.arch == "resnet":
+            if not 1 <= self.resnet_width <= 512:
+                raise GDAError(f"resnet_width must lie in 1..512, got {self.resnet_width}")
+            if min(self.image_shape[1:]) < 16:  # type: ignore[index]
+                # three poolings leave 2x2 maps, so BatchNorm still has several values per channel
+                raise GDAError(f"the resnet pools three times, so images must be at least 16x16 pixels, "
+                               f"got {self.image_shape}; use the cnn for smaller images")
 
     @property
     def n_outputs(self) -> int:
@@ -75,6 +91,8 @@ class ModelConfig:
             # Left out for the default task, so classification models keep the fingerprints
             # (and cached demo models) they had before tasks were named.
             del payload["task"]
+        if self.arch != "resnet":
+            del payload["resnet_width"]  # the same: only a resnet's fingerprint depends on it
         return payload
 
     @classmethod
@@ -112,19 +130,55 @@ def build_model(config: ModelConfig) -> ZooModel:
             layers += [nn.Linear(width, size), nn.Tanh()]
             width = size
         return ZooModel(nn.Sequential(*layers), nn.Linear(width, config.n_outputs))
+    if config.arch == "resnet":
+        return resnet9(config)
     # cnn: two 3x3 convolutions, one 2x2 pooling, one hidden dense layer.
-    height, width_px = config.image_shape  # type: ignore[misc]
+    channels, height, width_px = config.image_shape  # type: ignore[misc]
     first, second = config.cnn_channels
     pooled = (height // 2) * (width_px // 2) * second
     hidden = config.hidden[-1] if config.hidden else 64
     body = nn.Sequential(
-        nn.Unflatten(1, (1, height, width_px)),
-        nn.Conv2d(1, first, 3, padding=1), nn.Tanh(),
+        nn.Unflatten(1, (channels, height, width_px)),
+        nn.Conv2d(channels, first, 3, padding=1), nn.Tanh(),
         nn.Conv2d(first, second, 3, padding=1), nn.Tanh(),
         nn.AvgPool2d(2), nn.Flatten(),
         nn.Linear(pooled, hidden), nn.Tanh(),
     )
     return ZooModel(body, nn.Linear(hidden, config.n_outputs))
+
+
+class Residual(nn.Module):
+    """``x + block(x)``."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs + self.block(inputs)
+
+
+def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+def resnet9(config: ModelConfig) -> ZooModel:
+    """The CIFAR-style ResNet-9 that dattri, kronfluence and TRAK benchmark (conv-BN-ReLU
+    stages of width w, 2w, 4w, 8w with max pooling and two residual blocks, global max
+    pooling), with ``w = resnet_width`` and a linear head with a bias. Attribution uses it in
+    eval mode, so BatchNorm applies its running statistics and every example is independent."""
+    channels, height, width_px = config.image_shape  # type: ignore[misc]
+    w = config.resnet_width
+    body = nn.Sequential(
+        nn.Unflatten(1, (channels, height, width_px)),
+        _conv_bn(channels, w),
+        _conv_bn(w, 2 * w), nn.MaxPool2d(2), Residual(nn.Sequential(_conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 2 * w))),
+        _conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),
+        _conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), Residual(nn.Sequential(_conv_bn(8 * w, 8 * w), _conv_bn(8 * w, 8 * w))),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+    )
+    return ZooModel(body, nn.Linear(8 * w, config.n_outputs))
 
 
 def state_arrays(module: nn.Module) -> dict[str, np.ndarray]:
@@ -176,6 +230,8 @@ def default_train_config(arch: str, seed: int = 0) -> TrainConfig:
                            weight_decay=1e-3, seed=seed, n_checkpoints=1)
     if arch == "cnn":
         return TrainConfig(epochs=20, lr=3e-3, batch_size=64, optimizer="adam", seed=seed)
+    if arch == "resnet":
+        return TrainConfig(epochs=8, lr=3e-3, batch_size=64, optimizer="adam", seed=seed)
     return TrainConfig(epochs=30, lr=3e-3, batch_size=64, optimizer="adam", seed=seed)
 
 
@@ -203,6 +259,9 @@ class TrainedModel:
     history: list[float] = field(default_factory=list)
     #: input features an uploaded program was exported for (zoo models have them in ``config``)
     input_width: int | None = None
+    #: (channels, height, width) of the images an uploaded program takes, when it was exported
+    #: for image batches rather than flat features
+    input_image_shape: tuple[int, int, int] | None = None
     #: sha256 of the uploaded file(s) the model came from: an exported program's graph is not
     #: in its weights, so two programs with the same weights must still differ in cache keys
     source_digest: str | None = None

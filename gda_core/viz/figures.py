@@ -14,10 +14,19 @@ SIGN_NOTE = ("A group is a set of training points scored together. Positive scor
 
 
 def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8) -> go.Figure:
-    """Small grey-scale images side by side (e.g. digits), one title each."""
+    """Small images side by side, one title each: ``images`` is (n, channels, height, width)
+    (or (n, height, width) for grey); grey ones are drawn dark on light (as digits are
+    written), RGB ones in their colours, scaled from the images' own range to 0-255."""
     images = np.asarray(images, dtype=float)
-    figure = px.imshow(images, facet_col=0, facet_col_wrap=min(columns, len(images)),
-                       binary_string=False, color_continuous_scale="gray_r", aspect="equal")
+    if images.ndim == 4 and images.shape[1] == 3:
+        low, high = images.min(), images.max()
+        rgb = (images - low) / (high - low if high > low else 1.0) * 255.0
+        figure = px.imshow(rgb.transpose(0, 2, 3, 1).astype(np.uint8), facet_col=0,
+                           facet_col_wrap=min(columns, len(images)), aspect="equal")
+    else:
+        grey = images[:, 0] if images.ndim == 4 else images
+        figure = px.imshow(grey, facet_col=0, facet_col_wrap=min(columns, len(images)),
+                           binary_string=False, color_continuous_scale="gray_r", aspect="equal")
     # Plotly lists the facet titles bottom row first while image 0 sits top left: match each
     # title to its image by the facet index it names ("facet_col=3"), not by position.
     for annotation in figure.layout.annotations:

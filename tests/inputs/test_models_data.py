@@ -42,15 +42,15 @@ def test_builtin_sets_are_standardised_and_split(name, n_features, n_classes):
 
 def test_digits_keep_raw_images_for_display():
     split = load_builtin("digits")
-    assert split.train.image_shape == (8, 8)
-    assert split.train.images.shape == (len(split.train), 8, 8)
+    assert split.train.image_shape == (1, 8, 8)  # (channels, height, width)
+    assert split.train.images.shape == (len(split.train), 1, 8, 8)
     assert split.train.images.max() == 16.0  # raw pixel intensities, not standardised
 
 
 def test_unknown_data_set():
-    with pytest.raises(GDAError, match="unknown data set 'mnist'; choose from: digits"):
-        load_builtin("mnist")
-    assert set(BUILTIN_DATASETS) == {"digits", "breast_cancer", "wine", "diabetes"}
+    with pytest.raises(GDAError, match="unknown data set 'cifar10'; choose from: digits"):
+        load_builtin("cifar10")
+    assert set(BUILTIN_DATASETS) == {"digits", "mnist", "breast_cancer", "wine", "diabetes"}
 
 
 @pytest.mark.parametrize("features,labels,message", [
@@ -133,7 +133,11 @@ def test_demo_model_is_trained_once_then_loaded(small_digits, tmp_path):
 
 def test_model_config_validation():
     with pytest.raises(GDAError, match="unknown model"):
+        ModelConfig(arch="vit", n_features=4, n_classes=2)
+    with pytest.raises(GDAError, match="the resnet model needs image data"):
         ModelConfig(arch="resnet", n_features=4, n_classes=2)
+    with pytest.raises(GDAError, match="at least 16x16 pixels, got \\(1, 8, 8\\); use the cnn"):
+        ModelConfig(arch="resnet", n_features=64, n_classes=2, image_shape=(8, 8))
     with pytest.raises(GDAError, match="needs image data"):
         ModelConfig(arch="cnn", n_features=30, n_classes=2)
     with pytest.raises(GDAError, match="unknown optimizer"):

@@ -74,7 +74,7 @@ def files(builtin, tmp_path_factory) -> dict[str, Path]:
     with zipfile.ZipFile(paths["zip"], "w", zipfile.ZIP_DEFLATED) as archive:
         for index, (image, label) in enumerate(zip(pixels, labels[order])):
             png = io.BytesIO()
-            Image.fromarray(image.reshape(shape), mode="L").save(png, format="PNG")
+            Image.fromarray(image.reshape(shape[1:]), mode="L").save(png, format="PNG")
             archive.writestr(f"digits/{label}/{index:05d}.png", png.getvalue())
     return paths
 
@@ -98,7 +98,7 @@ def test_image_zip_matches_the_same_pixels_as_npz(files, cache, model_format):
     from_zip = prepare_data_choice(str(files["zip"]), DataOptions(image_size=8), cache)
     split = load_inputs(AttributionRequest(data=from_zip, model=str(files[model_format]), **ATTRIBUTION),
                         cache, torch.device("cpu"))[0]
-    assert split.train.image_shape == (8, 8) and split.train.class_names == [str(c) for c in range(10)]
+    assert split.train.image_shape == (1, 8, 8) and split.train.class_names == [str(c) for c in range(10)]
     np.testing.assert_array_equal(scores(from_zip, str(files[model_format]), cache),
                                   scores(str(files["sorted-npz"]), str(files[model_format]), cache))
 
@@ -244,15 +244,29 @@ BAD_DATA = {
                 "features contain NaN or infinite values"),
     "npz shapes": ("data.npz", _npz(X=np.zeros((4, 2)), y=np.array([0, 1, 0])),
                    "features have 4 rows but there are 3 labels"),
-    "npz 4-d X": ("data.npz", _npz(X=np.zeros((2, 2, 2, 2)), y=np.array([0, 1])), "must be (rows, features)"),
+    "npz 4-d X": ("data.npz", _npz(X=np.zeros((2, 2, 2, 2)), y=np.array([0, 1])),
+                  "a 4-d X is images (rows, channels, height, width) or (rows, height, width, channels) with 1 or 3"),
+    "npz 5-d X": ("data.npz", _npz(X=np.zeros((2, 1, 2, 2, 2)), y=np.array([0, 1])), "X must be (rows, features), "),
+    "npz ambiguous layout": ("data.npz", _npz(X=np.zeros((2, 3, 4, 3)), y=np.array([0, 1])),
+                             "could be channels first or last; add an array layout='NCHW' or 'NHWC'"),
+    "npz bad layout": ("data.npz", _npz(X=np.zeros((2, 3, 4, 3)), y=np.array([0, 1]), layout=np.array("CHW")),
+                       "layout must be one of NCHW, NHWC, got 'CHW'"),
+    "npz layout with 4 channels": ("data.npz", _npz(X=np.zeros((2, 4, 4, 3)), y=np.array([0, 1]),
+                                                    layout=np.array("NCHW")), "has 4 channels; images have 1"),
+    "npz test images": ("data.npz", _npz(X=np.zeros((2, 3, 4, 4)), y=np.array([0, 1]), X_test=np.zeros((2, 3, 4, 5)),
+                                         y_test=np.array([0, 1])), "X_test's images have shape (3, 4, 5), X's (3, 4, 4)"),
+    "npz test axes": ("data.npz", _npz(X=np.zeros((2, 3, 4, 4)), y=np.array([0, 1]), X_test=np.zeros((2, 48)),
+                                       y_test=np.array([0, 1])), "X_test must have as many axes as X (4)"),
+    "npz image channels": ("data.npz", _npz(X=np.zeros((2, 8)), y=np.array([0, 1]), image_shape=np.array([2, 2, 2])),
+                           "has 2 channels; images have 1 (grey) or 3 (RGB)"),
     "npz text X": ("data.npz", _npz(X=np.array([["a"], ["b"]]), y=np.array([0, 1])), "X must be numeric"),
     "npz test columns": ("data.npz", _npz(X=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]), X_test=np.zeros((2, 3)),
                                           y_test=np.array([0, 1])), "test features have 3 columns"),
     "npz empty images": ("data.npz", _npz(X=np.zeros((0, 2, 2)), y=np.zeros(0, dtype=int)), "X has no rows"),
     "npz negative image shape": ("data.npz", _npz(X=np.zeros((2, 4)), y=np.array([0, 1]), image_shape=np.array([-1, -4])),
-                                 "image_shape must be (height, width), two positive sizes"),
+                                 "image_shape must be (channels, height, width) or (height, width) of positive sizes"),
     "npz 1-d image shape": ("data.npz", _npz(X=np.zeros((2, 4)), y=np.array([0, 1]), image_shape=np.array([4])),
-                            "image_shape must be (height, width)"),
+                            "image_shape must be (channels, height, width) or (height, width)"),
     "npy not npz": ("data.npz", b"\x93NUMPY" + b"\x00" * 20, "not a valid zip archive"),
     "unknown zip version": ("data.npz", _future_zip_version(), "data.npz is not a valid zip archive"),
     "truncated zip": ("images.zip", _zip({"a/1.png": _png(), "b/2.png": _png()})[:-30],
@@ -264,7 +278,7 @@ BAD_DATA = {
     "zip bomb": ("images.zip", _zip({"a/1.png": _png(), "b/zeros.png": bytes(3 * 2 ** 20)}, zipfile.ZIP_DEFLATED),
                  "unpacks to 3 MB, over the limit of 1 MB"),
     "images resized too big": ("images.zip", _zip({f"{c}/{i}.png": _png() for c in "ab" for i in range(2)}),
-                               "4 images at 256x256 take 2 MB, over the limit of 1 MB"),
+                               "4 images at 256x256 take 6 MB, over the limit of 1 MB"),
     "image fails to decode": ("images.zip", _zip({"a/1.png": _png(), "b/2.png": b"\x89PNG\r\n\x1a\nnot really"}),
                               "image 'b/2.png' cannot be decoded"),
     "image outside class folders": ("images.zip", _zip({"1.png": _png(), "a/2.png": _png()}),
@@ -360,7 +374,7 @@ def _bad_model(case: str, folder: Path, files: dict[str, Path]) -> Path:
         return path
     if case == "unknown architecture":
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
-        (folder / "model.json").write_text(json.dumps({"arch": "resnet", "n_features": 64, "n_classes": 10}))
+        (folder / "model.json").write_text(json.dumps({"arch": "vit", "n_features": 64, "n_classes": 10}))
         return path
     if case == "config not JSON":
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
@@ -387,7 +401,7 @@ BAD_MODELS = {
     "no config beside safetensors": "lonely.safetensors needs its config beside it: lonely.json",
     "config of another shape": "weights do not fit the mlp config",
     "config asking for huge layers": "weights do not fit the mlp config: Unexpected key(s)",
-    "unknown architecture": "model.json: unknown model 'resnet'",
+    "unknown architecture": "model.json: unknown model 'vit'",
     "config not JSON": "model.json is not a valid model config",
     "corrupt safetensors": "model.safetensors is not a valid safetensors file",
     "empty program": "bad.pt2 is empty",

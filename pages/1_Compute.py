@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
+from gda_core.attribution.costs import cost_rows
 from gda_core.registry import EXECUTORS, GROUPINGS, METHODS
 from gda_core.requests import AttributionRequest
 
@@ -35,6 +36,19 @@ if grouping.fixed_group_count:
 else:
     right.slider("Groups (K)", min_value=2, max_value=max_groups, key="n_groups",
                  help="More groups keep more fidelity and cost more; choose the grouping 'per-example' for K = N.")
+
+n_groups = None if grouping.fixed_group_count else int(st.session_state["n_groups"])
+with st.expander("What will it cost? (measured on this model)"):
+    split_now, _ = state.inputs()
+    costs = state.gradient_costs()
+    st.caption(f"Every method starts with gradients of the {n_train} training and {len(split_now.test)} test "
+               f"points; here one per-example pass, timed on {costs[0].sample_size} training points and scaled. "
+               "TracIn makes one pass per checkpoint, TRAK one per ensemble member. A grouped run still "
+               "passes over every point, but the method then works with K group gradients instead of N: "
+               "that is where grouping saves time and memory. Last-layer mode differentiates the head only.")
+    st.dataframe(pd.DataFrame(cost_rows(costs, n_train, len(split_now.test),
+                                        n_groups if st.session_state["grouping"] != "per-example" else None)),
+                 hide_index=True, key="cost_table")
 
 method_class = METHODS[st.session_state["method"]]
 defaults = method_class.Options()
@@ -74,7 +88,7 @@ if st.button("Compute", type="primary"):
     state.submit_request("attribute", lambda: AttributionRequest(
         data=st.session_state["data"], model=st.session_state["model"], method=st.session_state["method"],
         grouping=st.session_state["grouping"],
-        n_groups=None if grouping.fixed_group_count else int(st.session_state["n_groups"]),
+        n_groups=n_groups,
         test_size=None, method_options=changed, executor=st.session_state["executor"],
         ray_address=(ray_address.strip() or None) if st.session_state["executor"] == "ray" else None), slot="attribute")
 

@@ -508,6 +508,19 @@ def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = 
                        image_shape=data.image_shape, task=data.task.name, **kwargs)
 
 
+def architectures_for(data: Dataset) -> list[str]:
+    """The zoo architectures that can be built for ``data`` (image models need images of a
+    size they can take)."""
+    fitting = []
+    for arch in ARCHITECTURES:
+        try:
+            model_config_for(arch, data)
+        except GDAError:
+            continue
+        fitting.append(arch)
+    return fitting
+
+
 def demo_model(
     arch: str,
     train: Dataset,

@@ -68,6 +68,19 @@ def test_cache_flag_holds_the_cached_data_too(tmp_path, capsys, monkeypatch):
     assert "GDA_CACHE_DIR" not in os.environ  # main leaves the environment as it was
 
 
+@pytest.mark.parametrize("gold", ["lds", "further-training"])
+def test_fidelity_with_one_seed_warns_nothing(tmp_path, capsys, gold):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a NumPy "mean of empty slice" (or any) warning fails the run
+        assert main(["fidelity", "--data", "wine", "--model", "logreg", "--methods", "grad-dot", "--groupings",
+                     "random", "--groups", "5", "--no-per-example", "--test-size", "10", "--seeds", "1",
+                     "--subsets", "8", "--gold", gold, "--cache", str(tmp_path), "--json"]) == 0
+    (point,) = json.loads(capsys.readouterr().out)["points"]
+    assert point["method"] == "grad-dot" and point["n_groups"] == 5
+
+
 def test_method_options_pass_through(tmp_path, capsys):
     code = main(["attribute", "--data", "wine", "--model", "logreg", "--method", "if-cg", "--grouping",
                  "per-class", "--cache", str(tmp_path), "--damping", "0.01", "--option", "max_iterations=7",

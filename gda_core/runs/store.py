@@ -109,7 +109,8 @@ def _store_error(error: sqlite3.Error, index: Path) -> GDAError:
     if "full" in message:
         return GDAError(f"the disk holding the cache index {index} is full; free some space (or `gda cache prune`) "
                         f"or choose another cache folder (--cache or GDA_CACHE_DIR)")
-    if "readonly" in message or "read-only" in message or not os.access(index.parent, os.W_OK):
+    # "unable to open" is what sqlite says when it may not make its WAL files in a read-only folder
+    if "readonly" in message or ("unable to open" in message and not os.access(index.parent, os.W_OK)):
         return GDAError(f"the cache {index.parent} is read-only; make it writable or choose another cache folder "
                         f"(--cache or GDA_CACHE_DIR)")
     if "locked" in message or "busy" in message:

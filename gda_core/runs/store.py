@@ -86,7 +86,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_sha256 = sha256_hex
 #: what :func:`gda_core.io.content_key` makes: the only keys a path is ever built from
 _KEY = re.compile(r"[0-9a-f]{24}")
 
@@ -318,7 +317,7 @@ class ScoreStore:
                 payload = path.read_bytes()
             except (OSError, GDAError, TypeError, KeyError):
                 payload = None
-            if payload is None or not isinstance(meta, dict) or _sha256(payload) != meta.get("sha256"):
+            if payload is None or not isinstance(meta, dict) or sha256_hex(payload) != meta.get("sha256"):
                 self._update(key, status="failed", error=f"array {name!r} missing or corrupt; recompute")
                 return None
             arrays[name] = np.load(io.BytesIO(payload), allow_pickle=False)
@@ -401,7 +400,7 @@ class ScoreStore:
         """A finished chunk of a run in progress, kept for resuming after a crash."""
         payload = npy_bytes(array)
         path = self.run_folder(key) / "parts" / f"{name}.npy"
-        self._write(path.with_suffix(".sha256"), _sha256(payload).encode())
+        self._write(path.with_suffix(".sha256"), sha256_hex(payload).encode())
         self._write(path, payload)
 
     def load_part(self, key: str, name: str) -> np.ndarray | None:
@@ -410,7 +409,7 @@ class ScoreStore:
             payload, digest = path.read_bytes(), path.with_suffix(".sha256").read_text()
         except OSError:
             return None
-        if _sha256(payload) != digest:
+        if sha256_hex(payload) != digest:
             return None
         return np.load(io.BytesIO(payload), allow_pickle=False)
 
@@ -421,7 +420,7 @@ class ScoreStore:
             payload = npy_bytes(array)
             path = self.file_path(key, name)
             self._write(path, payload)
-            files[name] = {"path": str(path.relative_to(self.root)), "sha256": _sha256(payload),
+            files[name] = {"path": str(path.relative_to(self.root)), "sha256": sha256_hex(payload),
                            "bytes": len(payload)}
         now = time.time()
         with self._transaction() as connection:

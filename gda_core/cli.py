@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from .errors import GDAError, check_choice
@@ -88,10 +88,9 @@ def _progress_bar(enabled: bool):
 
 
 def _store(args: argparse.Namespace):
-    from .io import default_cache_dir
     from .runs.store import ScoreStore
 
-    return ScoreStore(Path(args.cache) if args.cache else default_cache_dir())
+    return ScoreStore()  # ``--cache`` is in GDA_CACHE_DIR by now (see main)
 
 
 def _run_job(args: argparse.Namespace) -> None:
@@ -122,20 +121,28 @@ def _cache(args: argparse.Namespace) -> None:
             print(f"{run.key}  {run.kind:<7} {run.status:<9} {run.progress:4.0%}  "
                   f"{(run.seconds or 0):8.2f} s  {run.error or ''}")
     elif args.cache_command == "rm":
+        # store.delete checks each key against the index before it builds a path from it, so a
+        # path, '', '.' or '..' is "no such run" and removes nothing.
         missing = [key for key in args.keys if not store.delete(key)]
         if missing:
-            raise GDAError(f"no such run: {', '.join(missing)}")
+            raise GDAError(f"no such run: {', '.join(map(repr, missing))}; give run keys from `gda cache ls`")
     else:
         removed = store.prune(older_than_days=args.older_than)
         print(f"removed {len(removed)} run(s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .io import CACHE_ENV
     from .registry import GROUPINGS, METHODS
     from .runs.store import RunFailed
 
+    previous = os.environ.get(CACHE_ENV)
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "cache", None):
+            # One mechanism for the cache folder: everything below (the store, the cached data
+            # and demo models, worker processes) reads it through io.default_cache_dir.
+            os.environ[CACHE_ENV] = args.cache
         if args.command == "methods":
             _list(METHODS, args.json)
         elif args.command == "groupings":
@@ -150,6 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailed as error:  # a bug, not the user's: one line, the traceback in the run's log
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:  # main may be called in-process (tests, scripts): leave the environment as it was
+        if previous is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = previous
     return 0
 
 

@@ -84,6 +84,17 @@ def check_grouping(name: str, n_groups: int | None) -> None:
         raise GDAError(f"number of groups must be >= 1, got {n_groups}")
 
 
+#: the largest seed: NumPy's and scikit-learn's seeds are below 2**32, and runs derive further
+#: seeds from it by adding small offsets (one per retraining), which must stay in range too
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed: object) -> None:
+    """A whole number in 0..MAX_SEED, or one line (a negative or huge seed would fail deep inside)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise GDAError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+
+
 def check_interval(name: str, value: float, low: float, high: float, *, low_closed: bool = False,
                    high_closed: bool = False) -> None:
     """``value`` inside the interval from ``low`` to ``high`` (ends included as asked), or one line."""
@@ -131,6 +142,7 @@ class Choices(Request):
         check_data_choice(self.data)
         check_model_choice(self.model)
         check_device(self.device)
+        check_seed(self.seed)
 
     def identity(self, split: DataSplit, model: TrainedModel) -> dict:
         """What the result depends on: the request (where it runs aside), and the fingerprints

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -40,6 +41,46 @@ def test_out_refuses_to_overwrite(tmp_path, capsys):
     assert np.load(out).shape == (36, 5)
 
 
+@pytest.mark.parametrize("where", ["folder", "below a file", "fidelity json below a file"])
+def test_unwritable_outputs_fail_with_one_line_before_the_run(tmp_path, capsys, where):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    if where.startswith("fidelity"):
+        args = ["fidelity", "--data", "wine", "--model", "logreg", "--json", str(tmp_path / "file" / "s.json")]
+    else:
+        out = tmp_path / "folder" if where == "folder" else tmp_path / "file" / "scores.npy"
+        args = ["attribute", "--data", "wine", "--model", "logreg", "--grouping", "random", "--groups", "5",
+                "--out", str(out), "--overwrite"]
+    assert main(args + ["--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert ("is a folder" if where == "folder" else "is a file, not a folder") in err
+    assert not (tmp_path / "cache" / "arrays").exists()  # refused before anything was computed
+
+
+def test_cache_flag_holds_the_cached_data_too(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GDA_CACHE_DIR", raising=False)
+    assert main(["attribute", "--data", "wine", "--model", "logreg", "--grouping", "random", "--groups", "5",
+                 "--cache", str(tmp_path / "chosen")]) == 0
+    assert (tmp_path / "chosen" / "data" / "wine.npz").is_file()
+    assert not (tmp_path / "cache").exists()  # nothing under the working directory's default
+    assert "GDA_CACHE_DIR" not in os.environ  # main leaves the environment as it was
+
+
+@pytest.mark.parametrize("gold", ["lds", "further-training"])
+def test_fidelity_with_one_seed_warns_nothing(tmp_path, capsys, gold):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a NumPy "mean of empty slice" (or any) warning fails the run
+        assert main(["fidelity", "--data", "wine", "--model", "logreg", "--methods", "grad-dot", "--groupings",
+                     "random", "--groups", "5", "--no-per-example", "--test-size", "10", "--seeds", "1",
+                     "--subsets", "8", "--gold", gold, "--cache", str(tmp_path), "--json"]) == 0
+    (point,) = json.loads(capsys.readouterr().out)["points"]
+    assert point["method"] == "grad-dot" and point["n_groups"] == 5
+
+
 def test_method_options_pass_through(tmp_path, capsys):
     code = main(["attribute", "--data", "wine", "--model", "logreg", "--method", "if-cg", "--grouping",
                  "per-class", "--cache", str(tmp_path), "--damping", "0.01", "--option", "max_iterations=7",
@@ -67,13 +108,19 @@ def test_method_options_pass_through(tmp_path, capsys):
     (["attribute", "--data", "wine", "--groups", "3", "--label-column", "y", "--image-size", "8"],
      "--label-column, --image-size only apply to a data file"),
     (["cache", "ls", "--kind", "bogus"], "unknown run kind 'bogus'; choose from: scores"),
+    (["attribute", "--data", "wine", "--groups", "3", "--seed", "-1"], "seed must be a whole number from 0 to"),
+    (["attribute", "--data", "wine", "--groups", "3", "--seed", "1234567890123456789012"], "seed must be"),
+    (["attribute", "--data", "wine", "--groups", "3", "--out", "/proc/gda-scores.npy"],
+     "cannot write --out /proc/gda-scores.npy"),
+    (["fidelity", "--data", "wine", "--model", "logreg", "--json", "/proc/gda-sweep.json"],
+     "cannot write --json /proc/gda-sweep.json"),
     (["attribute", "--data", "wine", "--groups", "3", "--method", "if-cg", "--option", "max_iterations=abc"],
      "option max_iterations of method 'if-cg' must be int, got 'abc'"),
     (["attribute", "--data", "wine", "--groups", "3", "--method", "if-cg", "--option", "damping=x"],
      "option damping of method 'if-cg' must be float or null, got 'x'"),
 ])
 def test_bad_arguments_fail_with_one_line(tmp_path, capsys, args, message):
-    assert main(args + ["--cache", str(tmp_path)] if args[0] in ("attribute", "cache") else args) == 2
+    assert main(args + ["--cache", str(tmp_path)] if args[0] in ("attribute", "fidelity", "cache") else args) == 2
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and err.startswith("error: ")

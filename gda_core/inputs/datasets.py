@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import math
-import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -14,9 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import GDAError
-from ..io import atomic_write_bytes
+from ..errors import GDAError, first_line
+from ..io import default_cache_dir, read_checked, write_checksum
 from ..task import CLASSIFICATION, REGRESSION, Task
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -334,19 +337,20 @@ def split_and_standardise(
 def _raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
     """The raw arrays of a built-in set, kept as .npz in the cache folder after the first load:
     importing scikit-learn's loaders costs more than a cached attribution lookup."""
-    path = Path(os.environ.get("GDA_CACHE_DIR", "cache")) / "data" / f"{name}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            shape = tuple(int(s) for s in stored["image_shape"]) or None
-            return stored["features"], stored["labels"], [str(c) for c in stored["class_names"]], shape
-    except (OSError, KeyError, ValueError):
-        pass
+    path = default_cache_dir() / "data" / f"{name}.npz"
+    if path.exists():  # checked against its checksum (.npz.sha256 beside it): a damaged file is reloaded
+        try:
+            with np.load(io.BytesIO(read_checked(path)), allow_pickle=False) as stored:
+                shape = tuple(int(s) for s in stored["image_shape"]) or None
+                return stored["features"], stored["labels"], [str(c) for c in stored["class_names"]], shape
+        except (GDAError, OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+            logger.warning("cached data %s is damaged (%s); loading it again", path, first_line(error))
     features, labels, class_names, image_shape = BUILTIN_DATASETS[name]()
     try:
         buffer = io.BytesIO()
         np.savez(buffer, features=features, labels=labels, class_names=np.array(class_names),
                  image_shape=np.array(image_shape or (), dtype=np.int64))
-        atomic_write_bytes(path, buffer.getvalue())
+        write_checksum(path, buffer.getvalue())
     except OSError:
         pass  # a read-only cache only costs speed
     return features, labels, class_names, image_shape

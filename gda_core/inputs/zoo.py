@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +21,11 @@ import torch
 from torch import nn
 
 from ..errors import GDAError, first_line
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, file_lock, read_checked, record_checksum
 from ..task import TASKS
 from .datasets import Dataset, image_shape_of
+
+logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("logreg", "mlp", "cnn", "resnet")
 #: architectures that need image data (an ``image_shape``)
@@ -539,11 +542,19 @@ def demo_model(
     key = json.dumps([train.fingerprint(), config.to_json(), train_config.to_json()], sort_keys=True)
 
     folder = Path(cache_dir) / "models" / f"{train.name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (folder / "config.json").is_file():
+    weights = folder / "model.safetensors"
+    # One process trains, the others wait for it and load its model (the lock is beside the folder).
+    with file_lock(folder.with_name(folder.name + ".lock")):
+        if (folder / "config.json").is_file():
+            try:
+                read_checked(weights)  # the weights against model.safetensors.sha256
+                return load_model(folder, device=device)
+            except GDAError as error:  # a damaged cache entry is retrained, never used
+                logger.warning("cached demo model %s is damaged (%s); retraining it", folder, first_line(error))
+        trained = train_model(config, train, train_config, device=device, progress=progress)
         try:
-            return load_model(folder, device=device)
-        except GDAError:
-            pass  # a damaged cache entry is retrained, never used
-    trained = train_model(config, train, train_config, device=device, progress=progress)
-    save_model(trained, folder)
+            save_model(trained, folder)
+            record_checksum(weights)
+        except OSError as error:  # a read-only cache only costs speed
+            logger.warning("cannot cache the demo model in %s (%s)", folder, error.strerror or first_line(error))
     return trained

@@ -111,6 +111,8 @@ class JobManager:
         return key, False
 
     def status(self, key: str) -> Run | None:
+        """The run of ``key``. A run whose worker died (this manager's or any other process's,
+        such as a ``gda`` command killed mid-run) is marked failed, not left ``running``."""
         run = self.store.get(key)
         process = self._processes.get(key)
         if run is not None and run.status == "running" and process is not None and not process.is_alive():
@@ -119,6 +121,8 @@ class JobManager:
             if run.status == "running":  # died without a word (killed)
                 self.store.fail(key, f"worker exited with code {process.exitcode}")
                 run = self.store.get(key)
+        if run is not None and run.status in ("queued", "running"):
+            run = self.store.reclaim(key)  # the store's test of a dead worker, as claim uses
         return run
 
     def wait(self, key: str, timeout: float = 600, poll: float = 0.1) -> Run:

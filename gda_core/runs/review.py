@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GDAError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, spreadsheet_safe
 from .store import ScoreStore
 
 ACTIONS = ("keep", "relabel", "skip")
@@ -207,9 +207,9 @@ class ReviewSession:
         writer.writerow(["train_index", "source_row", "given_label", "decision", "new_label", "decided_at", "seq"])
         for decision in sorted(self._decisions.values(), key=lambda d: d.seq):
             index = decision.train_index
-            writer.writerow([index, int(self.source_rows[index]), self.class_names[self.labels[index]],
+            writer.writerow([index, int(self.source_rows[index]), self._class_cell(self.labels[index]),
                              decision.action,
-                             "" if decision.new_label is None else self.class_names[decision.new_label],
+                             "" if decision.new_label is None else self._class_cell(decision.new_label),
                              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.created)), decision.seq])
         return buffer.getvalue()
 
@@ -221,8 +221,13 @@ class ReviewSession:
         writer.writerow(["train_index", "source_row", "label", "changed"])
         cleaned = self.cleaned_labels()
         for index, (label, given) in enumerate(zip(cleaned, self.labels)):
-            writer.writerow([index, int(self.source_rows[index]), self.class_names[label], int(label != given)])
+            writer.writerow([index, int(self.source_rows[index]), self._class_cell(label), int(label != given)])
         return buffer.getvalue()
+
+    def _class_cell(self, label: int) -> str:
+        """A class name for a CSV cell: class names come from uploaded data, and one starting
+        like a formula (``=``, ``+``, ``-``, ``@``) would run when the CSV is opened in a spreadsheet."""
+        return spreadsheet_safe(self.class_names[label])
 
     def export_decisions_csv(self, path: str | Path) -> Path:
         atomic_write_bytes(Path(path), self.decisions_csv().encode())

@@ -7,16 +7,19 @@ recomputed, never shown. Several processes (app sessions, CLI runs, job workers)
 store at once: claiming a run is one ``BEGIN IMMEDIATE`` transaction, so a run is computed
 once, and a run whose worker died is reclaimed. A run that fails keeps a one-line reason in its
 row; a failure that is not the user's (not a ``GDAError``) also keeps its traceback in a log
-beside the run's arrays, which the row's ``log`` names.
+beside the run's arrays, which the row's ``log`` names. A fault of the store itself (an
+unreadable index, a read-only or full disk, a cache path that is a file) is one
+:class:`GDAError` line saying what is wrong and what to do. A path is built only from a key
+of the content-key form, so no key given by a user can name a folder outside ``arrays/``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -29,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import GDAError, first_line
-from ..io import atomic_write_bytes, content_key, default_cache_dir
+from ..io import atomic_write_bytes, content_key, default_cache_dir, npy_bytes, sha256_hex
 from ..registry import JOB_KINDS
 from ..version import __version__
 
@@ -83,8 +86,36 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _sha256(payload: bytes) -> str:
-    return hashlib.sha256(payload).hexdigest()
+#: what :func:`gda_core.io.content_key` makes: the only keys a path is ever built from
+_KEY = re.compile(r"[0-9a-f]{24}")
+
+
+def is_run_key(key: object) -> bool:
+    """Whether ``key`` has the form of a store key (24 hex digits): nothing else, a path, ``..``
+    or an empty string, can name a folder under ``arrays/``."""
+    return isinstance(key, str) and _KEY.fullmatch(key) is not None
+
+
+def _checked_key(key: str) -> str:
+    if not is_run_key(key):
+        raise GDAError(f"{key!r} is not a run key; run keys are the 24-character keys `gda cache ls` lists")
+    return key
+
+
+def _store_error(error: sqlite3.Error, index: Path) -> GDAError:
+    """The one line for a failure of the index: what is wrong with it, and what to do."""
+    message = str(error).lower()
+    if "full" in message:
+        return GDAError(f"the disk holding the cache index {index} is full; free some space (or `gda cache prune`) "
+                        f"or choose another cache folder (--cache or GDA_CACHE_DIR)")
+    # "unable to open" is what sqlite says when it may not make its WAL files in a read-only folder
+    if "readonly" in message or ("unable to open" in message and not os.access(index.parent, os.W_OK)):
+        return GDAError(f"the cache {index.parent} is read-only; make it writable or choose another cache folder "
+                        f"(--cache or GDA_CACHE_DIR)")
+    if "locked" in message or "busy" in message:
+        return GDAError(f"the cache index {index} stayed locked by another process; try again when it is done")
+    return GDAError(f"the cache index {index} is unreadable ({first_line(error)}); move it aside "
+                    f"(mv {index} {index}.bad) and it will be rebuilt empty, or choose another cache folder")
 
 
 def _alive(pid: int | None) -> bool:
@@ -101,6 +132,13 @@ def _alive(pid: int | None) -> bool:
             return stream.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def orphaned(run: Run, now: float) -> bool:
+    """Whether a queued or running run has lost its worker: the process is gone, or it has not
+    reported for ``STALE_SECONDS``. Such a run may be reclaimed by anyone."""
+    heartbeat = run.updated or run.created
+    return not (_alive(run.worker_pid) and now - heartbeat < STALE_SECONDS)
 
 
 @dataclass
@@ -130,9 +168,20 @@ class Run:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Run":
+        """The run of an index row. A row whose JSON columns do not parse is shown as failed
+        (so it is never loaded, and the next request recomputes it), not as an error."""
         values = dict(row)
+        damaged = []
         for name in ("params", "files", "summary"):
-            values[name] = json.loads(values[name] or "{}")
+            try:
+                values[name] = json.loads(values[name] or "{}")
+            except (TypeError, ValueError):
+                values[name], damaged = {}, [*damaged, name]
+            if not isinstance(values[name], dict):
+                values[name], damaged = {}, [*damaged, name]
+        if damaged:
+            values["status"] = "failed"
+            values["error"] = f"index row damaged ({', '.join(damaged)} unreadable); recompute"
         values["cancel_requested"] = bool(values["cancel_requested"])
         return cls(**values)
 
@@ -158,7 +207,14 @@ class ScoreStore:
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise GDAError(f"the cache folder {self.root} is a file, not a folder; choose another cache folder "
+                           f"(--cache or GDA_CACHE_DIR)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise GDAError(f"cannot make the cache folder {self.root} ({error.strerror or first_line(error)}); "
+                           f"choose another cache folder (--cache or GDA_CACHE_DIR)") from None
         self.index_path = self.root / "index.sqlite"
         self.arrays_root = self.root / "arrays"
         with self._connection() as connection:
@@ -181,13 +237,22 @@ class ScoreStore:
     # ------------------------------------------------------------------ plumbing
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.index_path, timeout=60, isolation_level=None)
+        """A connection to the index; any fault of the index is one :class:`GDAError` line."""
+        if self.index_path.is_dir():
+            raise GDAError(f"the cache index {self.index_path} is a folder; move it aside and it will be rebuilt "
+                           f"empty, or choose another cache folder")
+        try:
+            connection = sqlite3.connect(self.index_path, timeout=60, isolation_level=None)
+        except sqlite3.Error as error:
+            raise _store_error(error, self.index_path) from None
         connection.row_factory = sqlite3.Row
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA busy_timeout=60000")
             connection.execute("PRAGMA synchronous=NORMAL")
             yield connection
+        except sqlite3.Error as error:
+            raise _store_error(error, self.index_path) from None
         finally:
             connection.close()
 
@@ -199,7 +264,10 @@ class ScoreStore:
                 yield connection
                 connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                # sqlite may already have rolled back (a full disk does): then ROLLBACK itself
+                # fails, and the error worth reporting is the first one, raised here.
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
 
     def connection(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -244,23 +312,27 @@ class ScoreStore:
             return None
         arrays = {}
         for name, meta in run.files.items():
-            path = self.root / meta["path"]
             try:
+                path = self.arrays_root / _checked_key(key) / Path(meta["path"]).name
                 payload = path.read_bytes()
-            except OSError:
+            except (OSError, GDAError, TypeError, KeyError):
                 payload = None
-            if payload is None or _sha256(payload) != meta["sha256"]:
+            if payload is None or not isinstance(meta, dict) or sha256_hex(payload) != meta.get("sha256"):
                 self._update(key, status="failed", error=f"array {name!r} missing or corrupt; recompute")
                 return None
             arrays[name] = np.load(io.BytesIO(payload), allow_pickle=False)
         return arrays
 
+    def run_folder(self, key: str) -> Path:
+        """The folder of a run's files: ``arrays/<key>``, for a key of the store's form only."""
+        return self.arrays_root / _checked_key(key)
+
     def file_path(self, key: str, name: str) -> Path:
-        return self.arrays_root / key / f"{name}.npy"
+        return self.run_folder(key) / f"{name}.npy"
 
     def log_path(self, key: str) -> Path:
         """Where the traceback of a run's internal failure is kept."""
-        return self.arrays_root / key / "error.log"
+        return self.run_folder(key) / "error.log"
 
     # ------------------------------------------------------------------- writing
     def claim(self, key: str, kind: str, params: dict) -> bool:
@@ -275,10 +347,8 @@ class ScoreStore:
                 run = Run.from_row(row)
                 if run.status == "done":
                     return False
-                if run.status in ("queued", "running"):
-                    heartbeat = run.updated or run.created
-                    if _alive(run.worker_pid) and now - heartbeat < STALE_SECONDS:
-                        return False
+                if run.status in ("queued", "running") and not orphaned(run, now):
+                    return False
                 connection.execute("DELETE FROM runs WHERE key = ?", (key,))
             connection.execute(
                 "INSERT INTO runs (key, kind, status, params, created, started, updated, version, worker_pid)"
@@ -286,6 +356,23 @@ class ScoreStore:
                 (key, kind, json.dumps(params, sort_keys=True, default=str), now, now, now, __version__, os.getpid()),
             )
         return True
+
+    def reclaim(self, key: str) -> Run | None:
+        """The run of ``key``, marked failed first if it is queued or running but orphaned (its
+        worker died, or has not reported for ``STALE_SECONDS``): the test :meth:`claim` uses,
+        so a reader waiting on a run sees its worker's death as a claimant would."""
+        run = self.get(key)
+        if run is None or run.status not in ("queued", "running") or not orphaned(run, time.time()):
+            return run
+        with self._transaction() as connection:
+            row = connection.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+            current, now = (None if row is None else Run.from_row(row)), time.time()
+            if current is not None and current.status in ("queued", "running") and orphaned(current, now):
+                connection.execute(
+                    "UPDATE runs SET status = 'failed', error = ?, finished = ?, updated = ? WHERE key = ?",
+                    (f"worker {run.worker_pid} died before finishing (killed?); run it again to recompute",
+                     now, now, key))
+        return self.get(key)
 
     def set_worker(self, key: str, pid: int) -> None:
         self._update(key, worker_pid=pid, updated=time.time())
@@ -311,20 +398,18 @@ class ScoreStore:
 
     def save_part(self, key: str, name: str, array: np.ndarray) -> None:
         """A finished chunk of a run in progress, kept for resuming after a crash."""
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(array), allow_pickle=False)
-        payload = buffer.getvalue()
-        path = self.arrays_root / key / "parts" / f"{name}.npy"
-        atomic_write_bytes(path.with_suffix(".sha256"), _sha256(payload).encode())
-        atomic_write_bytes(path, payload)
+        payload = npy_bytes(array)
+        path = self.run_folder(key) / "parts" / f"{name}.npy"
+        self._write(path.with_suffix(".sha256"), sha256_hex(payload).encode())
+        self._write(path, payload)
 
     def load_part(self, key: str, name: str) -> np.ndarray | None:
-        path = self.arrays_root / key / "parts" / f"{name}.npy"
+        path = self.run_folder(key) / "parts" / f"{name}.npy"
         try:
             payload, digest = path.read_bytes(), path.with_suffix(".sha256").read_text()
         except OSError:
             return None
-        if _sha256(payload) != digest:
+        if sha256_hex(payload) != digest:
             return None
         return np.load(io.BytesIO(payload), allow_pickle=False)
 
@@ -332,12 +417,10 @@ class ScoreStore:
         """Write the arrays (atomically, checksummed), then mark the run done."""
         files = {}
         for name, array in arrays.items():
-            buffer = io.BytesIO()
-            np.save(buffer, np.asarray(array), allow_pickle=False)
-            payload = buffer.getvalue()
+            payload = npy_bytes(array)
             path = self.file_path(key, name)
-            atomic_write_bytes(path, payload)
-            files[name] = {"path": str(path.relative_to(self.root)), "sha256": _sha256(payload),
+            self._write(path, payload)
+            files[name] = {"path": str(path.relative_to(self.root)), "sha256": sha256_hex(payload),
                            "bytes": len(payload)}
         now = time.time()
         with self._transaction() as connection:
@@ -348,7 +431,7 @@ class ScoreStore:
                 " finished = ?, updated = ?, seconds = ?, error = NULL WHERE key = ?",
                 (json.dumps(files), json.dumps(summary or {}, default=float), now, now, now - started, key),
             )
-        shutil.rmtree(self.arrays_root / key / "parts", ignore_errors=True)
+        shutil.rmtree(self.run_folder(key) / "parts", ignore_errors=True)
         self.log_path(key).unlink(missing_ok=True)  # an earlier attempt's failure
 
     def fail(self, key: str, error: str, log: str | None = None) -> None:
@@ -368,7 +451,7 @@ class ScoreStore:
             self.fail(key, first_line(error))
             return None
         path = self.log_path(key)
-        atomic_write_bytes(path, "".join(traceback.format_exception(error)).encode())
+        self._write(path, "".join(traceback.format_exception(error)).encode())
         line = f"{type(error).__name__}: {first_line(error, default='')} (traceback in {path})"
         logger.error("run %s failed: %s", key, line, exc_info=error)
         self.fail(key, line, log=str(path))
@@ -380,10 +463,23 @@ class ScoreStore:
     def mark_cancelled(self, key: str) -> None:
         self._update(key, status="cancelled", finished=time.time(), updated=time.time(), error="cancelled by user")
 
+    def _write(self, path: Path, payload: bytes) -> None:
+        """:func:`atomic_write_bytes` into the cache; a full or read-only disk is one line."""
+        try:
+            atomic_write_bytes(path, payload)
+        except OSError as error:
+            raise GDAError(f"cannot write {path} in the cache ({error.strerror or first_line(error)}); free some "
+                           f"space or choose another cache folder (--cache or GDA_CACHE_DIR)") from None
+
     def delete(self, key: str) -> bool:
+        """Remove a run's row and files. False, touching nothing, for a key the index does not
+        hold: the key is checked against the index before any path is built from it."""
+        if not is_run_key(key):
+            return False
         with self._transaction() as connection:
             deleted = connection.execute("DELETE FROM runs WHERE key = ?", (key,)).rowcount
-        shutil.rmtree(self.arrays_root / key, ignore_errors=True)
+        if deleted:
+            shutil.rmtree(self.run_folder(key), ignore_errors=True)
         return bool(deleted)
 
     def prune(self, older_than_days: float | None = None, statuses: tuple[str, ...] = ("failed", "cancelled")) -> list[str]:

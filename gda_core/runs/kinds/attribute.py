@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import GDAError
-from ...io import atomic_save_npy
+from ...io import check_output_path, npy_bytes, write_output
 from ...progress import Progress
 from ...requests import AttributionRequest
 from .base import Result, ScoringKind
@@ -40,16 +39,16 @@ class Attribute(ScoringKind, name="attribute", request_type=AttributionRequest,
         parser.add_argument("--overwrite", action="store_true", help="allow --out to replace a file")
 
     @classmethod
-    def request_from_arguments(cls, args: argparse.Namespace, store: ScoreStore) -> AttributionRequest:
-        if args.out is not None and Path(args.out).exists() and not args.overwrite:
-            raise GDAError(f"{args.out} exists; pass --overwrite to replace it or choose another --out")
-        return super().request_from_arguments(args, store)
+    def check_outputs(cls, args: argparse.Namespace) -> None:
+        super().check_outputs(args)
+        if args.out is not None:
+            check_output_path(args.out, "--out", overwrite=args.overwrite)
 
     @classmethod
     def result(cls, outcome: JobOutcome, args: argparse.Namespace, store: ScoreStore) -> dict:
         scores_path = store.file_path(outcome.key, "scores")
         if args.out is not None:
-            atomic_save_npy(args.out, outcome.arrays["scores"])
+            write_output(args.out, npy_bytes(outcome.arrays["scores"]), "--out")
             scores_path = Path(args.out)
         return {**super().result(outcome, args, store), "scores_path": str(scores_path),
                 "groups_path": str(store.file_path(outcome.key, "groups")),

@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import GDAError
 from ...inputs.choices import load_data_choice, load_inputs, prepare_data_choice, prepare_model_choice
 from ...inputs.parsers import DataOptions
-from ...io import atomic_write_bytes, content_key
+from ...io import check_output_path, content_key, write_output
 from ...progress import Progress
 from ...registry import JOB_KINDS
 from ...requests import Choices, resolve_device
@@ -115,7 +115,14 @@ class JobKind:
         return fields
 
     @classmethod
+    def check_outputs(cls, args: argparse.Namespace) -> None:
+        """Refuse output paths that cannot be written before the run, not after it (one line)."""
+        if cls.draws_figure and args.plot:
+            check_output_path(args.plot, "--plot")
+
+    @classmethod
     def request_from_arguments(cls, args: argparse.Namespace, store: ScoreStore) -> Choices:
+        cls.check_outputs(args)
         return cls.request(cls.fields_from_arguments(args, store))
 
     @classmethod
@@ -124,7 +131,7 @@ class JobKind:
         result = {**outcome.summary, "cache_hit": outcome.cache_hit, "wall_seconds": round(outcome.seconds, 4),
                   "key": outcome.key}
         if cls.draws_figure and args.plot:
-            atomic_write_bytes(args.plot, cls.figure(result).to_html(include_plotlyjs=True).encode())
+            write_output(args.plot, cls.figure(result).to_html(include_plotlyjs=True).encode(), "--plot")
         return result
 
     @classmethod

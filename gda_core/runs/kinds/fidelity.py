@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from ...io import atomic_write_bytes
+from ...io import check_output_path, write_output
 from ...progress import Progress
 from ...requests import SweepConfig
 from .base import JobKind, Result
@@ -37,6 +37,12 @@ class Fidelity(JobKind, name="fidelity", request_type=SweepConfig, draws_figure=
         parser.add_argument("--plot", default=None, metavar="HTML", help="write the fidelity-vs-speed figure")
 
     @classmethod
+    def check_outputs(cls, args: argparse.Namespace) -> None:
+        super().check_outputs(args)
+        if args.json and args.json != "-":
+            check_output_path(args.json, "--json")
+
+    @classmethod
     def fields_from_arguments(cls, args: argparse.Namespace, store: ScoreStore) -> dict:
         fields = super().fields_from_arguments(args, store)
         if args.leave_out:
@@ -53,7 +59,7 @@ class Fidelity(JobKind, name="fidelity", request_type=SweepConfig, draws_figure=
     def result(cls, outcome: JobOutcome, args: argparse.Namespace, store: ScoreStore) -> dict:
         sweep = super().result(outcome, args, store)
         if args.json and args.json != "-":
-            atomic_write_bytes(args.json, (json.dumps(sweep, indent=2, default=float) + "\n").encode())
+            write_output(args.json, (json.dumps(sweep, indent=2, default=float) + "\n").encode(), "--json")
         return sweep
 
     @classmethod

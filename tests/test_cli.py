@@ -94,7 +94,7 @@ def test_method_options_pass_through(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["attribute", "--method", "nope", "--groups", "3"], "unknown method 'nope'"),
-    (["attribute", "--data", "mnist", "--groups", "3"], "unknown data set 'mnist'"),
+    (["attribute", "--data", "cifar10", "--groups", "3"], "unknown data set 'cifar10'"),
     (["attribute", "--data", "wine", "--groups", "0"], "number of groups must be >= 1"),
     (["attribute", "--data", "wine", "--model", "logreg", "--groups", "500"], "between 1 and the training set size 142"),
     (["attribute", "--data", "wine"], "needs a number of groups"),

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
-from gda_core.attribution.costs import cost_rows
+from gda_core.attribution.costs import cost_advice, cost_rows
 from gda_core.registry import EXECUTORS, GROUPINGS, METHODS
 from gda_core.requests import AttributionRequest
 
@@ -49,6 +49,9 @@ with st.expander("What will it cost? (measured on this model)"):
     st.dataframe(pd.DataFrame(cost_rows(costs, n_train, len(split_now.test),
                                         n_groups if st.session_state["grouping"] != "per-example" else None)),
                  hide_index=True, key="cost_table")
+advice = cost_advice(costs, n_train, len(split_now.test))
+if advice and st.session_state["grouping"] == "per-example":
+    st.warning(advice)
 
 method_class = METHODS[st.session_state["method"]]
 defaults = method_class.Options()

@@ -104,7 +104,7 @@ def test_method_options_pass_through(tmp_path, capsys):
     (["frobnicate"], "invalid choice"),
     # data-file options on a built-in set would be ignored: refused instead
     (["attribute", "--data", "wine", "--groups", "3", "--task", "regression"],
-     "--task only apply to a data file; the built-in data set 'wine' is read as it is"),
+     "--task only applies to a data file; the built-in data set 'wine' is read as it is"),
     (["attribute", "--data", "wine", "--groups", "3", "--label-column", "y", "--image-size", "8"],
      "--label-column, --image-size only apply to a data file"),
     (["cache", "ls", "--kind", "bogus"], "unknown run kind 'bogus'; choose from: scores"),

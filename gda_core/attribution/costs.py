@@ -77,3 +77,22 @@ def cost_rows(costs: list[GradientCost], n_train: int, n_test: int, n_groups: in
             row[f"{n_groups} group gradients, MB"] = round(cost.vectors_mb(n_groups), 1)
         rows.append(row)
     return rows
+
+
+#: a per-example gradient pass estimated to take longer than this gets a word of advice
+SLOW_PASS_SECONDS = 60.0
+
+
+def cost_advice(costs: list[GradientCost], n_train: int, n_test: int) -> str | None:
+    """A line of advice when per-example gradients of the full model would be slow: what
+    last-layer mode costs instead, and that grouping shrinks what the method works with."""
+    full = costs[0]
+    seconds = full.seconds(n_train + n_test)
+    if seconds < SLOW_PASS_SECONDS:
+        return None
+    advice = (f"Per-example gradients of the full model take about {seconds:.0f} s for one pass here "
+              f"({full.vectors_mb(n_train):.0f} MB for all {n_train}).")
+    last = next((cost for cost in costs if cost.mode == "last layer"), None)
+    if last is not None:
+        advice += f" Last-layer mode (an advanced option) takes about {last.seconds(n_train + n_test):.0f} s."
+    return advice + " A grouped run (e.g. grad-kmeans) keeps K group gradients instead of N."

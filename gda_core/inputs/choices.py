@@ -76,8 +76,8 @@ def prepare_data_choice(choice: str, options: DataOptions, cache_dir: str | Path
         changed = [f.metadata.get("flag", "--" + f.name.replace("_", "-")) for f in dataclasses.fields(options)
                    if getattr(options, f.name) != f.default]
         if changed:  # they would be silently ignored: a built-in set is read as it is
-            raise GDAError(f"{', '.join(changed)} only apply to a data file; the built-in data set {choice!r} "
-                           f"is read as it is")
+            raise GDAError(f"{', '.join(changed)} only appl{'y' if len(changed) > 1 else 'ies'} to a data file; "
+                           f"the built-in data set {choice!r} is read as it is")
         return choice
     check_data_choice(choice)
     return str(store_upload(parse_data_file(choice, options), cache_dir))

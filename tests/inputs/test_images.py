@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from gda_core import run_attribution
-from gda_core.attribution.costs import cost_rows, estimate_gradient_costs
+from gda_core.attribution.costs import GradientCost, cost_advice, cost_rows, estimate_gradient_costs
 from gda_core.attribution.grads import GradientEngine
 from gda_core.errors import GDAError
 from gda_core.inputs.choices import load_inputs, prepare_data_choice
@@ -121,7 +121,7 @@ def test_grey_option_turns_colour_grey_with_pil_luma(colour_files):
 def test_grey_option_is_refused_on_tabular_data_and_on_built_ins(tmp_path):
     with pytest.raises(GDAError, match=r"^t.npz: --grey applies to image data .*this data is tabular$"):
         parse_data(_npz(X=np.zeros((4, 3)), y=np.array([0, 1, 0, 1])), "t.npz", DataOptions(grey=True))
-    with pytest.raises(GDAError, match="--grey only apply to a data file"):
+    with pytest.raises(GDAError, match="--grey only applies to a data file"):
         prepare_data_choice("mnist", DataOptions(grey=True), tmp_path)
 
 
@@ -239,6 +239,10 @@ def test_the_cost_estimate_measures_both_gradient_modes(tiny_resnet):
     rows = cost_rows(costs, n_train=4000, n_test=1000, n_groups=40)
     assert rows[0]["4000 per-example gradients, MB"] == round(4000 * n_parameters * 4 / 2**20, 1)
     assert rows[0]["40 group gradients, MB"] == round(40 * n_parameters * 4 / 2**20, 1)
+    slow = GradientCost("full model", n_parameters, 0.05, 8)
+    advice = cost_advice([slow, costs[1]], n_train=4000, n_test=1000)
+    assert advice.startswith("Per-example gradients of the full model take about 250 s") and "Last-layer" in advice
+    assert cost_advice([GradientCost("full model", 10, 1e-4, 8)], n_train=4000, n_test=1000) is None
 
 
 def test_cnn_takes_any_channel_count():

@@ -18,11 +18,13 @@ EXAMPLE_FILES = ("wine.csv", "wine.npz", "digits-images.zip", "wine-logreg.safet
 FORMATS_HELP = (
     "**Data**: a CSV of numeric feature columns plus a label column (name it; optionally a `split` column "
     "of train/test), an `.npz` with `X` (rows x features, or rows x height x width) and `y` (optionally "
-    "`X_test`, `y_test`), or a zip with one folder of PNG/JPEG images per class (turned grey and resized). "
+    "`X_test`, `y_test`, standardised with the training part's statistics), or a zip with one folder of PNG/JPEG images per class (turned grey and resized). "
     "Without a test part the data is split 80/20, stratified and seeded. "
     "**Model**: a `torch.export` program (`.pt2`, exported with a dynamic batch dimension, "
     "`torch.export.Dim`), or a `.safetensors` state dict of a zoo model with its `.json` config "
-    "(`arch`, `n_features`, `n_classes`, `hidden`, ...). Pickles (`.pkl`, `.pt`, `.pth`) are refused. "
+    "(`arch`, `n_features`, `n_classes`, `hidden`, `activation`: relu, tanh or gelu, required for mlp and "
+    "cnn, ...), e.g. `{\"arch\": \"mlp\", \"n_features\": 13, \"n_classes\": 3, \"hidden\": [64, 64], "
+    "\"activation\": \"relu\"}`. Pickles (`.pkl`, `.pt`, `.pth`) are refused. "
     "Files up to 500 MB (`GDA_MAX_UPLOAD_MB`).")
 
 

@@ -9,6 +9,7 @@ nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,14 @@ from .datasets import Dataset
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
+#: the hidden layers' nonlinearity: it changes the function, so an uploaded config names it
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+#: architectures with hidden layers, whose uploaded configs must name their activation
+_ACTIVATED = ("mlp", "cnn")
+#: refused from the config's sizes alone, before any module is built: a config with 200,000
+#: layers or 10^12 weights would otherwise take minutes (or all memory) to be found wrong
+MAX_LAYERS = 64
+MAX_PARAMETERS = 500_000_000
 
 
 @dataclass
@@ -42,15 +51,20 @@ class ModelConfig:
     image_shape: tuple[int, ...] | None = None
     cnn_channels: tuple[int, ...] = (16, 32)
     task: str = "classification"
+    #: the zoo's own models use tanh; an uploaded (JSON) config of an mlp or cnn must say it
+    activation: str = "tanh"
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
+        self.n_features, self.n_classes = _whole("n_features", self.n_features), _whole("n_classes", self.n_classes)
+        self.hidden = _sizes("hidden", self.hidden)
+        self.cnn_channels = _sizes("cnn_channels", self.cnn_channels)
         if self.image_shape is not None:
-            self.image_shape = tuple(int(s) for s in self.image_shape)
+            self.image_shape = _sizes("image_shape", self.image_shape)
         if self.arch not in ARCHITECTURES:
             raise GDAError(f"unknown model {self.arch!r}; choose from: {', '.join(ARCHITECTURES)}")
         TASKS.check(self.task)
+        if self.activation not in ACTIVATIONS:
+            raise GDAError(f"unknown activation {self.activation!r}; choose from: {', '.join(ACTIVATIONS)}")
         if self.n_features < 1:
             raise GDAError(f"a model needs >= 1 feature, got {self.n_features}")
         if self.task == "classification" and self.n_classes < 2:
@@ -60,10 +74,21 @@ class ModelConfig:
         if any(h < 1 for h in self.hidden):
             raise GDAError(f"hidden sizes must be positive, got {self.hidden}")
         if self.arch == "cnn":
+            if len(self.cnn_channels) != 2 or min(self.cnn_channels) < 1:
+                raise GDAError(f"the cnn needs two positive cnn_channels, got {self.cnn_channels}")
             if self.image_shape is None or len(self.image_shape) != 2:
                 raise GDAError("the cnn model needs image data (e.g. digits); use mlp or logreg for tabular data")
             if math.prod(self.image_shape) != self.n_features:
                 raise GDAError(f"image shape {self.image_shape} does not match {self.n_features} features")
+        if len(self.hidden) > MAX_LAYERS:
+            raise GDAError(f"{len(self.hidden)} hidden layers, over the limit of {MAX_LAYERS}")
+        if self.n_parameters() > MAX_PARAMETERS:
+            raise GDAError(f"the config asks for {self.n_parameters():,} parameters, over the limit of "
+                           f"{MAX_PARAMETERS:,}; check its sizes")
+
+    def n_parameters(self) -> int:
+        """The parameter count :func:`build_model` gives, computed from the sizes alone."""
+        return sum(math.prod(shape) for shape in _parameter_shapes(self))
 
     @property
     def n_outputs(self) -> int:
@@ -79,11 +104,53 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, payload: dict) -> "ModelConfig":
+        """A config from JSON (an upload, or what :meth:`to_json` wrote). Whatever changes the
+        function must be named: an mlp or cnn without ``activation`` is refused, never
+        read as the zoo's tanh."""
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(payload) - known
         if unknown:
             raise GDAError(f"unknown model config fields: {', '.join(sorted(unknown))}")
+        if payload.get("arch") in _ACTIVATED and "activation" not in payload:
+            raise GDAError(f"the config has no \"activation\" field; name the hidden layers' nonlinearity, "
+                           f"one of: {', '.join(ACTIVATIONS)} (the zoo's own models use tanh)")
         return cls(**payload)
+
+
+def _whole(name: str, value: object) -> int:
+    """An integer config value; 13.5 or "13" is refused rather than rounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise GDAError(f"model config field {name} must be a whole number, got {value!r}"[:160])
+    return int(value)
+
+
+def _sizes(name: str, values: object) -> tuple[int, ...]:
+    if not isinstance(values, (list, tuple)):
+        raise GDAError(f"model config field {name} must be a list of whole numbers, got {values!r}"[:160])
+    return tuple(_whole(name, value) for value in values)
+
+
+def _parameter_shapes(config: ModelConfig) -> list[tuple[int, ...]]:
+    """Weight and bias shapes of the layers :func:`build_model` makes, without building them."""
+    def linear(inputs: int, outputs: int) -> list[tuple[int, ...]]:
+        return [(outputs, inputs), (outputs,)]
+
+    if config.arch == "logreg":
+        return linear(config.n_features, config.n_outputs)
+    if config.arch == "mlp":
+        widths = (config.n_features, *config.hidden)
+        shapes = [shape for a, b in itertools.pairwise(widths) for shape in linear(a, b)]
+        return shapes + linear(widths[-1], config.n_outputs)
+    height, width = config.image_shape  # type: ignore[misc]
+    first, second = config.cnn_channels
+    hidden = config.hidden[-1] if config.hidden else 64
+    return [(first, 1, 3, 3), (first,), (second, first, 3, 3), (second,),
+            *linear((height // 2) * (width // 2) * second, hidden), *linear(hidden, config.n_outputs)]
+
+
+def activation_module(name: str) -> nn.Module:
+    """The nn.Module of an activation name (one of :data:`ACTIVATIONS`)."""
+    return ACTIVATIONS[name]()
 
 
 class ZooModel(nn.Module):
@@ -109,7 +176,7 @@ def build_model(config: ModelConfig) -> ZooModel:
         layers: list[nn.Module] = []
         width = config.n_features
         for size in config.hidden:
-            layers += [nn.Linear(width, size), nn.Tanh()]
+            layers += [nn.Linear(width, size), activation_module(config.activation)]
             width = size
         return ZooModel(nn.Sequential(*layers), nn.Linear(width, config.n_outputs))
     # cnn: two 3x3 convolutions, one 2x2 pooling, one hidden dense layer.
@@ -119,10 +186,10 @@ def build_model(config: ModelConfig) -> ZooModel:
     hidden = config.hidden[-1] if config.hidden else 64
     body = nn.Sequential(
         nn.Unflatten(1, (1, height, width_px)),
-        nn.Conv2d(1, first, 3, padding=1), nn.Tanh(),
-        nn.Conv2d(first, second, 3, padding=1), nn.Tanh(),
+        nn.Conv2d(1, first, 3, padding=1), activation_module(config.activation),
+        nn.Conv2d(first, second, 3, padding=1), activation_module(config.activation),
         nn.AvgPool2d(2), nn.Flatten(),
-        nn.Linear(pooled, hidden), nn.Tanh(),
+        nn.Linear(pooled, hidden), activation_module(config.activation),
     )
     return ZooModel(body, nn.Linear(hidden, config.n_outputs))
 
@@ -412,6 +479,8 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
         checkpoint_meta = [(float(meta["lr"]), int(meta["epoch"])) for meta in payload.get("checkpoints", [])]
     except GDAError as error:
         raise GDAError(f"{config_name}: {error}") from None
+    except RecursionError:  # json.loads on a config nested thousands deep
+        raise GDAError(f"{config_name} is not a valid model config (nested too deeply)") from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         reason = first_line(error)
         raise GDAError(f"{config_name} is not a valid model config ({reason[:80]})") from None
@@ -433,6 +502,7 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
         reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")
         raise GDAError(f"weights do not fit the {config.arch} config: {reason[:160]}") from None
     module.eval()
+    check_finite_weights(tensors, weights_name)
     checkpoints = []
     for index, (lr, epoch) in enumerate(checkpoint_meta):
         prefix = f"checkpoint{index}."
@@ -440,6 +510,13 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
         checkpoints.append(Checkpoint(state, lr, epoch))
     return TrainedModel(module, config, train_config, checkpoints, list(payload.get("history", [])))
 
+
+def check_finite_weights(tensors: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse weights holding NaN or infinity: every score computed from them would be NaN."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise GDAError(f"{name} holds non-finite weights (NaN or infinite) in {key[:60]}; "
+                           f"upload a model whose weights are all finite")
 
 
 def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = None) -> ModelConfig:

@@ -82,6 +82,8 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     test = test.to(device)
     timings["load"] = time.perf_counter() - started
 
+    method = make_method(request.method, model, **request.method_options)
+    method.check_model()  # refusals that need only the model's size come before grouping and fit
     progress("grouping", 0.0)
     started = time.perf_counter()
     groups = make_grouping(request.grouping, request.n_groups, seed=request.seed,
@@ -89,7 +91,6 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     timings["grouping"] = time.perf_counter() - started
     progress("grouping", 1.0)
 
-    method = make_method(request.method, model, **request.method_options)
     method.fit(train, groups, progress=progress)
     # Workers may load a built-in set by name rather than receive it.
     with make_executor(request.executor, address=request.ray_address,

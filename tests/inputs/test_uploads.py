@@ -351,12 +351,12 @@ def _bad_model(case: str, folder: Path, files: dict[str, Path]) -> Path:
     if case == "config of another shape":
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
         (folder / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 64, "n_classes": 10,
-                                                       "hidden": [8]}))
+                                                       "hidden": [8], "activation": "tanh"}))
         return path
-    if case == "config asking for huge layers":  # refused from the weights' shapes, nothing allocated
+    if case == "config asking for huge layers":  # refused from the config's sizes, nothing allocated
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
         (folder / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 10 ** 10, "n_classes": 10,
-                                                       "hidden": [10 ** 6]}))
+                                                       "hidden": [10 ** 6], "activation": "tanh"}))
         return path
     if case == "unknown architecture":
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
@@ -386,7 +386,7 @@ BAD_MODELS = {
     "detached program": "the model's outputs do not depend on its parameters (torch.no_grad or .detach()",
     "no config beside safetensors": "lonely.safetensors needs its config beside it: lonely.json",
     "config of another shape": "weights do not fit the mlp config",
-    "config asking for huge layers": "weights do not fit the mlp config: Unexpected key(s)",
+    "config asking for huge layers": "parameters, over the limit of 500,000,000; check its sizes",
     "unknown architecture": "model.json: unknown model 'resnet'",
     "config not JSON": "model.json is not a valid model config",
     "corrupt safetensors": "model.safetensors is not a valid safetensors file",
@@ -439,7 +439,8 @@ def test_pickles_are_refused_and_never_run(name, message, builtin, files, tmp_pa
         evil = _program_with_pickled_sample_inputs(files["pt2"].read_bytes(), evil)
     path = tmp_path / name
     path.write_bytes(evil)
-    (tmp_path / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 64, "n_classes": 10}))
+    (tmp_path / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 64, "n_classes": 10,
+                                                         "activation": "tanh"}))
     with pytest.raises(GDAError) as error:
         if name.startswith("data"):
             prepare_data_choice(str(path), DataOptions(), tmp_path)

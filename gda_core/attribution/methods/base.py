@@ -14,6 +14,7 @@ test point's loss: the group helps that prediction.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
@@ -104,6 +105,7 @@ class AttributionMethod:
     # ------------------------------------------------------------------ API
     def fit(self, train: Dataset, groups: Groups, progress: Progress = no_progress) -> "AttributionMethod":
         """Prepare everything that depends only on the training side."""
+        self.check_model()
         if len(groups.labels) != len(train):
             raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
         self.model.check_task(train)
@@ -193,6 +195,11 @@ class AttributionMethod:
         self.attribute_seconds_ = time.perf_counter() - started
         return scores.double().cpu().numpy()
 
+    def check_model(self) -> None:
+        """Refusals that depend only on the model and the options (its parameter count, what
+        it carries), so that they come before any data pass: ``fit`` starts with them, and the
+        pipeline calls this before grouping. Nothing by default."""
+
     # ------------------------------------------------------------ overridables
     def _default_measurement(self, train: Dataset) -> str:
         """The measurement when the options name none."""
@@ -217,6 +224,13 @@ class AttributionMethod:
         return "loss", None
 
     # ----------------------------------------------------------------- shared
+    def _n_parameters(self) -> int:
+        """The number of parameters attributed to: the head's in last-layer mode, else all."""
+        module = self.model.module
+        if self.options.last_layer_only and hasattr(module, "head"):
+            module = module.head
+        return sum(p.numel() for p in module.parameters())
+
     def _engine(self, module: torch.nn.Module) -> GradientEngine:
         return GradientEngine(module, last_layer_only=self.options.last_layer_only,
                               chunk_examples=self.options.chunk_examples)
@@ -276,6 +290,8 @@ def _check_option_type(method: str, field: dataclasses.Field, value: object) -> 
     if not isinstance(value, allowed) or (isinstance(value, bool) and "bool" not in kinds):
         wanted = " or ".join("null" if kind == "None" else kind for kind in kinds)
         raise GDAError(f"option {field.name} of method {method!r} must be {wanted}, got {value!r}")
+    if "float" in kinds and not math.isfinite(value):  # NaN passes every "> 0" check after it
+        raise GDAError(f"option {field.name} of method {method!r} must be a finite number, got {value!r}")
 
 
 def make_method(name: str, model: TrainedModel, **options) -> AttributionMethod:

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
+from gda_app.markup import escape
 from gda_core.requests import GoldConfig, SweepConfig
 from gda_core.viz.figures import GOLD_NAMES, fidelity_speed_figure
 
@@ -31,7 +32,7 @@ state.show_job("fidelity", "Sweep")
 
 sweeps = state.finished_runs("fidelity")
 if not sweeps:
-    st.info(f"No sweep for {state.describe(data)} / {state.describe(arch)} yet. Press **Run a small sweep**, or "
+    st.info(f"No sweep for {escape(state.describe(data))} / {escape(state.describe(arch))} yet. Press **Run a small sweep**, or "
             f"run a bigger one from the command line: `gda fidelity --data {data} --model {arch} ...` "
             f"(it lands in the same cache).")
     st.stop()

@@ -153,6 +153,7 @@ def test_fidelity_page_names_its_gold_standard(app, app_cache):
     app.switch_page(PAGES["fidelity"]).run()
     assert not app.exception
     assert any(b.label == "Run a small sweep" for b in app.button)
+    assert any(c.value.startswith("The small sweep takes roughly ") for c in app.caption)  # from the sizes
     if not any("Fidelity vs speed" in s["layout"].get("title", {}).get("text", "") for s in plotly_specs(app)):
         assert any("No sweep" in i.value for i in app.info)
     config = SweepConfig(data="digits", model="mlp", methods=("grad-dot",), groupings=("random",), group_counts=(10,),

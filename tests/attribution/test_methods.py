@@ -224,3 +224,16 @@ def test_tracin_refuses_a_model_without_checkpoints(zoo, small_digits):
         make_method("tracin", bare).fit(train, groups)
     final = make_method("tracin", bare, checkpoints="final").fit(train, groups).attribute(test)
     np.testing.assert_allclose(final, _scores("grad-dot", bare, train, groups, test), rtol=1e-6)
+
+
+def test_a_zoo_model_too_large_for_if_exact_is_refused_before_it_is_trained(tmp_path):
+    from gda_core.attribution.pipeline import run_attribution
+    from gda_core.requests import AttributionRequest
+
+    request = AttributionRequest(data="digits", model="cnn", method="if-exact", grouping="random", n_groups=4)
+    with pytest.raises(GDAError, match="the exact inverse needs a 38282 x 38282 matrix"):
+        run_attribution(request, cache_dir=tmp_path)
+    assert not (tmp_path / "models").exists()  # no demo model was trained (or cached)
+    last_layer = AttributionRequest(data="digits", model="cnn", method="if-exact", grouping="random", n_groups=4,
+                                    method_options={"last_layer_only": True}, test_size=2)
+    assert run_attribution(last_layer, cache_dir=tmp_path).scores.shape == (2, 4)  # the head alone fits

@@ -195,10 +195,16 @@ class AttributionMethod:
         self.attribute_seconds_ = time.perf_counter() - started
         return scores.double().cpu().numpy()
 
+    @classmethod
+    def check_size(cls, options: MethodOptions, n_parameters: int) -> None:
+        """Refusals that depend only on the options and the number of parameters attributed
+        to: the pipeline checks them before a zoo model is even trained. Nothing by default."""
+
     def check_model(self) -> None:
         """Refusals that depend only on the model and the options (its parameter count, what
         it carries), so that they come before any data pass: ``fit`` starts with them, and the
-        pipeline calls this before grouping. Nothing by default."""
+        pipeline calls this before grouping."""
+        self.check_size(self.options, attributed_parameters(self.model.module, self.options.last_layer_only))
 
     # ------------------------------------------------------------ overridables
     def _default_measurement(self, train: Dataset) -> str:
@@ -224,13 +230,6 @@ class AttributionMethod:
         return "loss", None
 
     # ----------------------------------------------------------------- shared
-    def _n_parameters(self) -> int:
-        """The number of parameters attributed to: the head's in last-layer mode, else all."""
-        module = self.model.module
-        if self.options.last_layer_only and hasattr(module, "head"):
-            module = module.head
-        return sum(p.numel() for p in module.parameters())
-
     def _engine(self, module: torch.nn.Module) -> GradientEngine:
         return GradientEngine(module, last_layer_only=self.options.last_layer_only,
                               chunk_examples=self.options.chunk_examples)
@@ -272,6 +271,13 @@ class AttributionMethod:
             return np.arange(n_train)
         rng = np.random.default_rng(self.options.seed)
         return np.sort(rng.choice(n_train, size=n_samples, replace=False))
+
+
+def attributed_parameters(module: torch.nn.Module, last_layer_only: bool) -> int:
+    """The number of parameters attributed to: the head's in last-layer mode, else all."""
+    if last_layer_only and hasattr(module, "head"):
+        module = module.head
+    return sum(p.numel() for p in module.parameters())
 
 
 #: the option types a value is checked against (annotations are strings: ``int | None``)

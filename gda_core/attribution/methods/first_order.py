@@ -56,6 +56,7 @@ class TracIn(AttributionMethod):
     Options = TracInOptions
 
     def check_model(self) -> None:
+        super().check_model()
         # Summing over no checkpoints would silently be Grad-Dot while saying "all": refused.
         if self.options.checkpoints == "all" and not self.model.checkpoints:
             raise GDAError("TracIn needs training checkpoints, which this model does not carry (an uploaded .pt2 "

@@ -112,8 +112,9 @@ class InfluenceExact(_Influence):
     name = "if-exact"
     description = "influence function, exact inverse by eigendecomposition (small models)"
 
-    def check_model(self) -> None:
-        check_exact_dim(self._n_parameters())  # before the curvature work that would refuse it later
+    @classmethod
+    def check_size(cls, options: InfluenceOptions, n_parameters: int) -> None:
+        check_exact_dim(n_parameters)  # before the curvature work that would refuse it later
 
     def _prepare_solver(self, index: int, operator: CurvatureOperator) -> None:
         if index == 0:

@@ -24,6 +24,7 @@ import torch
 
 from ...errors import GDAError
 from ...inputs.datasets import Dataset
+from ...inputs.safety import one_line
 from ...inputs.zoo import TrainedModel
 from ...progress import Progress, no_progress
 from ...registry import METHODS
@@ -295,9 +296,9 @@ def _check_option_type(method: str, field: dataclasses.Field, value: object) -> 
     allowed = tuple(t for kind in kinds if kind != "None" for t in _OPTION_TYPES[kind])
     if not isinstance(value, allowed) or (isinstance(value, bool) and "bool" not in kinds):
         wanted = " or ".join("null" if kind == "None" else kind for kind in kinds)
-        raise GDAError(f"option {field.name} of method {method!r} must be {wanted}, got {value!r}")
+        raise GDAError(f"option {field.name} of method {method!r} must be {wanted}, got {one_line(value)}")
     if "float" in kinds and not math.isfinite(value):  # NaN passes every "> 0" check after it
-        raise GDAError(f"option {field.name} of method {method!r} must be a finite number, got {value!r}")
+        raise GDAError(f"option {field.name} of method {method!r} must be a finite number, got {one_line(value)}")
 
 
 def make_method(name: str, model: TrainedModel, **options) -> AttributionMethod:

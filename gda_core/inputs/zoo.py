@@ -9,7 +9,6 @@ nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -87,8 +86,10 @@ class ModelConfig:
                            f"{MAX_PARAMETERS:,}; check its sizes")
 
     def n_parameters(self) -> int:
-        """The parameter count :func:`build_model` gives, computed from the sizes alone."""
-        return sum(math.prod(shape) for shape in _parameter_shapes(self))
+        """The parameter count of :func:`build_model`'s model, built on the meta device: from
+        the sizes alone, with no memory for the weights (the layer count is bounded first)."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_model(self).parameters())
 
     @property
     def n_outputs(self) -> int:
@@ -128,24 +129,6 @@ def _sizes(name: str, values: object) -> tuple[int, ...]:
     if not isinstance(values, (list, tuple)):
         raise GDAError(f"model config field {name} must be a list of whole numbers, got {values!r}"[:160])
     return tuple(_whole(name, value) for value in values)
-
-
-def _parameter_shapes(config: ModelConfig) -> list[tuple[int, ...]]:
-    """Weight and bias shapes of the layers :func:`build_model` makes, without building them."""
-    def linear(inputs: int, outputs: int) -> list[tuple[int, ...]]:
-        return [(outputs, inputs), (outputs,)]
-
-    if config.arch == "logreg":
-        return linear(config.n_features, config.n_outputs)
-    if config.arch == "mlp":
-        widths = (config.n_features, *config.hidden)
-        shapes = [shape for a, b in itertools.pairwise(widths) for shape in linear(a, b)]
-        return shapes + linear(widths[-1], config.n_outputs)
-    height, width = config.image_shape  # type: ignore[misc]
-    first, second = config.cnn_channels
-    hidden = config.hidden[-1] if config.hidden else 64
-    return [(first, 1, 3, 3), (first,), (second, first, 3, 3), (second,),
-            *linear((height // 2) * (width // 2) * second, hidden), *linear(hidden, config.n_outputs)]
 
 
 def activation_module(name: str) -> nn.Module:

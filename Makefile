@@ -6,6 +6,9 @@ VENV ?= .venv
 # e.g. `make app TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 8501
+# The app has no authentication: it listens on this machine only unless HOST says otherwise
+# (e.g. `make app HOST=0.0.0.0` to serve every interface, with a warning).
+HOST ?= 127.0.0.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gda-installed
 
@@ -25,7 +28,9 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 install: $(STAMP)
 
 app: install
-	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) \
+	@case "$(HOST)" in 127.0.0.1|localhost|::1) ;; *) echo "WARNING: serving on $(HOST):$(PORT) with no" \
+		"authentication: anyone who can reach this address can use the app and upload files" >&2 ;; esac
+	$(BIN)/streamlit run app.py --server.headless true --server.address $(HOST) --server.port $(PORT) \
 		--browser.gatherUsageStats false --server.maxUploadSize $${GDA_MAX_UPLOAD_MB:-500}
 
 # The browser test drives Debian's chromium with Playwright (no browser download).

@@ -22,6 +22,8 @@ from gda_core.requests import resolve_device
 from gda_core.runs.jobs import JOB_KINDS, JobManager
 from gda_core.runs.store import Run, ScoreStore
 
+from .markup import escape
+
 #: the user's choices, kept in st.session_state under these keys (the widgets' keys too)
 CHOICES = {"data": "digits", "model": "mlp", "method": "grad-dot", "grouping": "grad-kmeans",
            "n_groups": 50, "test_index": 0, "result_key": None, "map_colour": "group",
@@ -54,10 +56,10 @@ def _or_stop(load):
     try:
         return load()
     except GDAError as error:
-        st.error(f"{error}")
+        st.error(escape(error))  # it names files and columns the user chose
         st.stop()
     except Exception as error:  # a case validation missed: still one line, never a traceback
-        st.error(unexpected_reason(error, "loading the data or the model"))
+        st.error(escape(unexpected_reason(error, "loading the data or the model")))
         st.stop()
 
 
@@ -159,7 +161,7 @@ def submit_request(kind: str, build: Callable[[], object], slot: str) -> None:
     try:
         request = build()
     except GDAError as error:
-        st.error(str(error))
+        st.error(escape(error))
         return
     submit(kind, request.to_json(), slot)
 
@@ -186,7 +188,7 @@ def show_job(slot: str, label: str) -> Run | None:
         _progress_panel(slot, label)
         return None
     if run.status == "failed":
-        st.error(f"{label} failed: {run.error}")
+        st.error(f"{label} failed: {escape(run.error)}")
     elif run.status == "cancelled":
         st.warning(f"{label} was cancelled.")
     elif st.session_state.get(f"job:{slot}:hit"):

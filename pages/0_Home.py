@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from gda_app import state
+from gda_app.markup import escape
 from gda_core.errors import GDAError, unexpected_reason
 from gda_core.inputs.choices import accept_data_upload, accept_model_upload, is_builtin_data, is_zoo_model
 from gda_core.inputs.datasets import BUILTIN_DATASETS
@@ -41,7 +42,7 @@ def accepted(slot: str, signature: tuple, accept) -> str:
             done = {"signature": signature, "choice": None, "error": unexpected_reason(error, "reading the upload")}
         st.session_state[slot] = done
     if done["error"]:
-        st.error(done["error"])
+        st.error(escape(done["error"]))
         st.stop()
     return done["choice"]
 
@@ -77,7 +78,7 @@ with left:
         elif is_builtin_data(st.session_state["data"]):
             st.info("Upload a data file, or download an example below to see the formats.")
         if not is_builtin_data(st.session_state["data"]):
-            st.caption(f"Using uploaded data **{state.describe(st.session_state['data'])}**.")
+            st.caption(f"Using uploaded data **{escape(state.describe(st.session_state['data']))}**.")
 split = state.data_split()
 
 st.session_state.setdefault("model_source", SOURCES[0] if is_zoo_model(st.session_state["model"]) else SOURCES[1])
@@ -103,7 +104,7 @@ with right:
         elif is_zoo_model(st.session_state["model"]):
             st.info("Upload a model; until then the built-in demo model is used.")
         if not is_zoo_model(st.session_state["model"]):
-            st.caption(f"Using uploaded model **{state.describe(st.session_state['model'])}**.")
+            st.caption(f"Using uploaded model **{escape(state.describe(st.session_state['model']))}**.")
 split, model = state.inputs()
 
 columns = st.columns(5)

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
+from gda_app.markup import escape
 from gda_core.attribution.costs import cost_advice, cost_rows
 from gda_core.registry import EXECUTORS, GROUPINGS, METHODS
 from gda_core.requests import AttributionRequest
@@ -20,8 +21,8 @@ state.page_setup("Compute")
 st.title("Compute group scores")
 split = state.data_split()
 n_train = len(split.train)
-st.caption(f"Data set **{state.describe(st.session_state['data'])}** ({n_train} training points), model "
-           f"**{state.describe(st.session_state['model'])}**. Change them on the Home page.")
+st.caption(f"Data set **{escape(state.describe(st.session_state['data']))}** ({n_train} training points), model "
+           f"**{escape(state.describe(st.session_state['model']))}**. Change them on the Home page.")
 
 left, middle, right = st.columns(3)
 left.selectbox("Method", list(METHODS), key="method", format_func=lambda name: name,
@@ -74,7 +75,7 @@ with st.expander("Advanced options"):
             try:
                 options[option.name] = parse(text) if text.strip() else None
             except ValueError:
-                column.error(f"{option.name}: {text!r} is not {'a whole number' if parse is int else 'a number'}")
+                column.error(escape(f"{option.name}: {text!r} is not {'a whole number' if parse is int else 'a number'}"))
                 options[option.name] = value
         elif isinstance(value, str):
             options[option.name] = column.text_input(option.name, value=value, key=widget_key)

@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from gda_app import state
+from gda_app.markup import escape
 from gda_core.attribution.pipeline import top_groups
 from gda_core.requests import AttributionRequest, EmbeddingRequest
 from gda_core.viz.figures import MAP_COLOURS, SIGN_NOTE, embedding_map_figure, group_scores_figure, image_grid_figure
@@ -26,7 +27,7 @@ if st.session_state.get("result_key") not in runs and runs:
     st.session_state["result_key"] = next(iter(runs))
 run = runs.get(st.session_state.get("result_key"))
 if run is None:
-    st.info(f"No group scores computed yet for {state.describe(data)} / {state.describe(arch)}. Compute them "
+    st.info(f"No group scores computed yet for {escape(state.describe(data))} / {escape(state.describe(arch))}. Compute them "
             "here with Grad-Dot on gradient K-means groups (K = 50), or choose another method on the Compute page.")
     if st.button("Compute group scores", type="primary"):
         request = AttributionRequest(data=data, model=arch, method="grad-dot", grouping="grad-kmeans",
@@ -83,8 +84,8 @@ middle.selectbox(
     if st.session_state["pick_wrong"] is not None else None)
 index = int(st.session_state["test_index"])
 certainty = "" if confidence is None else f" ({confidence[index]:.0%})"
-right.markdown(f"Test point **#{index}**: label **{label_names[index]}**, model predicts "
-               f"**{predicted_names[index]}**{certainty}. Or click a grey cross on the map.")
+right.markdown(f"Test point **#{index}**: label **{escape(label_names[index])}**, model predicts "
+               f"**{escape(predicted_names[index])}**{certainty}. Or click a grey cross on the map.")
 st.caption(f"Scores: **{run.params['method']}** on **{run.params['grouping']}** groups "
            f"(K = {run.summary.get('n_groups')}). {SIGN_NOTE}")
 

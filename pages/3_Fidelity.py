@@ -7,13 +7,16 @@ import time
 
 import pandas as pd
 import streamlit as st
+import torch
 
 from gda_app import state
+from gda_app.markup import escape
+from gda_core.evaluation.sweeps import estimate_sweep_seconds, format_duration
 from gda_core.requests import GoldConfig, SweepConfig
 from gda_core.viz.figures import GOLD_NAMES, fidelity_speed_figure
 
-#: a sweep small enough for a demo (a minute or two on a laptop CPU); `gda fidelity` runs big ones
-QUICK_SWEEP = dict(methods=("grad-dot", "if-arnoldi"), groupings=("random", "grad-kmeans"), group_counts=(15, 60),
+#: a sweep small enough for a demo (its time is estimated from the sizes); `gda fidelity` runs big ones
+QUICK_SWEEP = dict(methods=("grad-dot", "if-arnoldi"), groupings=("random", "grad-kmeans"), group_counts=(15,),
                    per_example=True, test_size=50, gold=GoldConfig(kind="lds", n_subsets=20))
 
 state.page_setup("Fidelity")
@@ -23,15 +26,21 @@ st.caption("Each point is one method on one grouping and group count: its agreem
            "(LDS: Spearman correlation with retraining on random subsets; cosine: with further training of "
            "the final model) against the seconds it took. Up and to the left is better.")
 
-if st.button("Run a small sweep", help="Grad-Dot and Arnoldi influence, random and gradient K-means groups, "
-             "K = 15 and 60 and per-example, against LDS with 20 subsets, on 50 test points."):
-    config = SweepConfig(data=data, model=arch, **QUICK_SWEEP)
+split, model = state.inputs()
+config = SweepConfig(data=data, model=arch, **QUICK_SWEEP)
+estimate = estimate_sweep_seconds(config, model, len(split.train), torch.get_num_threads())
+if st.button("Run a small sweep", help=f"Grad-Dot and Arnoldi influence, random and gradient K-means groups, "
+             f"K = 15 and per-example, against LDS with 20 subsets, on 50 test points. Roughly "
+             f"{format_duration(estimate)} here ({torch.get_num_threads()} torch threads; an estimate from the "
+             f"sizes, within a factor of two or so)."):
     state.submit("fidelity", dataclasses.asdict(config), slot="fidelity")
+st.caption(f"The small sweep takes roughly {format_duration(estimate)} on this machine (estimated from the "
+           f"data and model sizes: its LDS gold standard trains 20 subset models per grouping).")
 state.show_job("fidelity", "Sweep")
 
 sweeps = state.finished_runs("fidelity")
 if not sweeps:
-    st.info(f"No sweep for {state.describe(data)} / {state.describe(arch)} yet. Press **Run a small sweep**, or "
+    st.info(f"No sweep for {escape(state.describe(data))} / {escape(state.describe(arch))} yet. Press **Run a small sweep**, or "
             f"run a bigger one from the command line: `gda fidelity --data {data} --model {arch} ...` "
             f"(it lands in the same cache).")
     st.stop()

@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
+from gda_app.markup import escape
 from gda_core.errors import GDAError
 from gda_core.evaluation.noisy import NEEDS_CLASSES
 from gda_core.registry import GROUPINGS, METHODS
@@ -32,10 +33,11 @@ split, model = state.inputs()
 try:
     split.train.require_classes("the Noisy labels page", NEEDS_CLASSES["noisy-label evaluation"])
 except GDAError as error:
-    st.info(str(error))
+    st.info(escape(error))
     st.stop()
 data, arch = st.session_state["data"], st.session_state["model"]
 data_name, model_name = state.describe(data), state.describe(arch)  # uploads by their file names
+shown_data, shown_model = escape(data_name), escape(model_name)  # as markdown
 file_stem = f"{Path(data_name).stem}-{Path(model_name).stem}"
 n_train = len(split.train)
 st.caption("Flagged first: training points with the largest **self-influence** (how much up-weighting a point "
@@ -82,7 +84,7 @@ def review(flag_key: str) -> None:
     session = review_for_flags(state.store(), flag_key)
     st.session_state[SEEN] = session.version
     if "review_error" in st.session_state:
-        st.warning(st.session_state.pop("review_error"))
+        st.warning(escape(st.session_state.pop("review_error")))
     predicted, confidence = state.train_predictions()
     names = session.class_names
     items = session.items()
@@ -99,7 +101,7 @@ def review(flag_key: str) -> None:
                               .update_layout(height=260), key="current_image")
         right.markdown(f"**Training point #{index}** (rank {[i['train_index'] for i in items].index(index) + 1} "
                        f"of {len(items)})")
-        right.markdown(f"Given label: **{names[given]}** | model predicts **{names[predicted[index]]}** "
+        right.markdown(f"Given label: **{escape(names[given])}** | model predicts **{escape(names[predicted[index]])}** "
                        f"with confidence **{confidence[index]:.0%}**")
         options = list(range(len(names)))
         suggestion = int(predicted[index]) if int(predicted[index]) != given else (given + 1) % len(names)
@@ -143,7 +145,7 @@ def review(flag_key: str) -> None:
 st.subheader("Review")
 flag_runs = state.finished_runs("flag")
 if not flag_runs:
-    st.info(f"No flagged points for {data_name} / {model_name} yet: press **Flag training points** (Grad-Dot per example "
+    st.info(f"No flagged points for {shown_data} / {shown_model} yet: press **Flag training points** (Grad-Dot per example "
             "takes a second; influence functions longer), or run `gda flag` from the command line.")
 else:
     labels = {run.key: f"{run.params['method']} / {run.params['grouping']} (K={run.summary.get('n_groups')}), "
@@ -174,8 +176,8 @@ if evaluations:
                                 "seconds": r["seconds"]} for r in evaluations[0].summary["rankings"].values()]),
                  hide_index=True, key="noisy_table")
 else:
-    st.info(f"No evaluation for {data_name} / {model_name} yet: press **Run a small evaluation**, or run "
-            f"`gda noisy --data {data_name} --model {model_name} ...` (it lands in the same cache).")
+    st.info(f"No evaluation for {shown_data} / {shown_model} yet: press **Run a small evaluation**, or run "
+            f"`gda noisy --data {data} --model {arch} ...` (it lands in the same cache).")
 
 st.subheader("Pruning")
 st.caption("Remove the groups with the lowest total influence on a held-out validation loss, retrain, and compare "
@@ -190,4 +192,4 @@ prunings = state.finished_runs("prune")
 if prunings:
     st.plotly_chart(pruning_figure(prunings[0].summary), key="pruning_figure")
 else:
-    st.info(f"No pruning run for {data_name} / {model_name} yet: press **Run a small pruning**, or run `gda prune`.")
+    st.info(f"No pruning run for {shown_data} / {shown_model} yet: press **Run a small pruning**, or run `gda prune`.")

@@ -45,6 +45,28 @@ def zoo(small_digits):
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
+def rendered(markdown: str) -> tuple[str, set[str]]:
+    """Markdown as a CommonMark renderer reads it: the text a reader sees, and the kinds of
+    inline elements in it (``link_open``, ``image``, ``html_inline``, ...)."""
+    from markdown_it import MarkdownIt
+
+    tokens = [child for block in MarkdownIt("commonmark").parseInline(markdown) for child in block.children or ()]
+    text = "".join(token.content for token in tokens if token.type in ("text", "code_inline"))
+    return text, {token.type for token in tokens} - {"text", "code_inline", "softbreak", "strong_open", "strong_close"}
+
+
+@pytest.fixture()
+def render_markdown():
+    """``render_markdown(markdown)``: (text, inline element kinds), see :func:`rendered`."""
+    return rendered
+
+
+@pytest.fixture()
+def shown():
+    """``shown(markdown)``: the text a reader sees (what the app's escaping must keep readable)."""
+    return lambda markdown: rendered(markdown)[0]
+
+
 @pytest.fixture()
 def open_app(monkeypatch):
     """``open_app(cache)``: the app (Streamlit's AppTest of app.py) on the cache folder

@@ -118,6 +118,10 @@ def test_method_options_pass_through(tmp_path, capsys):
      "option max_iterations of method 'if-cg' must be int, got 'abc'"),
     (["attribute", "--data", "wine", "--groups", "3", "--method", "if-cg", "--option", "damping=x"],
      "option damping of method 'if-cg' must be float or null, got 'x'"),
+    (["attribute", "--data", "wine", "--groups", "3", "--method", "if-cg", "--option", "damping=NaN"],
+     "option damping of method 'if-cg' must be a finite number, got nan"),
+    (["attribute", "--data", "wine", "--groups", "3", "--method", "if-cg", "--option", "damping=" + "[" * 50_000],
+     "option damping of method 'if-cg' must be float or null, got '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[...\n"),
 ])
 def test_bad_arguments_fail_with_one_line(tmp_path, capsys, args, message):
     assert main(args + ["--cache", str(tmp_path)] if args[0] in ("attribute", "fidelity", "cache") else args) == 2

@@ -19,10 +19,12 @@ from ..inputs.choices import load_inputs
 from ..inputs.zoo import model_score
 from ..io import default_cache_dir
 from ..progress import Progress
+from ..registry import METHODS
 from ..requests import AttributionRequest, resolve_device
 from .executors import BuiltinSource, make_executor
 from .grouping import Groups, make_grouping
 from .methods import make_method
+from .methods.base import attributed_parameters
 
 
 @dataclass
@@ -76,12 +78,21 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    split, model = load_inputs(request, cache_dir, device, progress)
+    # Size refusals before anything is trained or loaded: a zoo model's sizes follow from the data.
+    method_class = METHODS.get_checked(request.method)
+    options = method_class.make_options(**request.method_options)
+
+    def check_size(module) -> None:
+        method_class.check_size(options, attributed_parameters(module, options.last_layer_only))
+
+    split, model = load_inputs(request, cache_dir, device, progress, check_zoo_model=check_size)
     test = split.test if request.test_size is None else split.test.subset(slice(0, request.test_size))
     train = split.train.to(device)
     test = test.to(device)
     timings["load"] = time.perf_counter() - started
 
+    method = make_method(request.method, model, **request.method_options)
+    method.check_model()  # refusals that need only the model's size come before grouping and fit
     progress("grouping", 0.0)
     started = time.perf_counter()
     groups = make_grouping(request.grouping, request.n_groups, seed=request.seed,
@@ -89,7 +100,6 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     timings["grouping"] = time.perf_counter() - started
     progress("grouping", 1.0)
 
-    method = make_method(request.method, model, **request.method_options)
     method.fit(train, groups, progress=progress)
     # Workers may load a built-in set by name rather than receive it.
     with make_executor(request.executor, address=request.ray_address,

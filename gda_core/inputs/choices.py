@@ -25,7 +25,7 @@ from .datasets import BUILTIN_DATASETS, Dataset, DataSplit, load_builtin
 from .parsers import DATA_SUFFIXES, DataOptions, UploadedData, parse_data, parse_data_file
 from .programs import check_model_fits, load_model_file
 from .safety import UploadLimits, one_line, refuse_pickle
-from .zoo import ARCHITECTURES, TrainedModel, demo_model
+from .zoo import ARCHITECTURES, TrainedModel, build_model, demo_model, model_config_for
 
 MODEL_SUFFIXES = (".pt2", ".safetensors")
 
@@ -183,10 +183,16 @@ def input_fingerprints(split: DataSplit, model: TrainedModel) -> dict:
 
 
 def load_inputs(request, cache_dir: str | Path, device: torch.device | str = "cpu",
-                progress: Progress | None = None) -> tuple[DataSplit, TrainedModel]:
+                progress: Progress | None = None,
+                check_zoo_model: Callable[[torch.nn.Module], None] | None = None) -> tuple[DataSplit, TrainedModel]:
     """The data and model a request names (anything with ``data``, ``model`` and ``seed``):
-    built-in names and zoo names, or paths to uploaded files (see :mod:`gda_core.inputs.choices`)."""
+    built-in names and zoo names, or paths to uploaded files (see :mod:`gda_core.inputs.choices`).
+    ``check_zoo_model`` gets a zoo model's module built on the meta device (its sizes, no
+    weights) before the demo model is trained or loaded, so that size refusals cost nothing."""
     split = load_data_choice(request.data, seed=request.seed)
+    if check_zoo_model is not None and is_zoo_model(request.model):
+        with torch.device("meta"):
+            check_zoo_model(build_model(model_config_for(request.model, split.train)))
     model = load_model_choice(request.model, split.train, cache_dir, seed=request.seed, device=device,
                               progress=None if progress is None else (lambda f: progress("train model", f)))
     return split, model

@@ -19,12 +19,15 @@ FORMATS_HELP = (
     "**Data**: a CSV of numeric feature columns plus a label column (name it; optionally a `split` column "
     "of train/test), an `.npz` with `X` (rows x features; images as rows x height x width, or rows x "
     "channels x height x width or rows x height x width x channels, 1 or 3 channels, detected) and `y` "
-    "(optionally `X_test`, `y_test`), or a zip with one folder of PNG/JPEG images per class (resized; "
-    "kept in colour unless every image is grey, or *grey* is chosen). Image data is standardised per channel. "
+    "(optionally `X_test`, `y_test`, standardised with the training part's statistics), or a zip with one "
+    "folder of PNG/JPEG images per class (resized; kept in colour unless every image is grey, or *grey* is "
+    "chosen). Image data is standardised per channel. "
     "Without a test part the data is split 80/20, stratified and seeded. "
     "**Model**: a `torch.export` program (`.pt2`, exported with a dynamic batch dimension, "
     "`torch.export.Dim`), or a `.safetensors` state dict of a zoo model with its `.json` config "
-    "(`arch`, `n_features`, `n_classes`, `hidden`, ...). Pickles (`.pkl`, `.pt`, `.pth`) are refused. "
+    "(`arch`, `n_features`, `n_classes`, `hidden`, `activation`: relu, tanh or gelu, required for mlp and "
+    "cnn, ...), e.g. `{\"arch\": \"mlp\", \"n_features\": 13, \"n_classes\": 3, \"hidden\": [64, 64], "
+    "\"activation\": \"relu\"}`. Pickles (`.pkl`, `.pt`, `.pth`) are refused. "
     "Files up to 500 MB (`GDA_MAX_UPLOAD_MB`).")
 
 

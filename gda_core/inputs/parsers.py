@@ -9,6 +9,7 @@ import hashlib
 import io
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -183,10 +184,18 @@ def regression_targets(*parts: np.ndarray) -> list[np.ndarray]:
 
 def _is_number(value: object) -> bool:
     try:
-        float(value)  # type: ignore[arg-type]
+        _number(value)
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _number(text: object) -> float:
+    """A CSV cell as a number. Python's ``float`` reads ``14_0`` as 140; a data file means no
+    such thing, so an underscore makes the cell text."""
+    if isinstance(text, str) and "_" in text:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)  # type: ignore[arg-type]
 
 
 def encode_labels(*parts: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
@@ -235,7 +244,7 @@ def _csv_table(payload: bytes, name: str) -> tuple[list[str], list[list[str]]]:
         raise GDAError(f"{name} has no header row")
     header = [cell.strip() for cell in rows[0]]
     if len(set(header)) != len(header):
-        duplicated = next(column for column in header if header.count(column) > 1)
+        duplicated = next(column for column, count in Counter(header).items() if count > 1)
         raise GDAError(f"{name}: column {one_line(duplicated)} appears twice in the header")
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
@@ -258,12 +267,14 @@ def _csv_parts(payload: bytes, name: str, label_column: str,
     feature_columns = [c for c in header if c not in (label_column, split_column)]
     if not feature_columns:
         raise GDAError(f"{name} has no feature columns besides the label")
-    positions = [header.index(c) for c in feature_columns]
+    # One pass over the header: header.index per column was quadratic in the column count.
+    where = {column: position for position, column in enumerate(header)}
+    positions = [where[c] for c in feature_columns]
     features = np.empty((len(rows), len(positions)), dtype=np.float64)
     for r, row in enumerate(rows):
         for c, position in enumerate(positions):
             try:
-                features[r, c] = float(row[position])
+                features[r, c] = _number(row[position])
             except ValueError:
                 raise GDAError(f"{name}: column {one_line(feature_columns[c])} is not numeric "
                                f"(row {r + 2}: {one_line(row[position].strip(), 30)})") from None
@@ -271,16 +282,16 @@ def _csv_parts(payload: bytes, name: str, label_column: str,
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise GDAError(f"{name}: column {one_line(feature_columns[c])} has NaN or infinite values (row {r + 2})")
-    raw_labels = [row[header.index(label_column)].strip() for row in rows]
+    raw_labels = [row[where[label_column]].strip() for row in rows]
     if any(label == "" for label in raw_labels):
         raise GDAError(f"{name}: label column {one_line(label_column)} has empty cells")
     try:
-        labels = np.array([float(label) for label in raw_labels])
+        labels = np.array([_number(label) for label in raw_labels])
     except ValueError:
         labels = np.array(raw_labels, dtype=str)
     is_test = None
     if split_column is not None:
-        values = [row[header.index(split_column)].strip().lower() for row in rows]
+        values = [row[where[split_column]].strip().lower() for row in rows]
         unknown = sorted(set(values) - {"train", "test"})
         if unknown:
             raise GDAError(f"{name}: split column {one_line(split_column)} must hold 'train' or 'test', "
@@ -371,11 +382,11 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
         array = arrays[key]
         if array.dtype.kind not in "biuf":
             raise GDAError(f"{name}: {key} must be numeric, got dtype {array.dtype}")
-        if array.ndim != ndim:
-            raise GDAError(f"{name}: {key} must have as many axes as X ({ndim}), got shape {array.shape}")
-        if array.ndim not in (2, 3, 4):
+        if array.ndim not in (2, 3, 4):  # checked before len(): a 0-d scalar has none
             raise GDAError(f"{name}: {key} must be (rows, features), (rows, height, width) or (rows, channels, "
                            f"height, width), got shape {array.shape}")
+        if array.ndim != ndim:
+            raise GDAError(f"{name}: {key} must have as many axes as X ({ndim}), got shape {array.shape}")
         if len(array) == 0:
             raise GDAError(f"{name}: {key} has no rows")
         if layout == "NHWC":
@@ -390,6 +401,8 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
     if ndim > 2:
         image_shape = image_shape_of(train_images.shape[1:])
     elif "image_shape" in arrays and arrays["image_shape"].size:
+        if arrays["image_shape"].dtype.kind not in "iu":
+            raise GDAError(f"{name}: image_shape must hold whole numbers, got dtype {arrays['image_shape'].dtype}")
         try:
             image_shape = image_shape_of(arrays["image_shape"])
         except (GDAError, ValueError, TypeError, OverflowError):
@@ -475,17 +488,34 @@ def parse_image_zip(payload: bytes, *, image_size: int = DEFAULT_IMAGE_SIZE, nam
                         raise GDAError(f"{name}: image {shown} has {image.width}x{image.height} pixels, "
                                        f"over the limit of {limits.max_image_pixels}")
                     coloured = coloured or image.mode not in GREY_MODES
-                    rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+                    pixels[row] = _rgb_pixels(image, image_size)
         except GDAError:
             raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # Pillow refuses huge images at open, before our own size check can run
+            raise GDAError(f"{name}: image {shown} is too large, over the limit of {limits.max_image_pixels} "
+                           f"pixels") from None
         except Exception:
             raise GDAError(f"{name}: image {shown} cannot be decoded (not a valid PNG or JPEG)") from None
-        pixels[row] = np.asarray(rgb, dtype=np.float64).transpose(2, 0, 1) / 255.0
         labels[row] = class_names.index(parts[0])
     data = UploadedData(pixels.reshape(len(entries), -1), labels, class_names, name=Path(name).stem,
                         image_shape=(3, image_size, image_size))
     # A grey image read as RGB has three equal channels: one is kept, as the file had.
     return data if coloured else data.to_grey()
+
+
+def _rgb_pixels(image, size: int) -> np.ndarray:
+    """An image resized to (3, size, size) RGB values in [0, 1], scaled by its true bit depth:
+    a 16-bit greyscale PNG would be clipped at 255 by ``convert``, so it is resized as floats
+    and its one channel repeated (a zip of grey images keeps one channel in the end)."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit greyscale PNG (Pillow reads some as "I")
+        grey = Image.fromarray((np.asarray(image, dtype=np.float64) / 65535.0).astype(np.float32))  # mode F
+        values = np.asarray(grey.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64)
+        return np.repeat(values[None], 3, axis=0)
+    rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.float64).transpose(2, 0, 1) / 255.0
 
 
 # ------------------------------------------------------------------------ one entry point

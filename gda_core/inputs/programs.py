@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import GDAError, first_line
 from .datasets import Dataset
 from .safety import UploadLimits, checked_zip, read_entry, read_upload, refuse_pickle
-from .zoo import TrainedModel, ZooModel, _load_safetensors
+from .zoo import TrainedModel, ZooModel, _load_safetensors, check_finite_weights
 
 #: pt2 archive entries that torch.export.load would unpickle (torch.load(weights_only=False),
 #: pickle.loads): any of them makes the upload a refusal, whatever else it holds
@@ -71,7 +71,7 @@ def _check_pt2_archive(payload: bytes, name: str, limits: UploadLimits) -> None:
             try:
                 entries = json.loads(read_entry(archive, entry, name)).get("config", {}).values()
                 pickled = any(isinstance(meta, dict) and meta.get("use_pickle") for meta in entries)
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 continue  # torch.export.load says what is wrong with it
             if pickled:
                 # tensor subclasses are saved pickled; weights_only loading could not read them anyway
@@ -115,6 +115,7 @@ def _load_program(payload: bytes, name: str, device: torch.device | str, limits:
     if not any(True for _ in module.parameters()):
         raise GDAError(f"{name}: the exported program has no parameters to attribute to; export the nn.Module "
                        f"itself (torch.export.export(model, ...)) so its weights stay parameters")
+    check_finite_weights(dict(module.state_dict()), name)
     # no .eval(): an exported program is fixed in the mode it was exported in (and refuses eval())
     return TrainedModel(module.to(device), None, input_width=width, input_image_shape=image_shape)
 

@@ -31,6 +31,16 @@ ARCHITECTURES = ("logreg", "mlp", "cnn", "resnet")
 #: architectures that need image data (an ``image_shape``)
 IMAGE_ARCHITECTURES = ("cnn", "resnet")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
+#: the hidden layers' nonlinearity: it changes the function, so an uploaded config names it
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+#: architectures with hidden layers, whose uploaded configs must name their activation
+_ACTIVATED = ("mlp", "cnn", "resnet")
+#: the zoo's own choice per architecture (the peers' ResNet-9 uses ReLU)
+DEFAULT_ACTIVATIONS = {"logreg": "tanh", "mlp": "tanh", "cnn": "tanh", "resnet": "relu"}
+#: refused from the config's sizes alone, before any module is built: a config with 200,000
+#: layers or 10^12 weights would otherwise take minutes (or all memory) to be found wrong
+MAX_LAYERS = 64
+MAX_PARAMETERS = 500_000_000
 
 
 @dataclass
@@ -51,15 +61,23 @@ class ModelConfig:
     cnn_channels: tuple[int, ...] = (16, 32)
     task: str = "classification"
     resnet_width: int = 8
+    #: the hidden layers' nonlinearity; None is the architecture's zoo default (tanh for the
+    #: mlp and cnn, relu for the resnet), but an uploaded (JSON) config must say it
+    activation: str | None = None
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
+        self.n_features, self.n_classes = _whole("n_features", self.n_features), _whole("n_classes", self.n_classes)
+        self.hidden = _sizes("hidden", self.hidden)
+        self.resnet_width = _whole("resnet_width", self.resnet_width)
+        self.cnn_channels = _sizes("cnn_channels", self.cnn_channels)
         if self.image_shape is not None:
-            self.image_shape = image_shape_of(self.image_shape)
+            self.image_shape = image_shape_of(_sizes("image_shape", self.image_shape))
         if self.arch not in ARCHITECTURES:
             raise GDAError(f"unknown model {self.arch!r}; choose from: {', '.join(ARCHITECTURES)}")
         TASKS.check(self.task)
+        self.activation = self.activation or DEFAULT_ACTIVATIONS.get(self.arch)
+        if self.activation not in ACTIVATIONS:
+            raise GDAError(f"unknown activation {self.activation!r}; choose from: {', '.join(ACTIVATIONS)}")
         if self.n_features < 1:
             raise GDAError(f"a model needs >= 1 feature, got {self.n_features}")
         if self.task == "classification" and self.n_classes < 2:
@@ -83,6 +101,17 @@ class ModelConfig:
                 # three poolings leave 2x2 maps, so BatchNorm still has several values per channel
                 raise GDAError(f"the resnet pools three times, so images must be at least 16x16 pixels, "
                                f"got {self.image_shape}; use the cnn for smaller images")
+        if len(self.hidden) > MAX_LAYERS:
+            raise GDAError(f"{len(self.hidden)} hidden layers, over the limit of {MAX_LAYERS}")
+        if self.n_parameters() > MAX_PARAMETERS:
+            raise GDAError(f"the config asks for {self.n_parameters():,} parameters, over the limit of "
+                           f"{MAX_PARAMETERS:,}; check its sizes")
+
+    def n_parameters(self) -> int:
+        """The parameter count of :func:`build_model`'s model, built on the meta device: from
+        the sizes alone, with no memory for the weights (the layer count is bounded first)."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_model(self).parameters())
 
     @property
     def n_outputs(self) -> int:
@@ -100,11 +129,35 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, payload: dict) -> "ModelConfig":
+        """A config from JSON (an upload, or what :meth:`to_json` wrote). Whatever changes the
+        function must be named: an mlp, cnn or resnet without ``activation`` is refused,
+        never read as the zoo's default."""
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(payload) - known
         if unknown:
             raise GDAError(f"unknown model config fields: {', '.join(sorted(unknown))}")
+        if payload.get("arch") in _ACTIVATED and "activation" not in payload:
+            raise GDAError(f"the config has no \"activation\" field; name the hidden layers' nonlinearity, "
+                           f"one of: {', '.join(ACTIVATIONS)} (the zoo's mlp and cnn use tanh, its resnet relu)")
         return cls(**payload)
+
+
+def _whole(name: str, value: object) -> int:
+    """An integer config value; 13.5 or "13" is refused rather than rounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise GDAError(f"model config field {name} must be a whole number, got {value!r}"[:160])
+    return int(value)
+
+
+def _sizes(name: str, values: object) -> tuple[int, ...]:
+    if not isinstance(values, (list, tuple)):
+        raise GDAError(f"model config field {name} must be a list of whole numbers, got {values!r}"[:160])
+    return tuple(_whole(name, value) for value in values)
+
+
+def activation_module(name: str) -> nn.Module:
+    """The nn.Module of an activation name (one of :data:`ACTIVATIONS`)."""
+    return ACTIVATIONS[name]()
 
 
 class ZooModel(nn.Module):
@@ -130,7 +183,7 @@ def build_model(config: ModelConfig) -> ZooModel:
         layers: list[nn.Module] = []
         width = config.n_features
         for size in config.hidden:
-            layers += [nn.Linear(width, size), nn.Tanh()]
+            layers += [nn.Linear(width, size), activation_module(config.activation)]
             width = size
         return ZooModel(nn.Sequential(*layers), nn.Linear(width, config.n_outputs))
     if config.arch == "resnet":
@@ -142,10 +195,10 @@ def build_model(config: ModelConfig) -> ZooModel:
     hidden = config.hidden[-1] if config.hidden else 64
     body = nn.Sequential(
         nn.Unflatten(1, (channels, height, width_px)),
-        nn.Conv2d(channels, first, 3, padding=1), nn.Tanh(),
-        nn.Conv2d(first, second, 3, padding=1), nn.Tanh(),
+        nn.Conv2d(channels, first, 3, padding=1), activation_module(config.activation),
+        nn.Conv2d(first, second, 3, padding=1), activation_module(config.activation),
         nn.AvgPool2d(2), nn.Flatten(),
-        nn.Linear(pooled, hidden), nn.Tanh(),
+        nn.Linear(pooled, hidden), activation_module(config.activation),
     )
     return ZooModel(body, nn.Linear(hidden, config.n_outputs))
 
@@ -161,9 +214,9 @@ class Residual(nn.Module):
         return inputs + self.block(inputs)
 
 
-def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+def _conv_bn(in_channels: int, out_channels: int, activation: str) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU())
+                         nn.BatchNorm2d(out_channels), activation_module(activation))
 
 
 def resnet9(config: ModelConfig) -> ZooModel:
@@ -173,12 +226,16 @@ def resnet9(config: ModelConfig) -> ZooModel:
     eval mode, so BatchNorm applies its running statistics and every example is independent."""
     channels, height, width_px = config.image_shape  # type: ignore[misc]
     w = config.resnet_width
+
+    def conv(in_channels: int, out_channels: int) -> nn.Sequential:
+        return _conv_bn(in_channels, out_channels, config.activation)  # type: ignore[arg-type]
+
     body = nn.Sequential(
         nn.Unflatten(1, (channels, height, width_px)),
-        _conv_bn(channels, w),
-        _conv_bn(w, 2 * w), nn.MaxPool2d(2), Residual(nn.Sequential(_conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 2 * w))),
-        _conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),
-        _conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), Residual(nn.Sequential(_conv_bn(8 * w, 8 * w), _conv_bn(8 * w, 8 * w))),
+        conv(channels, w),
+        conv(w, 2 * w), nn.MaxPool2d(2), Residual(nn.Sequential(conv(2 * w, 2 * w), conv(2 * w, 2 * w))),
+        conv(2 * w, 4 * w), nn.MaxPool2d(2),
+        conv(4 * w, 8 * w), nn.MaxPool2d(2), Residual(nn.Sequential(conv(8 * w, 8 * w), conv(8 * w, 8 * w))),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(),
     )
     return ZooModel(body, nn.Linear(8 * w, config.n_outputs))
@@ -474,6 +531,8 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
         checkpoint_meta = [(float(meta["lr"]), int(meta["epoch"])) for meta in payload.get("checkpoints", [])]
     except GDAError as error:
         raise GDAError(f"{config_name}: {error}") from None
+    except RecursionError:  # json.loads on a config nested thousands deep
+        raise GDAError(f"{config_name} is not a valid model config (nested too deeply)") from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         reason = first_line(error)
         raise GDAError(f"{config_name} is not a valid model config ({reason[:80]})") from None
@@ -495,6 +554,7 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
         reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")
         raise GDAError(f"weights do not fit the {config.arch} config: {reason[:160]}") from None
     module.eval()
+    check_finite_weights(tensors, weights_name)
     checkpoints = []
     for index, (lr, epoch) in enumerate(checkpoint_meta):
         prefix = f"checkpoint{index}."
@@ -502,6 +562,13 @@ def _load_safetensors(weights: bytes, config_text: bytes, weights_name: str, con
         checkpoints.append(Checkpoint(state, lr, epoch))
     return TrainedModel(module, config, train_config, checkpoints, list(payload.get("history", [])))
 
+
+def check_finite_weights(tensors: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse weights holding NaN or infinity: every score computed from them would be NaN."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise GDAError(f"{name} holds non-finite weights (NaN or infinite) in {key[:60]}; "
+                           f"upload a model whose weights are all finite")
 
 
 def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = None) -> ModelConfig:

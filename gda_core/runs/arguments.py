@@ -70,7 +70,7 @@ def option_value(text: str) -> Any:
     """A ``KEY=VALUE`` value: JSON where it parses (numbers, true, null), else the text."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # nested thousands deep: the option's type check refuses it
         return text
 
 

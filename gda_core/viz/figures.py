@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
@@ -30,7 +32,8 @@ def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8) -
     # Plotly lists the facet titles bottom row first while image 0 sits top left: match each
     # title to its image by the facet index it names ("facet_col=3"), not by position.
     for annotation in figure.layout.annotations:
-        annotation.text = titles[int(annotation.text.rsplit("=", 1)[-1])]
+        # Plotly reads <a href>, <img>-like tags in text: titles hold class names, shown as text
+        annotation.text = html.escape(titles[int(annotation.text.rsplit("=", 1)[-1])], quote=False)
     figure.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
     figure.update_layout(coloraxis_showscale=False, margin=dict(l=0, r=0, t=30, b=0),
                          height=120 * int(np.ceil(len(images) / columns)) + 40)

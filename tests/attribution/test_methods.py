@@ -167,3 +167,73 @@ def test_trak_ensemble_averages_independently_trained_models(zoo, small_digits):
     second_method = make_method("trak", TrainedModel(member.module, model.config, settings), projection_dim=64, seed=1)
     second = second_method.fit(train, groups).attribute(test)
     np.testing.assert_allclose(scores, 0.5 * (first + second), rtol=1e-4, atol=1e-6 * np.abs(scores).max())
+
+
+def _float_options() -> list[tuple[str, str]]:
+    import dataclasses
+
+    return [(name, field.name) for name, cls in sorted(METHODS.items()) for field in dataclasses.fields(cls.Options)
+            if "float" in str(field.type)]
+
+
+@pytest.mark.parametrize(("name", "option"), _float_options())
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_float_options_are_refused(zoo, name, option, value):
+    with pytest.raises(GDAError, match=rf"^option {option} of method '{name}' must be a finite number, got (nan|inf)$"):
+        make_method(name, zoo["mlp"], **{option: value})
+
+
+def test_if_exact_refuses_a_large_model_before_any_curvature_work(zoo, small_digits, monkeypatch):
+    from gda_core.attribution.methods import curvature
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("curvature work started before the size refusal")
+
+    monkeypatch.setattr(curvature.CurvatureOperator, "__init__", no_work)
+    train, _ = small_digits
+    method = make_method("if-exact", zoo["cnn"])  # about 38,000 parameters
+    with pytest.raises(GDAError, match=r"^the exact inverse needs a \d+ x \d+ matrix; use if-cg"):
+        method.fit(train, make_grouping("random", 4, seed=0).fit(train))
+
+
+def test_the_pipeline_refuses_by_size_before_grouping(tmp_path):
+    from gda_core.attribution.pipeline import run_attribution
+    from gda_core.inputs.zoo import ModelConfig, TrainedModel, build_model, weights_files
+    from gda_core.requests import AttributionRequest
+
+    config = ModelConfig("cnn", 64, 10, image_shape=(8, 8))
+    weights, payload = weights_files(TrainedModel(build_model(config), config))
+    (tmp_path / "cnn.safetensors").write_bytes(weights)
+    (tmp_path / "cnn.json").write_bytes(payload)
+    phases = []
+    request = AttributionRequest(data="digits", model=str(tmp_path / "cnn.safetensors"), method="if-exact",
+                                 grouping="grad-kmeans", n_groups=4, test_size=3)
+    with pytest.raises(GDAError, match="the exact inverse needs a"):
+        run_attribution(request, cache_dir=tmp_path, progress=lambda phase, fraction: phases.append(phase))
+    assert "grouping" not in phases and "fit" not in phases
+
+
+def test_tracin_refuses_a_model_without_checkpoints(zoo, small_digits):
+    from gda_core.inputs.zoo import TrainedModel
+
+    train, test = small_digits
+    bare = TrainedModel(zoo["mlp"].module, zoo["mlp"].config)  # what a .pt2 or bare state dict gives
+    groups = make_grouping("random", 4, seed=0).fit(train)
+    with pytest.raises(GDAError, match=r"^TracIn needs training checkpoints, which this model does not carry .*"
+                                       r"checkpoints=final"):
+        make_method("tracin", bare).fit(train, groups)
+    final = make_method("tracin", bare, checkpoints="final").fit(train, groups).attribute(test)
+    np.testing.assert_allclose(final, _scores("grad-dot", bare, train, groups, test), rtol=1e-6)
+
+
+def test_a_zoo_model_too_large_for_if_exact_is_refused_before_it_is_trained(tmp_path):
+    from gda_core.attribution.pipeline import run_attribution
+    from gda_core.requests import AttributionRequest
+
+    request = AttributionRequest(data="digits", model="cnn", method="if-exact", grouping="random", n_groups=4)
+    with pytest.raises(GDAError, match="the exact inverse needs a 38282 x 38282 matrix"):
+        run_attribution(request, cache_dir=tmp_path)
+    assert not (tmp_path / "models").exists()  # no demo model was trained (or cached)
+    last_layer = AttributionRequest(data="digits", model="cnn", method="if-exact", grouping="random", n_groups=4,
+                                    method_options={"last_layer_only": True}, test_size=2)
+    assert run_attribution(last_layer, cache_dir=tmp_path).scores.shape == (2, 4)  # the head alone fits

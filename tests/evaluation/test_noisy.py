@@ -259,3 +259,11 @@ def test_noisy_and_prune_refuse_an_uploaded_model_in_one_line(tmp_path):
     for config in (NoisyConfig, PruneConfig):
         with pytest.raises(GDAError, match=r"retrains the model from scratch, so it needs a zoo architecture"):
             config(model=str(path), method="grad-dot", grouping="random", n_groups=4)
+
+
+def test_image_grid_titles_are_text_not_markup():
+    """Titles hold class names; Plotly would render <a href> in them as a link."""
+    from gda_core.viz.figures import image_grid_figure
+
+    figure = image_grid_figure(np.zeros((1, 8, 8)), ['<a href="https://host/x">open me</a>'], columns=1)
+    assert figure.layout.annotations[0].text == '&lt;a href="https://host/x"&gt;open me&lt;/a&gt;'

@@ -365,12 +365,12 @@ def _bad_model(case: str, folder: Path, files: dict[str, Path]) -> Path:
     if case == "config of another shape":
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
         (folder / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 64, "n_classes": 10,
-                                                       "hidden": [8]}))
+                                                       "hidden": [8], "activation": "tanh"}))
         return path
-    if case == "config asking for huge layers":  # refused from the weights' shapes, nothing allocated
+    if case == "config asking for huge layers":  # refused from the config's sizes, nothing allocated
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
         (folder / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 10 ** 10, "n_classes": 10,
-                                                       "hidden": [10 ** 6]}))
+                                                       "hidden": [10 ** 6], "activation": "tanh"}))
         return path
     if case == "unknown architecture":
         path = _model_files(folder, ModelConfig("mlp", 64, 10))
@@ -400,7 +400,7 @@ BAD_MODELS = {
     "detached program": "the model's outputs do not depend on its parameters (torch.no_grad or .detach()",
     "no config beside safetensors": "lonely.safetensors needs its config beside it: lonely.json",
     "config of another shape": "weights do not fit the mlp config",
-    "config asking for huge layers": "weights do not fit the mlp config: Unexpected key(s)",
+    "config asking for huge layers": "parameters, over the limit of 500,000,000; check its sizes",
     "unknown architecture": "model.json: unknown model 'vit'",
     "config not JSON": "model.json is not a valid model config",
     "corrupt safetensors": "model.safetensors is not a valid safetensors file",
@@ -453,7 +453,8 @@ def test_pickles_are_refused_and_never_run(name, message, builtin, files, tmp_pa
         evil = _program_with_pickled_sample_inputs(files["pt2"].read_bytes(), evil)
     path = tmp_path / name
     path.write_bytes(evil)
-    (tmp_path / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 64, "n_classes": 10}))
+    (tmp_path / "model.json").write_text(json.dumps({"arch": "mlp", "n_features": 64, "n_classes": 10,
+                                                         "activation": "tanh"}))
     with pytest.raises(GDAError) as error:
         if name.startswith("data"):
             prepare_data_choice(str(path), DataOptions(), tmp_path)
@@ -544,7 +545,7 @@ def test_cli_bad_file_is_one_line_and_exit_2(args, message, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------- the app
-def test_home_page_upload_path(tmp_path, open_app):
+def test_home_page_upload_path(tmp_path, open_app, shown):
     """Upload data and a model on the home page: bad files are one st.error line, good ones
     become the choices that every page uses."""
     examples = example_files()
@@ -556,7 +557,7 @@ def test_home_page_upload_path(tmp_path, open_app):
 
     app.file_uploader(key="data_file").set_value(("bad.csv", b"x,label\n1,0\nabc,1\n", "text/csv")).run()
     assert not app.exception
-    assert [e.value for e in app.error] == ["bad.csv: column 'x' is not numeric (row 3: 'abc')"]
+    assert [shown(e.value) for e in app.error] == ["bad.csv: column 'x' is not numeric (row 3: 'abc')"]
 
     app.file_uploader(key="data_file").set_value(("wine.csv", examples["wine.csv"], "text/csv")).run()
     assert not app.exception and not app.error
@@ -570,16 +571,16 @@ def test_home_page_upload_path(tmp_path, open_app):
     model_files.set_value([("wine-logreg.safetensors", examples["wine-logreg.safetensors"], "application/octet-stream"),
                            ("wine-logreg.json", examples["wine-logreg.json"], "application/json")]).run()
     assert not app.exception and not app.error
-    assert any("wine-logreg.safetensors" in c.value for c in app.caption)
+    assert any("wine-logreg.safetensors" in shown(c.value) for c in app.caption)
     assert float({m.label: m.value for m in app.metric}["Test accuracy"].rstrip("%")) > 90
 
     program = export_program(build_model(ModelConfig("logreg", 64, 10)), 64)
     app.file_uploader(key="model_files").set_value([("digits.pt2", program, "application/octet-stream")]).run()
     assert not app.exception
-    assert [e.value for e in app.error] == ["digits.pt2: the model takes 64 input features but the data has 13"]
+    assert [shown(e.value) for e in app.error] == ["digits.pt2: the model takes 64 input features but the data has 13"]
 
     program = ("wine-logreg.pt2", examples["wine-logreg.pt2"], "application/octet-stream")
     app.file_uploader(key="model_files").set_value([program]).run()
     app.switch_page("pages/1_Compute.py").run()
     assert not app.exception
-    assert "wine.csv" in app.caption[0].value and "wine-logreg.pt2" in app.caption[0].value
+    assert "wine.csv" in shown(app.caption[0].value) and "wine-logreg.pt2" in shown(app.caption[0].value)

@@ -14,6 +14,7 @@ test point's loss: the group helps that prediction.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
@@ -23,6 +24,7 @@ import torch
 
 from ...errors import GDAError
 from ...inputs.datasets import Dataset
+from ...inputs.safety import one_line
 from ...inputs.zoo import TrainedModel
 from ...progress import Progress, no_progress
 from ...registry import METHODS
@@ -104,6 +106,7 @@ class AttributionMethod:
     # ------------------------------------------------------------------ API
     def fit(self, train: Dataset, groups: Groups, progress: Progress = no_progress) -> "AttributionMethod":
         """Prepare everything that depends only on the training side."""
+        self.check_model()
         if len(groups.labels) != len(train):
             raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
         self.model.check_task(train)
@@ -193,6 +196,17 @@ class AttributionMethod:
         self.attribute_seconds_ = time.perf_counter() - started
         return scores.double().cpu().numpy()
 
+    @classmethod
+    def check_size(cls, options: MethodOptions, n_parameters: int) -> None:
+        """Refusals that depend only on the options and the number of parameters attributed
+        to: the pipeline checks them before a zoo model is even trained. Nothing by default."""
+
+    def check_model(self) -> None:
+        """Refusals that depend only on the model and the options (its parameter count, what
+        it carries), so that they come before any data pass: ``fit`` starts with them, and the
+        pipeline calls this before grouping."""
+        self.check_size(self.options, attributed_parameters(self.model.module, self.options.last_layer_only))
+
     # ------------------------------------------------------------ overridables
     def _default_measurement(self, train: Dataset) -> str:
         """The measurement when the options name none."""
@@ -260,6 +274,13 @@ class AttributionMethod:
         return np.sort(rng.choice(n_train, size=n_samples, replace=False))
 
 
+def attributed_parameters(module: torch.nn.Module, last_layer_only: bool) -> int:
+    """The number of parameters attributed to: the head's in last-layer mode, else all."""
+    if last_layer_only and hasattr(module, "head"):
+        module = module.head
+    return sum(p.numel() for p in module.parameters())
+
+
 #: the option types a value is checked against (annotations are strings: ``int | None``)
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
@@ -275,7 +296,9 @@ def _check_option_type(method: str, field: dataclasses.Field, value: object) -> 
     allowed = tuple(t for kind in kinds if kind != "None" for t in _OPTION_TYPES[kind])
     if not isinstance(value, allowed) or (isinstance(value, bool) and "bool" not in kinds):
         wanted = " or ".join("null" if kind == "None" else kind for kind in kinds)
-        raise GDAError(f"option {field.name} of method {method!r} must be {wanted}, got {value!r}")
+        raise GDAError(f"option {field.name} of method {method!r} must be {wanted}, got {one_line(value)}")
+    if "float" in kinds and not math.isfinite(value):  # NaN passes every "> 0" check after it
+        raise GDAError(f"option {field.name} of method {method!r} must be a finite number, got {one_line(value)}")
 
 
 def make_method(name: str, model: TrainedModel, **options) -> AttributionMethod:

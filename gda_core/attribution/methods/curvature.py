@@ -20,10 +20,21 @@ from ..grads import GradientEngine
 CURVATURES = ("ggn", "hessian")
 
 
+#: the largest parameter count whose full curvature matrix is built (12000^2 doubles: 1.1 GB)
+MAX_EXACT_DIM = 12000
+
+
+def check_exact_dim(dim: int) -> None:
+    """Refuse a full P x P curvature matrix above :data:`MAX_EXACT_DIM` parameters."""
+    if dim > MAX_EXACT_DIM:
+        raise GDAError(f"the exact inverse needs a {dim} x {dim} matrix; use if-cg, if-arnoldi "
+                       f"or last-layer mode for models above {MAX_EXACT_DIM} parameters")
+
+
 class CurvatureOperator:
     """``matvec(V)`` = V @ C for C the GGN or Hessian of the mean training loss (C symmetric)."""
 
-    max_exact_dim = 12000
+    max_exact_dim = MAX_EXACT_DIM
 
     def __init__(self, engine: GradientEngine, data: Dataset, rows, *, kind: str = "ggn",
                  row_chunk: int = 1024, vector_chunk: int = 64):
@@ -84,11 +95,7 @@ class CurvatureOperator:
 
     def matrix(self) -> torch.Tensor:
         """The full symmetric P x P matrix (small models only)."""
-        if self.dim > self.max_exact_dim:
-            raise GDAError(
-                f"the exact inverse needs a {self.dim} x {self.dim} matrix; use if-cg, if-arnoldi "
-                f"or last-layer mode for models above {self.max_exact_dim} parameters"
-            )
+        check_exact_dim(self.dim)
         identity = torch.eye(self.dim, device=self.engine.device, dtype=self.engine.dtype)
         columns = torch.cat([self.matvec(identity[s:s + 512]) for s in range(0, self.dim, 512)])
         return 0.5 * (columns + columns.T)

@@ -55,7 +55,15 @@ class TracIn(AttributionMethod):
     description = "TracIn: learning-rate weighted Grad-Dot summed over checkpoints"
     Options = TracInOptions
 
+    def check_model(self) -> None:
+        super().check_model()
+        # Summing over no checkpoints would silently be Grad-Dot while saying "all": refused.
+        if self.options.checkpoints == "all" and not self.model.checkpoints:
+            raise GDAError("TracIn needs training checkpoints, which this model does not carry (an uploaded .pt2 "
+                           "program or bare state dict); use --option checkpoints=final (Grad-Dot on the final "
+                           "model), or upload the config.json that save_model writes, with its checkpoints")
+
     def _views(self, train: Dataset) -> list[View]:
-        if self.options.checkpoints == "final" or not self.model.checkpoints:
+        if self.options.checkpoints == "final":
             return [View(self._engine(self.model.module), 1.0)]
         return [View(self._engine(self.model.checkpoint_module(c)), c.lr) for c in self.model.checkpoints]

@@ -23,7 +23,7 @@ import torch
 from ...errors import GDAError
 from ...inputs.datasets import Dataset
 from .base import AttributionMethod, MethodOptions, View
-from .curvature import CURVATURES, CurvatureOperator
+from .curvature import CURVATURES, CurvatureOperator, check_exact_dim
 
 
 @dataclass
@@ -111,6 +111,10 @@ class _Influence(InverseCurvatureMethod):
 class InfluenceExact(_Influence):
     name = "if-exact"
     description = "influence function, exact inverse by eigendecomposition (small models)"
+
+    @classmethod
+    def check_size(cls, options: InfluenceOptions, n_parameters: int) -> None:
+        check_exact_dim(n_parameters)  # before the curvature work that would refuse it later
 
     def _prepare_solver(self, index: int, operator: CurvatureOperator) -> None:
         if index == 0:

@@ -37,8 +37,8 @@ def _zip(images: dict[str, bytes]) -> bytes:
 
 
 def test_a_scalar_x_is_one_line():
-    with pytest.raises(GDAError, match=r"^data\.npz: X must be \(rows, features\) or \(rows, height, width\), "
-                                       r"got shape \(\)$"):
+    with pytest.raises(GDAError, match=r"^data\.npz: X must be \(rows, features\), \(rows, height, width\) or "
+                                       r"\(rows, channels, height, width\), got shape \(\)$"):
         parse_npz(_npz(X=np.float64(3.0), y=np.array([0, 1])))
 
 

@@ -25,8 +25,8 @@ FORMATS_HELP = (
     "Without a test part the data is split 80/20, stratified and seeded. "
     "**Model**: a `torch.export` program (`.pt2`, exported with a dynamic batch dimension, "
     "`torch.export.Dim`), or a `.safetensors` state dict of a zoo model with its `.json` config "
-    "(`arch`, `n_features`, `n_classes`, `hidden`, `activation`: relu, tanh or gelu, required for mlp and "
-    "cnn, ...), e.g. `{\"arch\": \"mlp\", \"n_features\": 13, \"n_classes\": 3, \"hidden\": [64, 64], "
+    "(`arch`, `n_features`, `n_classes`, `hidden`, `activation`: relu, tanh or gelu, required for mlp, "
+    "cnn and resnet, ...), e.g. `{\"arch\": \"mlp\", \"n_features\": 13, \"n_classes\": 3, \"hidden\": [64, 64], "
     "\"activation\": \"relu\"}`. Pickles (`.pkl`, `.pt`, `.pth`) are refused. "
     "Files up to 500 MB (`GDA_MAX_UPLOAD_MB`).")
 

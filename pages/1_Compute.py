@@ -106,6 +106,12 @@ if run is not None:
     columns[2].metric("Attribution time", f"{summary.get('seconds', 0):.2f} s")
     score, score_name = summary.get("model_test_score", 0.0), summary.get("model_score_name", "accuracy")
     columns[3].metric(f"Model test {score_name}", f"{score:.1%}" if score_name == "accuracy" else f"{score:.3f}")
+    sizes = summary.get("group_sizes")
+    if sizes:
+        st.caption(f"Group sizes: largest {sizes['largest']}, median {sizes['median']:g}, smallest "
+                   f"{sizes['smallest']}, {sizes['singletons']} singleton{'s' if sizes['singletons'] != 1 else ''}.")
+    if summary.get("group_size_warning"):
+        st.warning(f"This grouping is lopsided: {summary['group_size_warning']}.")
     st.page_link("pages/2_Explore.py", label="See the groups on the map", icon=":material/scatter_plot:")
 
 st.subheader("Finished runs")

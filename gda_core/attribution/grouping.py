@@ -39,6 +39,21 @@ class Groups:
     def sizes(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.n_groups)
 
+    def size_summary(self) -> dict:
+        """The group size distribution: largest, median and smallest group, and singletons."""
+        sizes = self.sizes
+        return {"largest": int(sizes.max()), "median": float(np.median(sizes)), "smallest": int(sizes.min()),
+                "singletons": int((sizes == 1).sum())}
+
+    def size_warning(self) -> str | None:
+        """A line when one group holds more than a quarter of the points: scores of such a
+        group say little about any of its members."""
+        largest = int(self.sizes.max())
+        if self.n_groups > 1 and largest > len(self.labels) / 4:
+            return (f"the largest group holds {largest} of {len(self.labels)} points "
+                    f"({largest / len(self.labels):.0%}); its score says little about any one member")
+        return None
+
     def membership_matrix(self) -> np.ndarray:
         """(K, N) 0/1 matrix: row k marks the members of group k."""
         matrix = np.zeros((self.n_groups, len(self.labels)), dtype=np.float32)
@@ -71,8 +86,19 @@ def _fill_empty_groups(labels: np.ndarray, n_groups: int, features: np.ndarray) 
     return labels
 
 
-def kmeans_labels(features: np.ndarray, n_groups: int, seed: int) -> np.ndarray:
-    """K-means with exactly ``n_groups`` non-empty clusters.
+#: a K-means group holds at most this many times the mean group size N / K
+SIZE_CAP_FACTOR = 2.0
+
+
+def size_cap(n_points: int, n_groups: int, factor: float = SIZE_CAP_FACTOR) -> int:
+    """The largest group a capped K-means grouping returns: ``ceil(factor * N / K)``."""
+    return max(1, int(np.ceil(factor * n_points / n_groups)))
+
+
+def kmeans_labels(features: np.ndarray, n_groups: int, seed: int, *, cap: int | None = None) -> np.ndarray:
+    """K-means with exactly ``n_groups`` non-empty clusters of at most ``cap`` points (default
+    :func:`size_cap`), and no singletons where groups average 4 points or more (see
+    :func:`balance_groups`).
 
     Lloyd's K-means with k-means++ seeding while N x K is small; beyond that, k-means++
     seeding alone costs more than the attribution it saves (seconds at K = 1800 on 18000
@@ -96,16 +122,82 @@ def kmeans_labels(features: np.ndarray, n_groups: int, seed: int) -> np.ndarray:
         # Fewer distinct points than clusters is handled below, not worth a warning.
         warnings.simplefilter("ignore")
         labels = model.fit_predict(features).astype(np.int64)
-    return _fill_empty_groups(labels, n_groups, features)
+    labels = _fill_empty_groups(labels, n_groups, features)
+    return balance_groups(labels, features, n_groups, cap or size_cap(n_points, n_groups))
 
 
-def _split_per_class(class_labels: np.ndarray, n_groups: int, n_classes: int) -> np.ndarray:
-    """How many groups each class gets: proportional to its size, at least one each."""
+def _centroids(labels: np.ndarray, features: torch.Tensor, n_groups: int) -> torch.Tensor:
+    sums = torch.zeros(n_groups, features.shape[1], dtype=features.dtype).index_add_(
+        0, torch.as_tensor(labels), features)
+    counts = torch.as_tensor(np.bincount(labels, minlength=n_groups), dtype=features.dtype).clamp_min(1)
+    return sums / counts[:, None]
+
+
+def balance_groups(labels: np.ndarray, features: np.ndarray, n_groups: int, cap: int) -> np.ndarray:
+    """Cap every group at ``cap`` points and (where groups average 4 points or more) leave no
+    singleton, keeping exactly ``n_groups`` non-empty groups.
+
+    K-means on gradients lumps the many well-fit points (near-zero gradients) into one giant
+    group and leaves outliers alone; a group's score then says nothing about its members. An
+    overfull group keeps its ``cap`` points nearest its centroid and sends the rest to the
+    nearest centroid with room; a singleton joins its nearest group with room, and the
+    emptied group takes half of the largest group (split at the median of its first
+    principal direction)."""
+    labels = labels.copy()
+    points = torch.as_tensor(np.ascontiguousarray(features), dtype=torch.float32)
+    n_points = len(labels)
+    if n_groups * cap < n_points:
+        raise GDAError(f"a cap of {cap} points cannot hold {n_points} points in {n_groups} groups")
+    for _ in range(n_groups + 1):
+        sizes = np.bincount(labels, minlength=n_groups)
+        overfull = np.flatnonzero(sizes > cap)
+        if not len(overfull):
+            break
+        centroids = _centroids(labels, points, n_groups)
+        for group in overfull:
+            rows = np.flatnonzero(labels == group)
+            distances = ((points[rows] - centroids[group]) ** 2).sum(1)
+            evicted = rows[torch.argsort(distances).numpy()[cap:]]
+            sizes[group] = cap
+            for chunk in np.array_split(evicted, max(1, len(evicted) // 2048)):
+                distances = torch.cdist(points[chunk], centroids) ** 2
+                for row, point in zip(distances, chunk):
+                    row[torch.as_tensor(sizes >= cap)] = float("inf")
+                    target = int(torch.argmin(row))
+                    labels[point] = target
+                    sizes[target] += 1
+    if n_points >= 4 * n_groups:
+        for _ in range(n_groups):
+            sizes = np.bincount(labels, minlength=n_groups)
+            singles = np.flatnonzero(sizes == 1)
+            if not len(singles):
+                break
+            group = int(singles[0])
+            point = int(np.flatnonzero(labels == group)[0])
+            centroids = _centroids(labels, points, n_groups)
+            distances = ((centroids - points[point]) ** 2).sum(1)
+            distances[torch.as_tensor((sizes >= cap) | (np.arange(n_groups) == group))] = float("inf")
+            labels[point] = int(torch.argmin(distances))
+            sizes = np.bincount(labels, minlength=n_groups)
+            largest = int(np.argmax(sizes))
+            rows = np.flatnonzero(labels == largest)
+            centred = points[rows] - points[rows].mean(0)
+            direction = torch.linalg.svd(centred, full_matrices=False)[2][0] if len(rows) > 1 else None
+            order = np.argsort((centred @ direction).numpy(), kind="stable") if direction is not None else None
+            labels[rows[order[:len(rows) // 2]]] = group
+    return labels
+
+
+def _split_per_class(class_labels: np.ndarray, n_groups: int, n_classes: int, cap: int | None = None) -> np.ndarray:
+    """How many groups each class gets: proportional to its size, at least one each, and
+    enough that no group needs more than ``cap`` points."""
     counts = np.bincount(class_labels, minlength=n_classes)
     present = counts > 0
     if n_groups < present.sum():
         raise GDAError(f"a per-class grouping needs at least one group per class: K >= {int(present.sum())}, got {n_groups}")
     share = np.where(present, 1, 0)
+    if cap is not None and np.where(present, np.maximum(1, -(-counts // cap)), 0).sum() <= n_groups:
+        share = np.where(present, np.maximum(1, -(-counts // cap)), 0)
     remaining = n_groups - share.sum()
     # Largest-remainder apportionment of the rest, capped by class size.
     ideal = counts / counts.sum() * remaining
@@ -215,12 +307,15 @@ class _KMeansGrouping(GroupingStrategy):
         if not self.per_class:
             return kmeans_labels(features, n_groups, self.seed)
         classes = train.labels.numpy()
-        shares = _split_per_class(classes, n_groups, train.n_classes)
+        cap = size_cap(len(train), n_groups)  # one cap over the whole set, as for the other groupings
+        shares = _split_per_class(classes, n_groups, train.n_classes, cap)
         labels = np.empty(len(train), dtype=np.int64)
         offset = 0
         for cls in np.flatnonzero(shares):
             rows = np.flatnonzero(classes == cls)
-            labels[rows] = kmeans_labels(features[rows], int(shares[cls]), self.seed) + offset
+            # (with very many classes and few groups the overall cap cannot hold: the class's own applies)
+            class_cap = cap if shares[cls] * cap >= len(rows) else None
+            labels[rows] = kmeans_labels(features[rows], int(shares[cls]), self.seed, cap=class_cap) + offset
             offset += int(shares[cls])
         return labels
 
@@ -248,32 +343,96 @@ class ReprKMeans(_KMeansGrouping):
 
 
 class GradKMeans(_KMeansGrouping):
-    """K-means on per-example gradients: of the last layer (default, cheap and closest to
-    what gradient-based methods see) or of all parameters, randomly projected."""
+    """K-means on the directions of per-example gradients, capped in size.
+
+    For a model with a linear head (zoo models, exported zoo models) the last-layer gradient
+    of a point is the outer product of the loss's output gradient ``r`` (softmax minus the
+    one-hot label, for cross-entropy) and the penultimate representation ``h`` with a 1 for
+    the bias. Its random projection is formed from two small projections, ``(R r) (x) (H h)``
+    (LoGra's trick), so the grouping costs one forward pass and K-means, with no per-example
+    backward. Other models get projected full per-example gradients (``gradient_features:
+    projected``). The features are scaled to unit length: K-means on raw gradients lumps the
+    many well-fit points (near-zero gradients) into one group, while their directions (which
+    class the point pulls towards, from which representation) still tell them apart."""
 
     name = "grad-kmeans"
-    description = "K-means on per-example gradients (last layer, or projected full gradients)"
+    description = ("K-means on per-example gradient directions (last layer from one forward pass, or "
+                   "projected full gradients), groups capped at 2N/K")
     needs_model = True
     #: gradients are randomly projected to this many dimensions for K-means (distances are
     #: kept to about 1/sqrt(64); the K-means cost falls with the dimension)
     max_dim = 64
 
     def grouping_features(self, train, model):
-        from .grads import GradientEngine, RandomProjector, has_last_layer
+        from .grads import has_last_layer
 
         # A model without features and a linear head (e.g. an uploaded program) gets projected
         # full gradients.
         space = self.options.get("gradient_features", "last-layer" if has_last_layer(model) else "projected")
         if space not in ("last-layer", "projected"):
             raise GDAError(f"gradient_features must be 'last-layer' or 'projected', got {space!r}")
-        engine = GradientEngine(model, last_layer_only=(space == "last-layer"))
-        projector = None
-        if space == "projected" or engine.space.dim > self.max_dim:
-            # Project wide gradients: K-means cost grows with the dimension, and random
-            # projections keep the distances K-means works on.
-            projector = RandomProjector(engine.space.dim, min(self.max_dim, engine.space.dim), seed=self.seed)
-        gradients = engine.stacked(engine.per_example_gradients(train, projector=projector), len(train))
-        return gradients.float().cpu().numpy()
+        features = (last_layer_gradient_features(model, train, self.max_dim, self.seed) if space == "last-layer"
+                    else projected_gradients(model, train, self.max_dim, self.seed))
+        norms = features.norm(dim=1, keepdim=True)
+        # A zero gradient (a perfectly fit point) has no direction: it stays at the origin.
+        return (features / torch.where(norms > 0, norms, torch.ones_like(norms))).float().cpu().numpy()
+
+
+def projected_gradients(model: torch.nn.Module, train: Dataset, dim: int, seed: int) -> torch.Tensor:
+    """Per-example loss gradients of all parameters, randomly projected to ``dim`` (at most)."""
+    from .grads import GradientEngine, RandomProjector
+
+    engine = GradientEngine(model)
+    projector = (RandomProjector(engine.space.dim, min(dim, engine.space.dim), seed=seed)
+                 if engine.space.dim > dim else None)
+    return engine.stacked(engine.per_example_gradients(train, projector=projector), len(train))
+
+
+def kronecker_dims(n_outputs: int, n_inputs: int, dim: int) -> tuple[int, int]:
+    """How ``dim`` projected dimensions split between a layer's outputs and inputs: the
+    outputs (classes) keep up to 8, the inputs take the rest; neither is projected up."""
+    out_dim = min(n_outputs, 8, dim)
+    return out_dim, min(n_inputs, max(1, dim // out_dim))
+
+
+def last_layer_gradient_features(model: torch.nn.Module, train: Dataset, dim: int, seed: int,
+                                 chunk: int = 4096) -> torch.Tensor:
+    """``(R r) (x) (H [h, 1])`` per training point: the last-layer loss gradient (weight and
+    bias) projected by the Kronecker product of two seeded Gaussian matrices, from one forward
+    pass. ``r`` is the loss's gradient with respect to the outputs (``torch.func`` on the
+    outputs only), ``h`` the penultimate representation."""
+    from torch.func import grad, vmap
+
+    reference = next(model.parameters())
+    head = model.head
+    weight = head.weight
+    n_outputs, n_inputs = weight.shape
+    out_dim, in_dim = kronecker_dims(n_outputs, n_inputs + 1, dim)
+    generator = torch.Generator().manual_seed(seed)
+    out_projection = torch.randn(n_outputs, out_dim, generator=generator) / np.sqrt(out_dim)
+    in_projection = torch.randn(n_inputs + 1, in_dim, generator=generator) / np.sqrt(in_dim)
+    out_projection, in_projection = out_projection.to(reference), in_projection.to(reference)
+    objective = train.task.objective("loss")
+
+    def point_loss(output, label):
+        return objective(output[None], label[None]).sum()
+
+    output_gradient = vmap(grad(point_loss))
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(train), chunk):
+            inputs = train.features[start:start + chunk].to(reference)
+            labels = train.labels[start:start + chunk].to(reference.device)
+            hidden = model.features(inputs)
+            outputs = head(hidden)
+            residual = output_gradient(outputs, labels)
+            if head.bias is not None:
+                hidden = torch.cat([hidden, torch.ones_like(hidden[:, :1])], dim=1)
+            else:
+                hidden = torch.cat([hidden, torch.zeros_like(hidden[:, :1])], dim=1)
+            projected = (residual @ out_projection)[:, :, None] * (hidden @ in_projection)[:, None, :]
+            parts.append(projected.reshape(len(inputs), -1))
+    return torch.cat(parts)
 
 
 def _per_class_variant(base: type[_KMeansGrouping]) -> type[_KMeansGrouping]:

@@ -56,6 +56,8 @@ class AttributionResult:
             "model_score_name": self.score_name,
             "key": self.key,
             "method_info": self.method_info,
+            "group_sizes": self.groups.size_summary(),
+            "group_size_warning": self.groups.size_warning(),
         }
 
 

@@ -30,6 +30,23 @@ def test_group_gradient_equals_sum_of_member_gradients(zoo, small_digits, arch):
     torch.testing.assert_close(grouped, summed, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("last_layer_only", [False, True])
+def test_backward_and_vmap_group_paths_agree(zoo, small_digits, monkeypatch, last_layer_only):
+    """Large groups take one ordinary backward each, small ones share a vmap: the two paths
+    give the same weighted group gradients, and a program's functional_call works in both."""
+    import gda_core.attribution.grads as grads
+
+    train, _ = small_digits
+    labels = np.random.default_rng(2).integers(0, 6, len(train))
+    weights = torch.rand(len(train), generator=torch.Generator().manual_seed(3))
+    results = []
+    for threshold in (10**9, 2):  # vmap only, then backward for every group of 2 or more
+        monkeypatch.setattr(grads, "BACKWARD_GROUP_SIZE", threshold)
+        engine = GradientEngine(zoo["cnn"].module, last_layer_only=last_layer_only, chunk_examples=50)
+        results.append(engine.stacked(engine.group_gradients(train, labels, 6, weights=weights), 6))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("objective", ["loss", "margin", "log-odds"])
 def test_per_example_gradients_match_autograd(zoo, small_digits, objective):
     train, _ = small_digits

@@ -24,7 +24,7 @@ they depend on, so another grouping, test set or flagging run reuses them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -151,7 +151,7 @@ def fit_correction(engine: GradientEngine, sample: Dataset, factors: KroneckerFa
     return {f"{i}.correction": (c / len(sample)).numpy() for i, c in enumerate(corrections)}
 
 
-def _cached(key: str, enabled: bool, compute) -> tuple[dict[str, np.ndarray], str]:
+def _cached(key: str, enabled: bool, compute: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], str]:
     """The arrays under ``key`` in the cache folder's ``factors/``, computed (once across
     processes, under a file lock) on a miss. Status: reused, computed, or off."""
     if not enabled:

@@ -233,3 +233,53 @@ def test_kronecker_options_are_checked(mlp):
         make_method("if-kfac", model, damping=0.0)
     with pytest.raises(GDAError, match="has no option curvature"):
         make_method("if-ekfac", model, curvature="hessian")
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn(small_digits):
+    """An untrained two-convolution zoo cnn on 8x8 digits, small enough for its exact GGN."""
+    from gda_core.inputs.zoo import TrainedModel, build_model
+
+    train, test = small_digits
+    torch.manual_seed(0)
+    config = ModelConfig(arch="cnn", n_features=64, n_classes=10, image_shape=(1, 8, 8), cnn_channels=(2, 3),
+                         hidden=(4,))
+    return TrainedModel(build_model(config).eval(), config), train.subset(slice(0, 40)), test.subset(slice(0, 4))
+
+
+def test_captured_layer_pairs_rebuild_the_per_example_gradients_of_a_conv_net(tiny_cnn):
+    """sum_t g_t a_t^T from the capture (unfolded patches, a bias column) is each example's
+    weight gradient: the same numbers as the GradientEngine's per-example gradients."""
+    from gda_core.attribution.layers import LayerLayout, capture, find_layers, layer_gradients
+
+    model, train, _ = tiny_cnn
+    engine = GradientEngine(model.module)
+    layers = find_layers(engine.function_module, engine.space.names)
+    assert [layer.kind for layer in layers] == ["conv2d", "conv2d", "linear", "linear"]
+
+    def loss_gradient(outputs):
+        return torch.func.grad(lambda o: train.task.loss(o, train.labels).sum())(outputs)[None]
+
+    batch = capture(engine.function_module, engine.params, layers, engine.inputs(train), loss_gradient)
+    blocks = [layer_gradients(a, g[0]) for a, g in zip(batch.activations, batch.gradients)]
+    rebuilt = LayerLayout(engine.space, layers).merge(blocks)
+    expected = engine.stacked(engine.per_example_gradients(train), len(train))
+    torch.testing.assert_close(rebuilt, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ekfac_on_a_conv_net_is_each_blocks_exact_ggn_diagonal_in_its_eigenbasis(tiny_cnn):
+    """For Conv2d layers too: EK-FAC's eigenvalues are diag(Q^T B Q), B the exact GGN's block
+    of the layer (CurvatureOperator), Q = Q_S (x) Q_A of the unfolded-patch factors."""
+    model, train, test = tiny_cnn
+    _, method = _scores("if-ekfac", model, train, test, damping=DAMPING, curvature_samples=None)
+    engine = method.views_[0].engine
+    ggn = CurvatureOperator(engine, train, np.arange(len(train))).matrix().double()
+    layout, factors = method.layouts_[0], method.factors_[0]
+    positions = layout.split(torch.arange(layout.dim, dtype=torch.float64)[None])
+    for i, layer in enumerate(layout.layers):
+        index = positions[i][0].flatten().long()  # parameter index of entry (o, i) of [W | b]
+        block = ggn[index[:, None], index[None, :]]
+        basis = torch.kron(factors.gradient[i][1], factors.activation[i][1])
+        expected = torch.diag(basis.T @ block @ basis)
+        np.testing.assert_allclose(factors.eigenvalues[i].flatten().numpy(), expected.numpy(), rtol=1e-3,
+                                   atol=1e-5 * float(expected.max()), err_msg=layer.name)

@@ -227,6 +227,16 @@ def test_a_conv_net_with_batchnorm_covers_its_convolutions_and_leaves_batchnorm_
         assert float(transformed[:, layout.offsets[name]].abs().max()) == 0.0
 
 
+def test_an_uploaded_program_without_layer_modules_is_a_one_line_refusal(mlp, tmp_path):
+    from gda_core.inputs.programs import export_program, load_model_file
+
+    model, train, _ = mlp
+    path = tmp_path / "mlp.pt2"
+    path.write_bytes(export_program(model.module, train.n_features))
+    with pytest.raises(GDAError, match=r"^if-kfac factors nn.Linear and nn.Conv2d layers and this model has none"):
+        make_method("if-kfac", load_model_file(path)).fit(train, make_grouping("random", 5).fit(train))
+
+
 def test_kronecker_options_are_checked(mlp):
     model, _, _ = mlp
     with pytest.raises(GDAError, match="damping must be > 0"):

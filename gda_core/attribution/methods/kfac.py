@@ -179,7 +179,9 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         engine = view.engine
         layers = find_layers(engine.function_module, engine.space.names)
         if not layers:
-            raise GDAError(f"{self.name} needs Linear or Conv2d layers; this model has none it can factor")
+            raise GDAError(f"{self.name} factors nn.Linear and nn.Conv2d layers and this model has none (an uploaded "
+                           f".pt2 program keeps none: upload a .safetensors state dict with its .json config, or use "
+                           f"if-cg or if-arnoldi)")
         layout = LayerLayout(engine.space, layers)
         chunk = self.options.chunk_examples
         identity = {"model": self.model.fingerprint(), "data": sample.fingerprint(), "format": FACTOR_FORMAT,

@@ -165,3 +165,30 @@ def content_key(kind: str, params: dict) -> str:
     """A stable hash of a run's kind, parameters and the package version: the store's key."""
     payload = json.dumps({"kind": kind, "params": params, "version": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an ``.npz`` written by :func:`write_npz`, checked against its checksum;
+    None when it is missing or damaged (the caller recomputes it)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(io.BytesIO(read_checked(path)), allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}
+    except (GDAError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> bool:
+    """Save arrays (no pickles) with their checksum; False where the cache cannot be written
+    (read-only, full): that only costs a recomputation later."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        write_checksum(path, buffer.getvalue())
+    except OSError:
+        return False
+    return True

@@ -5,9 +5,11 @@ from .base import AttributionMethod, MethodOptions, make_method
 from .datainf import DataInf
 from .first_order import GradCos, GradDot, TracIn
 from .influence import InfluenceArnoldi, InfluenceCG, InfluenceExact, InfluenceLiSSA
+from .kfac import InfluenceEKFAC, InfluenceKFAC
 from .trak import TRAK
 
 __all__ = [
     "METHODS", "AttributionMethod", "MethodOptions", "make_method", "GradDot", "GradCos", "TracIn",
-    "InfluenceExact", "InfluenceCG", "InfluenceLiSSA", "InfluenceArnoldi", "TRAK", "DataInf",
+    "InfluenceExact", "InfluenceCG", "InfluenceLiSSA", "InfluenceArnoldi", "InfluenceKFAC",
+    "InfluenceEKFAC", "TRAK", "DataInf",
 ]

@@ -1,0 +1,232 @@
+"""K-FAC and EK-FAC influence: g_t^T (C_KF + lambda I)^-1 g_G with a per-layer Kronecker inverse.
+
+Each Linear and Conv2d layer's block of the GGN is approximated by ``S (x) A`` (in the
+row-major order of the weight matrix with its bias as a last column): ``A = E[sum_t a_t
+a_t^T]`` over the layer's inputs (a Conv2d's unfolded patches, summed over positions t, a 1
+appended for the bias) and ``S = E[1/T sum_t g_t g_t^T]`` over its output gradients (KFC,
+Grosse & Martens 2016). The output gradients are not sampled: every example's output
+Hessian H_out (the task's, softmax's diag(p) - p p^T) is factored as B B^T and each column
+of B is back-propagated, so ``S`` is the GGN's exact expectation over the model's
+predictive distribution (what sampling labels from the softmax, the "true Fisher",
+estimates). With the eigendecompositions A = Q_A L_A Q_A^T and S = Q_S L_S Q_S^T the
+inverse of a layer's block is ``(Q_S (x) Q_A) diag(1 / (L_S L_A^T + lambda)) (Q_S (x) Q_A)^T``.
+``if-ekfac`` replaces ``L_S L_A^T`` by the GGN's own diagonal in that eigenbasis,
+``E[(Q_S^T G Q_A)^2]`` over per-example gradients G (George et al. 2018).
+
+The blocks are independent layers (block-diagonal); parameters of other modules (BatchNorm's
+affine weights) are left out: their test-side components are zero, so a score is an inner
+product over the covered parameters, and ``method_info`` names what is covered. Factors
+are fitted over the curvature sample in chunks of ``chunk_examples`` and kept in the cache
+folder (``factors/``), keyed by the model's and the sample's fingerprints and the options
+they depend on, so another grouping, test set or flagging run reuses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+
+from ...errors import GDAError
+from ...inputs.datasets import Dataset
+from ...io import content_key, default_cache_dir, file_lock, read_npz, write_npz
+from ...task import Task
+from ..grads import GradientEngine
+from ..layers import Layer, LayerLayout, capture, find_layers, layer_gradients
+from .base import View
+from .influence import DEFAULT_DAMPING_FRACTION, InverseCurvatureMethod, InverseOptions
+
+#: bumped when what the cached factors hold changes
+FACTOR_FORMAT = 1
+CURVATURE_NOTE = ("GGN: each example's output Hessian (the task's) factored and back-propagated exactly, "
+                  "no sampled labels")
+
+
+@dataclass
+class KFACOptions(InverseOptions):
+    #: keep fitted factors in the cache folder (``factors/``) for later runs on the same model and data
+    cache_factors: bool = True
+
+
+def output_hessian_factor(task: Task, outputs: torch.Tensor) -> torch.Tensor:
+    """(m, n, n_outputs) columns B with B B^T = each example's output Hessian; directions
+    with no curvature for any example in the batch (softmax's all-ones) are left out."""
+    n, width = outputs.shape
+    identity = torch.eye(width, device=outputs.device, dtype=outputs.dtype)
+    columns = torch.stack([task.output_hessian_product(outputs, identity[j].expand(n, width))
+                           for j in range(width)], dim=-1).double()
+    values, vectors = torch.linalg.eigh(0.5 * (columns + columns.transpose(1, 2)))
+    values = values.clamp_min(0)
+    keep = values.amax(0) > 1e-12 * max(float(values.max()), 1e-300)
+    factor = (vectors * values.sqrt()[:, None, :])[:, :, keep]
+    return factor.permute(2, 0, 1).to(outputs.dtype)
+
+
+class KroneckerFactors:
+    """Per-layer eigendecompositions of A and S, and (EK-FAC) the corrected eigenvalues."""
+
+    def __init__(self, layers: list[Layer], arrays: dict[str, np.ndarray]):
+        self.layers = layers
+        self.arrays = arrays
+
+        def tensor(key: str) -> torch.Tensor:
+            return torch.from_numpy(arrays[key])
+
+        self.activation = [(tensor(f"{i}.a_values"), tensor(f"{i}.a_vectors")) for i in range(len(layers))]
+        self.gradient = [(tensor(f"{i}.s_values"), tensor(f"{i}.s_vectors")) for i in range(len(layers))]
+        self.corrected = all(f"{i}.correction" in arrays for i in range(len(layers)))
+        #: (out, in) eigenvalues of each block in its Kronecker eigenbasis
+        self.eigenvalues = [tensor(f"{i}.correction") if self.corrected else torch.outer(s[0], a[0])
+                            for i, (a, s) in enumerate(zip(self.activation, self.gradient))]
+
+    def largest_eigenvalue(self) -> float:
+        return max(float(values.max()) for values in self.eigenvalues)
+
+    def inverse(self, blocks: list[torch.Tensor], damping: float) -> list[torch.Tensor]:
+        """Each (b, out, in) block multiplied by its layer's (approximate curvature + damping)^-1."""
+        out = []
+        for block, (_, q_a), (_, q_s), values in zip(blocks, self.activation, self.gradient, self.eigenvalues):
+            q_a, q_s, values = q_a.to(block.device), q_s.to(block.device), values.to(block.device)
+            rotated = q_s.T @ block @ q_a
+            out.append(q_s @ (rotated / (values + damping)) @ q_a.T)
+        return out
+
+    def diagnostics(self) -> list[dict]:
+        """min / median / max of each layer's spectra (A, S and the eigenvalues used)."""
+        def summary(values: torch.Tensor) -> list[float]:
+            flat = values.flatten()
+            return [float(flat.min()), float(flat.median()), float(flat.max())]
+
+        return [{"layer": layer.name or "(model)", "kind": layer.kind, "shape": [layer.out_dim, layer.in_dim],
+                 "activation_eigenvalues": summary(a[0]), "gradient_eigenvalues": summary(s[0]),
+                 "eigenvalues": summary(values)}
+                for layer, a, s, values in zip(self.layers, self.activation, self.gradient, self.eigenvalues)]
+
+
+def _batches(engine: GradientEngine, sample: Dataset, layers: list[Layer], chunk: int):
+    """The curvature sample's captured pairs, chunk by chunk (bounded memory)."""
+    inputs = engine.inputs(sample)
+    for start in range(0, len(inputs), chunk):
+        yield capture(engine.function_module, engine.params, layers, inputs[start:start + chunk],
+                      lambda outputs: output_hessian_factor(sample.task, outputs))
+
+
+def fit_kronecker_factors(engine: GradientEngine, sample: Dataset, layers: list[Layer],
+                          chunk: int) -> dict[str, np.ndarray]:
+    """A and S of every layer over the sample, eigendecomposed (float64)."""
+    activation = [torch.zeros(layer.in_dim, layer.in_dim, dtype=torch.float64) for layer in layers]
+    gradient = [torch.zeros(layer.out_dim, layer.out_dim, dtype=torch.float64) for layer in layers]
+    for batch in _batches(engine, sample, layers, chunk):
+        for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
+            a = a.double().reshape(-1, a.shape[-1])
+            positions = g.shape[2]
+            g = g.double().reshape(-1, g.shape[-1])
+            activation[i] += (a.T @ a).cpu()
+            gradient[i] += (g.T @ g).cpu() / positions  # S averages over positions, A sums (KFC)
+    arrays = {}
+    for i, (a, s) in enumerate(zip(activation, gradient)):
+        for name, matrix in (("a", a), ("s", s)):
+            values, vectors = torch.linalg.eigh(matrix / len(sample))
+            arrays[f"{i}.{name}_values"] = values.clamp_min(0).numpy()  # round-off below 0 on a PSD matrix
+            arrays[f"{i}.{name}_vectors"] = vectors.numpy()
+    return arrays
+
+
+def fit_correction(engine: GradientEngine, sample: Dataset, factors: KroneckerFactors,
+                   chunk: int) -> dict[str, np.ndarray]:
+    """EK-FAC: E[(Q_S^T G Q_A)^2] per layer over the per-example (per output-Hessian column) gradients G."""
+    corrections = [torch.zeros(layer.out_dim, layer.in_dim, dtype=torch.float64) for layer in factors.layers]
+    for batch in _batches(engine, sample, factors.layers, chunk):
+        for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
+            q_a = factors.activation[i][1].to(a.device)
+            q_s = factors.gradient[i][1].to(a.device)
+            rotated_a, rotated_g = a.double() @ q_a, g.double() @ q_s
+            # examples a piece at a time: (m, rows, out, in) stays about 16M numbers
+            rows = max(1, (1 << 24) // (g.shape[0] * q_s.shape[0] * q_a.shape[0]))
+            for start in range(0, a.shape[0], rows):
+                projected = layer_gradients(rotated_a[None, start:start + rows], rotated_g[:, start:start + rows])
+                corrections[i] += (projected ** 2).sum((0, 1)).cpu()
+    return {f"{i}.correction": (c / len(sample)).numpy() for i, c in enumerate(corrections)}
+
+
+def _cached(key: str, enabled: bool, compute: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], str]:
+    """The arrays under ``key`` in the cache folder's ``factors/``, computed (once across
+    processes, under a file lock) on a miss. Status: reused, computed, or off."""
+    if not enabled:
+        return compute(), "off"
+    path = default_cache_dir() / "factors" / f"{key}.npz"
+    stored = read_npz(path)
+    if stored is not None:
+        return stored, "reused"
+    with file_lock(path.with_suffix(".lock")):
+        stored = read_npz(path)  # another process may have fitted them while this one waited
+        if stored is not None:
+            return stored, "reused"
+        arrays = compute()
+        return arrays, "computed" if write_npz(path, arrays) else "computed (the cache is not writable)"
+
+
+class _KroneckerInfluence(InverseCurvatureMethod):
+    Options = KFACOptions
+    corrected: ClassVar[bool] = False
+
+    def _prepare(self, index: int, view: View, sample: Dataset) -> None:
+        if index == 0:
+            self.factors_: list[KroneckerFactors] = []
+            self.layouts_: list[LayerLayout] = []
+        engine = view.engine
+        layers = find_layers(engine.function_module, engine.space.names)
+        if not layers:
+            raise GDAError(f"{self.name} factors nn.Linear and nn.Conv2d layers and this model has none (an uploaded "
+                           f".pt2 program keeps none: upload a .safetensors state dict with its .json config, or use "
+                           f"if-cg or if-arnoldi)")
+        layout = LayerLayout(engine.space, layers)
+        chunk = self.options.chunk_examples
+        identity = {"model": self.model.fingerprint(), "data": sample.fingerprint(), "format": FACTOR_FORMAT,
+                    "last_layer_only": self.options.last_layer_only, "dtype": str(engine.dtype),
+                    "layers": [(layer.name, layer.in_dim, layer.out_dim) for layer in layers]}
+        key = content_key("kfac-factors", identity)
+        arrays, status = _cached(key, self.options.cache_factors,
+                                 lambda: fit_kronecker_factors(engine, sample, layers, chunk))
+        if self.corrected:
+            base = KroneckerFactors(layers, arrays)
+            correction, status = _cached(content_key("ekfac-correction", {**identity, "factors": key}),
+                                         self.options.cache_factors,
+                                         lambda: fit_correction(engine, sample, base, chunk))
+            arrays = {**arrays, **correction}
+        factors = KroneckerFactors(layers, arrays)
+        self.factors_.append(factors)
+        self.layouts_.append(layout)
+        # Default: a tenth of the approximation's top eigenvalue, as for the other solvers
+        # (here it is free: the largest product of factor eigenvalues, or corrected value).
+        self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * factors.largest_eigenvalue())
+        self.solver_info_[index] = {
+            "curvature": CURVATURE_NOTE,
+            "eigenvalue_correction": factors.corrected,
+            "layers": factors.diagnostics(),
+            "covered_parameters": layout.covered_dim,
+            "total_parameters": layout.dim,
+            "uncovered": layout.uncovered,
+            **({"note": "parameters outside Linear/Conv2d layers (e.g. BatchNorm) are left out: scores are an "
+                        "inner product over the covered parameters"} if layout.uncovered else {}),
+            "curvature_samples": len(sample),
+            "factor_cache": status,
+        }
+
+    def _inverse(self, index: int, view: View, vectors: torch.Tensor) -> torch.Tensor:
+        layout = self.layouts_[index]
+        blocks = self.factors_[index].inverse(layout.split(vectors.double()), self.damping_[index])
+        return layout.merge(blocks).to(vectors.dtype)
+
+
+class InfluenceKFAC(_KroneckerInfluence):
+    name = "if-kfac"
+    description = "influence function, K-FAC: per-layer Kronecker-factored GGN (Linear and Conv2d layers)"
+
+
+class InfluenceEKFAC(_KroneckerInfluence):
+    name = "if-ekfac"
+    description = "influence function, EK-FAC: K-FAC's eigenbasis with eigenvalues refitted to per-example gradients"
+    corrected = True

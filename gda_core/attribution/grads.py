@@ -28,7 +28,6 @@ from ..errors import GDAError
 from ..inputs.datasets import Dataset
 from ..task import Objective
 
-
 #: groups at least this large get one ordinary batched backward each instead of a vmap slot
 BACKWARD_GROUP_SIZE = 32
 

@@ -95,35 +95,71 @@ def size_cap(n_points: int, n_groups: int, factor: float = SIZE_CAP_FACTOR) -> i
     return max(1, int(np.ceil(factor * n_points / n_groups)))
 
 
-def kmeans_labels(features: np.ndarray, n_groups: int, seed: int, *, cap: int | None = None) -> np.ndarray:
+def kmeans_labels(features: np.ndarray | torch.Tensor, n_groups: int, seed: int, *,
+                  cap: int | None = None) -> np.ndarray:
     """K-means with exactly ``n_groups`` non-empty clusters of at most ``cap`` points (default
     :func:`size_cap`), and no singletons where groups average 4 points or more (see
     :func:`balance_groups`).
 
-    Lloyd's K-means with k-means++ seeding while N x K is small; beyond that, k-means++
-    seeding alone costs more than the attribution it saves (seconds at K = 1800 on 18000
-    points), so MiniBatchKMeans with random seeding takes over."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
-    features = np.ascontiguousarray(features, dtype=np.float32)
-    n_points = len(features)
+    Lloyd's iterations in torch, on the features' device (distances by one matrix product per
+    chunk), seeded by k-means++ while N x K is small and by a seeded sample of points beyond
+    that (k-means++ seeding alone would cost seconds at K = 1800 on 18000 points). Torch
+    rather than scikit-learn: importing scikit-learn's clustering costs about 2 s per
+    process, more than the clustering."""
+    points = torch.as_tensor(features).float()
+    n_points = len(points)
     if n_groups == n_points:
         return np.arange(n_points)
     if n_groups == 1:
         return np.zeros(n_points, dtype=np.int64)
-    if n_points * n_groups <= 5e6:
-        model = KMeans(n_clusters=n_groups, n_init=1, max_iter=30, random_state=seed)
-    else:
-        model = MiniBatchKMeans(n_clusters=n_groups, n_init=1, init="random", batch_size=4096, max_iter=10,
-                                random_state=seed, reassignment_ratio=0.0)
-    import warnings
+    labels = _lloyd(points, n_groups, seed)
+    labels = _fill_empty_groups(labels, n_groups, points.cpu().numpy())
+    return balance_groups(labels, points.cpu().numpy(), n_groups, cap or size_cap(n_points, n_groups))
 
-    with warnings.catch_warnings():
-        # Fewer distinct points than clusters is handled below, not worth a warning.
-        warnings.simplefilter("ignore")
-        labels = model.fit_predict(features).astype(np.int64)
-    labels = _fill_empty_groups(labels, n_groups, features)
-    return balance_groups(labels, features, n_groups, cap or size_cap(n_points, n_groups))
+
+def _nearest(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each point's nearest centroid and its squared distance (chunked matrix products)."""
+    squared = (centroids ** 2).sum(1)
+    labels, distances = [], []
+    for start in range(0, len(points), chunk):
+        block = points[start:start + chunk]
+        table = (block ** 2).sum(1, keepdim=True) - 2 * block @ centroids.T + squared
+        best, index = table.min(1)
+        labels.append(index)
+        distances.append(best.clamp_min(0))
+    return torch.cat(labels), torch.cat(distances)
+
+
+def _lloyd(points: torch.Tensor, n_groups: int, seed: int, iterations: int = 20,
+           tolerance: float = 0.002) -> np.ndarray:
+    """Lloyd's K-means; stops when under ``tolerance`` of the points change cluster (the
+    size cap reassigns points afterwards anyway)."""
+    generator = torch.Generator().manual_seed(seed)
+    n_points = len(points)
+    if n_points * n_groups <= 5e6:  # k-means++ seeding
+        chosen = [int(torch.randint(n_points, (1,), generator=generator))]
+        distances = ((points - points[chosen[0]]) ** 2).sum(1)
+        for _ in range(1, n_groups):
+            weights = distances.cpu().double()
+            pick = (int(torch.multinomial(weights / weights.sum(), 1, generator=generator)) if weights.sum() > 0
+                    else int(torch.randint(n_points, (1,), generator=generator)))
+            chosen.append(pick)
+            distances = torch.minimum(distances, ((points - points[pick]) ** 2).sum(1))
+        centroids = points[chosen].clone()
+    else:
+        centroids = points[torch.randperm(n_points, generator=generator)[:n_groups].to(points.device)].clone()
+    labels = None
+    for _ in range(iterations):
+        new_labels, _ = _nearest(points, centroids)
+        if labels is not None and (new_labels != labels).float().mean() < tolerance:
+            labels = new_labels
+            break
+        labels = new_labels
+        sums = torch.zeros_like(centroids).index_add_(0, labels, points)
+        counts = torch.bincount(labels, minlength=n_groups).to(points.dtype)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]  # an empty cluster keeps its centroid
+    return labels.cpu().numpy().astype(np.int64)
 
 
 def _centroids(labels: np.ndarray, features: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -399,10 +435,8 @@ def last_layer_gradient_features(model: torch.nn.Module, train: Dataset, dim: in
                                  chunk: int = 4096) -> torch.Tensor:
     """``(R r) (x) (H [h, 1])`` per training point: the last-layer loss gradient (weight and
     bias) projected by the Kronecker product of two seeded Gaussian matrices, from one forward
-    pass. ``r`` is the loss's gradient with respect to the outputs (``torch.func`` on the
-    outputs only), ``h`` the penultimate representation."""
-    from torch.func import grad, vmap
-
+    pass. ``r`` is the loss's gradient with respect to the outputs (a backward through the
+    loss only), ``h`` the penultimate representation."""
     reference = next(model.parameters())
     head = model.head
     weight = head.weight
@@ -413,19 +447,16 @@ def last_layer_gradient_features(model: torch.nn.Module, train: Dataset, dim: in
     in_projection = torch.randn(n_inputs + 1, in_dim, generator=generator) / np.sqrt(in_dim)
     out_projection, in_projection = out_projection.to(reference), in_projection.to(reference)
     objective = train.task.objective("loss")
-
-    def point_loss(output, label):
-        return objective(output[None], label[None]).sum()
-
-    output_gradient = vmap(grad(point_loss))
     parts = []
     with torch.no_grad():
         for start in range(0, len(train), chunk):
             inputs = train.features[start:start + chunk].to(reference)
             labels = train.labels[start:start + chunk].to(reference.device)
             hidden = model.features(inputs)
-            outputs = head(hidden)
-            residual = output_gradient(outputs, labels)
+            outputs = head(hidden).detach().requires_grad_(True)
+            with torch.enable_grad():
+                # d(sum of per-point losses)/d(outputs) is each point's own output gradient
+                residual = torch.autograd.grad(objective(outputs, labels).sum(), outputs)[0]
             if head.bias is not None:
                 hidden = torch.cat([hidden, torch.ones_like(hidden[:, :1])], dim=1)
             else:

@@ -59,6 +59,13 @@ class BatchedTrainer:
         self.model, self.recipe = model, recipe
         self.copies_per_chunk = max(1, copies_per_chunk)
         module = model.module
+        if any(isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) for layer in module.modules()):
+            # Copies train through torch.func with the module in eval mode: BatchNorm would keep
+            # the final model's running statistics, so the copies would be another model than
+            # the one train_model trains (and the scores would be compared with it).
+            raise GDAError("gold standards retrain copies of the model with torch.func, which cannot train "
+                           "BatchNorm as train_model does; this model has BatchNorm (the resnet), so its gold "
+                           "standard is not run; use a model without it (e.g. the cnn) for fidelity")
         reference = next(module.parameters())
         self.device, self.dtype = reference.device, reference.dtype
         self._module = module

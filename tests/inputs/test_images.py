@@ -249,3 +249,19 @@ def test_cnn_takes_any_channel_count():
     config = ModelConfig(arch="cnn", n_features=3 * 16 * 16, n_classes=2, image_shape=(3, 16, 16))
     assert build_model(config)(torch.zeros(5, 768)).shape == (5, 2)
     assert model_config_for("cnn", load_builtin("digits").train).image_shape == (1, 8, 8)
+
+
+def test_mnist_splits_are_not_ordered_by_class():
+    """The file lists the digits class by class; the first test points must not all be 0s."""
+    split = load_builtin("mnist")
+    assert len(np.unique(split.test.labels[:50].numpy())) >= 8
+    assert len(np.unique(split.train.labels[:100].numpy())) == 10
+
+
+def test_gold_standards_refuse_batchnorm_models(tiny_resnet):
+    from gda_core.evaluation.gold import BatchedTrainer
+    from gda_core.requests import Recipe
+
+    trained, _, _ = tiny_resnet
+    with pytest.raises(GDAError, match="cannot train BatchNorm as train_model does; this model has BatchNorm"):
+        BatchedTrainer(trained, Recipe())

@@ -307,7 +307,7 @@ def run_timings(setting: Setting, methods, ks, args, n_checkpoints, scores: bool
         estimate = (harness.estimate_per_example(entries, method, ks, setting.n_train, n_checkpoints)
                     if mode == "per-example" else None)
         stopped = [e for (m, md, kk), e in entries.items() if m == method and md == "grad-kmeans"
-                   and e.get("status") == "timeout" and (kk < k or mode == "per-example")]
+                   and e.get("status") == "timeout" and mode != "last-layer" and (kk < k or mode == "per-example")]
         if stopped:
             entries[(method, mode, k)] = {
                 "method": method, "mode": mode, "k": k, "status": "skipped",

@@ -14,7 +14,7 @@ STAMP := $(VENV)/.gda-installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: app test install benchmark clean
+.PHONY: app test install benchmark benchmark-images clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test: install $(CHROMIUM)
 
 benchmark: install
 	$(BIN)/python benchmarks/speed.py
+
+# mnist / ResNet-9: time, peak memory and LDS of four methods per-example, last-layer and grouped.
+benchmark-images: install
+	$(BIN)/python benchmarks/images.py
 
 clean:
 	rm -rf $(VENV) cache/* build *.egg-info

@@ -49,14 +49,35 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from harness import (
+    SETUP_ALLOWANCE,
+    Clock,
+    Runner,
+    add_measurement_args,
+    check_measurement_args,
+    contention_warnings,
+    estimate_per_example,
+    git_state,
+    is_ok,
+    load_average,
+    log,
+    measure_grouping,
+    measure_method,
+    measure_repeated,
+    method_names,
+    record_attribution,
+    rounded,
+    run_if_worker,
+    warn_if_busy,
+    work_directory,
+)
 
 FULL = {"n_samples": 20000, "n_test_pool": 2000, "n_test": 200, "train_epochs": 5}
 # make_synthetic splits by a test *fraction*, so n_test_pool / n_samples must round cleanly
@@ -69,58 +90,6 @@ FIRST_ORDER = ("grad-dot", "grad-cos", "tracin")
 TARGET_PER_EXAMPLE_SECONDS = 5.0
 TARGET_SPEEDUP = 50.0
 TARGET_EPOCH_RATIO = 2.0
-# Seconds a worker may spend on imports, data and model loading on top of its measurement.
-SETUP_ALLOWANCE = 120.0
-# A measurement during which other processes used more than this share of the CPUs is contended.
-CONTENDED = 0.10
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# ====================================================================== worker side
-def _busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes on the machine have used (from /proc/stat), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    values = [int(v) for v in fields[:8]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-class Clock:
-    """Wall and CPU seconds of a phase (CUDA is synchronised before each reading), and the CPU
-    seconds *other* processes used meanwhile: a direct measure of contention for the cores."""
-
-    def __init__(self, device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.other_cpu, self.clocked = 0.0, 0.0
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-
-    def start(self) -> None:
-        self._sync()
-        self.busy = _busy_cpu_seconds()
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def stop(self) -> tuple[float, float]:
-        self._sync()
-        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-        self.clocked += wall
-        busy = _busy_cpu_seconds()
-        if busy is not None and self.busy is not None:
-            self.other_cpu += max(0.0, busy - self.busy - cpu)
-        return wall, cpu
 
 
 def _setup(spec: dict):
@@ -149,22 +118,6 @@ def _train_config(epochs: int):
     from gda_core.inputs.zoo import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=TRAIN_LR, batch_size=TRAIN_BATCH, optimizer="adam", seed=0)
-
-
-def _json_safe(value):
-    """Solver info and the like, made JSON-serialisable (numbers rounded)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    try:
-        return float(f"{float(value):.6g}")
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def worker(spec: dict) -> dict:
@@ -209,32 +162,7 @@ def worker(spec: dict) -> dict:
     train, test = train.to(device), test.to(device)
 
     if job == "grouping":
-        from gda_core.attribution.grouping import make_grouping
-
-        def strategy_for(k):
-            return (make_grouping("per-example") if spec["grouping"] == "per-example"
-                    else make_grouping(spec["grouping"], k, seed=0))
-
-        warmup = 0.0
-        if spec["warmup"]:  # one-time imports and first-call costs, on 256 points
-            clock.start()
-            strategy_for(min(spec["k"], 8)).fit(train.subset(slice(0, 256)), model.module)
-            warmup = clock.stop()[0]
-            clock.reset()
-        strategy = strategy_for(spec["k"])
-        memory.start()
-        clock.start()
-        groups = strategy.fit(train, model.module)
-        seconds, cpu = clock.stop()
-        peak = memory.stop()
-        import numpy as np
-
-        np.save(work / spec["labels_file"], groups.labels)
-        sizes = groups.sizes
-        return {"seconds": seconds, "cpu_seconds": cpu, **peak, "n_groups": int(groups.n_groups),
-                "warmup_seconds": warmup, "other_cpu_seconds": clock.other_cpu, "clocked_seconds": clock.clocked,
-                "group_size_min": int(sizes.min()), "group_size_max": int(sizes.max()),
-                "group_size_median": float(np.median(sizes))}
+        return measure_grouping(spec, train, model.module, clock, memory, work / spec["labels_file"])
 
     if job == "measure":
         import numpy as np
@@ -244,179 +172,31 @@ def worker(spec: dict) -> dict:
 
         labels = np.load(work / spec["labels_file"])
         groups = Groups(labels, int(labels.max()) + 1, spec["grouping"])
-        warmup = 0.0
-        if spec["warmup"]:
-            # One-time costs (lazy imports, first vmap/functional_call traces) on 64 training
-            # points and 2 test points, so the clock sees what a warm app process would pay.
-            small = train.subset(slice(0, 64))
-            clock.start()
-            make_method(spec["method"], model).fit(small, Groups(np.arange(64), 64)).attribute(test.subset(slice(0, 2)))
-            warmup = clock.stop()[0]
-            clock.reset()
-        method = make_method(spec["method"], model)
-        memory.start()
-        clock.start()
-        method.fit(train, groups)
-        fit_seconds, fit_cpu = clock.stop()
-        clock.start()
-        scores = method.attribute(test)
-        attribute_seconds, attribute_cpu = clock.stop()
-        peak = memory.stop()
-        info = {}
-        for name in ("damping_", "solver_info_"):
-            if hasattr(method, name):
-                info[name.rstrip("_")] = _json_safe(getattr(method, name))
-        return {"fit_seconds": fit_seconds, "attribute_seconds": attribute_seconds,
-                "cpu_seconds": fit_cpu + attribute_cpu, **peak, "warmup_seconds": warmup,
-                "other_cpu_seconds": clock.other_cpu, "clocked_seconds": clock.clocked,
-                "scores_shape": list(scores.shape), "scores_finite": bool(np.isfinite(scores).all()),
-                "method_info": info}
+        record, _ = measure_method(lambda: make_method(spec["method"], model), train, groups, test,
+                                   clock, memory, spec["warmup"])
+        return record
 
     raise ValueError(f"unknown job {job!r}")
 
 
 
 # ====================================================================== parent side
-class Runner:
-    """Starts workers (this script with --single), each in a fresh process."""
-
-    def __init__(self, args, sizes: dict, work_dir: Path):
-        self.args, self.sizes, self.work_dir = args, sizes, work_dir
-        self.env = dict(os.environ)
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            self.env[name] = str(args.threads)
-        self.env["PYTHONPATH"] = str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
-        self.count = 0
-
-    def run(self, job: dict, timeout: float) -> dict:
-        """Run a job; with --retries, again (after waiting for a quiet machine) while other
-        processes took more than CONTENDED of the CPUs during the measured phases."""
-        result = None
-        for attempt in range(self.args.retries + 1):
-            if attempt or self.args.quiet_wait:
-                self.wait_until_quiet()
-            result = self.run_once(job, timeout)
-            result["attempts"] = attempt + 1
-            if result["status"] != "ok" or _contention(result) <= CONTENDED:
-                break
-            log(f"  contended ({100 * _contention(result):.0f}% of the CPUs busy elsewhere): "
-                + ("retrying" if attempt < self.args.retries else "keeping it"))
-        return result
-
-    def wait_until_quiet(self) -> None:
-        """Wait (up to --quiet-wait seconds) until other processes use < 0.25 CPU."""
-        deadline = time.perf_counter() + self.args.quiet_wait
-        while True:
-            before = _busy_cpu_seconds()
-            time.sleep(1.0)
-            after = _busy_cpu_seconds()
-            if before is None or after is None or after - before < 0.25 or time.perf_counter() > deadline:
-                return
-            time.sleep(4.0)
-
-    def run_once(self, job: dict, timeout: float) -> dict:
-        """The worker's result, or {"status": "timeout" | "error", "note": ...}."""
-        spec = {**self.sizes, "threads": self.args.threads, "device": self.args.device,
-                "warmup": not self.args.no_warmup, "work_dir": str(self.work_dir), **job}
-        self.count += 1
-        log_path = self.work_dir / f"worker-{self.count}.log"
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        started = time.perf_counter()
-        with open(log_path, "w") as stderr:
-            try:
-                done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--single", json.dumps(spec)],
-                                      stdout=subprocess.PIPE, stderr=stderr, env=self.env, cwd=str(ROOT),
-                                      timeout=timeout, text=True)
-            except subprocess.TimeoutExpired:
-                return {"status": "timeout", "load_average_1min": load,
-                        "note": f"stopped after {timeout:.0f} s (worker wall time incl. setup)"}
-        wall = time.perf_counter() - started
-        lines = [line for line in done.stdout.splitlines() if line.strip()]
-        if done.returncode != 0 or not lines:
-            tail = log_path.read_text().strip().splitlines()[-3:]
-            return {"status": "error", "note": f"worker exit {done.returncode}: " + " | ".join(tail)}
-        result = json.loads(lines[-1])
-        result.update(status="ok", worker_wall_seconds=wall, load_average_1min=load)
-        return result
-
-
-def _git_state() -> dict | None:
-    """The commit and whether gda_core/ has uncommitted changes: workers import the engine from
-    disk, so an edit during the run would mix versions (compare the start and end states)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gda_core"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": head or None, "gda_core_uncommitted_changes": bool(dirty)}
-
-
-def _contention(result: dict) -> float:
-    """Share of the machine's CPU capacity other processes used during the measured phases."""
-    other, clocked = result.get("other_cpu_seconds"), result.get("clocked_seconds")
-    if other is None or not clocked:
-        return 0.0
-    return other / (clocked * (os.cpu_count() or 1))
-
-
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def _round(value, digits=4):
-    return None if value is None else round(float(value), digits)
-
-
-def measure_repeated(runner: Runner, job: dict, repeats: int, timeout: float, keys: list[str]) -> dict:
-    """Run a job ``repeats`` times in fresh workers; medians of ``keys``, the first run's extras."""
-    runs = []
-    for _ in range(repeats):
-        result = runner.run(job, timeout)
-        if result["status"] != "ok":
-            return result
-        runs.append(result)
-    out = dict(runs[0])
-    for key in keys:
-        out[key] = _median([r.get(key) for r in runs])
-    if repeats > 1:
-        out["runs"] = [{k: _round(r.get(k)) for k in keys} for r in runs]
-    return out
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads (default 2)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--repeats", type=int, default=1, help="fresh workers per measurement; medians reported")
+    add_measurement_args(parser, max_seconds=600.0)
     parser.add_argument("--methods", default=None, help="comma list (default: all but if-exact)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2000 training points")
-    parser.add_argument("--max-seconds", type=float, default=600.0, help="cap per measurement (default 600)")
     parser.add_argument("--ks", default=None, help="comma list of group counts (default N/100,N/10)")
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="epochs of the attributed model (default 5; 2 with --quick)")
-    parser.add_argument("--work-dir", default=None, help="keep the model, groupings and worker logs here")
-    parser.add_argument("--retries", type=int, default=0,
-                        help="re-run a measurement up to this many times while other processes "
-                             f"took > {round(CONTENDED * 100)}%% of the CPUs during it (default 0)")
-    parser.add_argument("--quiet-wait", type=float, default=0.0,
-                        help="before each measurement (and retry), wait up to this many seconds "
-                             "for other processes to go idle (default 0)")
-    parser.add_argument("--no-warmup", action="store_true",
-                        help="time cold calls (by default each worker first runs the method on 64 points)")
-    parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1 or args.max_seconds <= 0 or args.retries < 0 or args.quiet_wait < 0:
-        parser.error("--threads and --repeats must be >= 1, --max-seconds > 0, --retries and --quiet-wait >= 0")
+    check_measurement_args(parser, args)
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.single is not None:
-        print(json.dumps(worker(json.loads(args.single))), flush=True)
+    if run_if_worker(args, worker):
         return 0
 
     wall_started = time.perf_counter()
@@ -432,29 +212,16 @@ def main(argv=None) -> int:
     sizes = dict(QUICK if args.quick else FULL)
     if args.train_epochs is not None:
         sizes["train_epochs"] = args.train_epochs
-    names = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
-    unknown = [m for m in names if m not in METHODS]
-    if unknown:
-        log(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+    names = method_names(args.methods, METHODS)
+    if names is None:
         return 2
 
-    temporary = None
-    if args.work_dir:
-        work_dir = Path(args.work_dir).resolve()
-        work_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        temporary = tempfile.TemporaryDirectory(prefix="gda-speed-")
-        work_dir = Path(temporary.name)
-    runner = Runner(args, sizes, work_dir)
+    work_dir, temporary = work_directory(args, "gda-speed-")
+    runner = Runner(args, sizes, work_dir, __file__)
     timeout = args.max_seconds + SETUP_ALLOWANCE
-    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    git_start = _git_state()
-    before = _busy_cpu_seconds()
-    time.sleep(1.0)
-    after = _busy_cpu_seconds()
-    if before is not None and after is not None and after - before > 0.25:
-        log(f"warning: other processes are using {after - before:.1f} CPUs of {os.cpu_count()}: they "
-            "compete for the cores and slow the measurements (see --retries, --quiet-wait)")
+    load_start = load_average()
+    git_start = git_state()
+    warn_if_busy()
 
     # -- the attributed model, trained once and saved (safetensors) for the workers
     log(f"training the model ({sizes['train_epochs']} epochs) ...")
@@ -520,10 +287,10 @@ def main(argv=None) -> int:
             entry.update(status="skipped", note=f"grouping {grouping_result['status']}")
             entries[(method, grouping, k)] = entry
             continue
-        estimate = (_estimate_per_example(entries, method, ks, n_train, model_info["n_checkpoints"])
+        estimate = (estimate_per_example(entries, method, ks, n_train, model_info["n_checkpoints"])
                     if grouping == "per-example" else None)
         if estimate is not None and estimate > args.max_seconds:
-            entry.update(status="skipped", estimated_seconds=_round(estimate, 1), note=(
+            entry.update(status="skipped", estimated_seconds=rounded(estimate, 1), note=(
                 f"estimated {estimate:.0f} s > --max-seconds {args.max_seconds:.0f} (its grouped time "
                 f"at K={max(ks)} plus Grad-Dot's per-example overhead)"))
             log(f"{label}: skipped, {entry['note']}")
@@ -533,22 +300,12 @@ def main(argv=None) -> int:
         result = measure_repeated(runner, {"job": "measure", "method": method, "grouping": grouping,
                                            "k": k, "labels_file": grouping_result["labels_file"]},
                                   args.repeats, timeout, keys)
-        entry.update(result)
-        if result["status"] == "ok":
-            entry["attribution_seconds"] = result["fit_seconds"] + result["attribute_seconds"]
-            entry["grouping_seconds"] = grouping_result["seconds"]
-            entry["grouping_peak_mb"] = grouping_result["peak_mb"]
-            entry["total_seconds"] = entry["attribution_seconds"] + entry["grouping_seconds"]
-            if entry["attribution_seconds"] > args.max_seconds:
-                entry["note"] = f"over --max-seconds ({args.max_seconds:.0f} s) but finished"
-            log(f"  attribution {entry['attribution_seconds']:.2f} s (fit {result['fit_seconds']:.2f}, "
-                f"attribute {result['attribute_seconds']:.2f}), +grouping {entry['grouping_seconds']:.2f} s, "
-                f"peak +{result['peak_mb']:.0f} MB")
-        else:
-            log(f"  {result['status']}: {result['note']}")
+        record_attribution(entry, result, grouping_result)
+        if result["status"] == "ok" and entry["attribution_seconds"] > args.max_seconds:
+            entry["note"] = f"over --max-seconds ({args.max_seconds:.0f} s) but finished"
         entries[(method, grouping, k)] = entry
 
-    load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_end = load_average()
     results = [_format_entry(entries[key]) for key in sorted(
         entries, key=lambda key: (names.index(key[0]), key[1] != "per-example", key[2]))]
     ratios = _ratios(entries, runnable, ks, n_train, epoch_seconds)
@@ -572,8 +329,8 @@ def main(argv=None) -> int:
             "model": f"mlp {N_FEATURES}-{'-'.join(map(str, HIDDEN))}-{N_CLASSES} (tanh)",
             "n_parameters": n_parameters,
             "model_training": {"epochs": sizes["train_epochs"], "lr": TRAIN_LR, "batch_size": TRAIN_BATCH,
-                               "optimizer": "adam", "seconds": _round(model_info["train_seconds"], 3),
-                               "test_accuracy": _round(model_info["test_accuracy"]),
+                               "optimizer": "adam", "seconds": rounded(model_info["train_seconds"], 3),
+                               "test_accuracy": rounded(model_info["test_accuracy"]),
                                "checkpoints": model_info["n_checkpoints"]},
             "group_counts": ks,
             "target_k": target_k,
@@ -587,20 +344,20 @@ def main(argv=None) -> int:
             "retries": args.retries,
             "quiet_wait": args.quiet_wait,
             "git_start": git_start,
-            "git_end": _git_state(),
-            "load_average_start": None if load_start is None else [round(x, 2) for x in load_start],
-            "load_average_end": None if load_end is None else [round(x, 2) for x in load_end],
+            "git_end": git_state(),
+            "load_average_start": load_start,
+            "load_average_end": load_end,
         },
         "warnings": _contention_warnings(epoch, groupings, entries, os.cpu_count() or 1),
-        "epoch_seconds": _round(epoch_seconds),
-        "epoch_seconds_runs": [_round(r) for r in epoch["runs"]],
+        "epoch_seconds": rounded(epoch_seconds),
+        "epoch_seconds_runs": [rounded(r) for r in epoch["runs"]],
         "epoch_peak_mb": epoch["peak_mb"],
         "groupings": {f"{g}/K={k}": _format_grouping(r) for (g, k), r in groupings.items()},
         "results": results,
         "skipped": skipped,
         "ratios": ratios,
         "targets": targets,
-        "wall_seconds": _round(time.perf_counter() - wall_started, 1),
+        "wall_seconds": rounded(time.perf_counter() - wall_started, 1),
     }
     print(json.dumps(report, indent=2))
     if temporary is not None:
@@ -610,40 +367,10 @@ def main(argv=None) -> int:
 
 def _contention_warnings(epoch, groupings, entries, cpus) -> list[str]:
     """Measurements during which other processes used > CONTENDED of the machine's CPUs."""
-    warnings = []
-
-    def check(label, other, wall):
-        if other is not None and wall and other > CONTENDED * wall * cpus:
-            warnings.append(f"{label}: other processes used {other:.1f} CPU-s during {wall:.1f} s "
-                            f"({100 * other / (wall * cpus):.0f}% of {cpus} CPUs); its time is inflated")
-
-    check("epoch", epoch.get("other_cpu_seconds"), epoch.get("clocked_seconds"))
-    for (grouping, k), result in groupings.items():
-        if result.get("status") == "ok":
-            check(f"grouping {grouping} K={k}", result.get("other_cpu_seconds"), result.get("clocked_seconds"))
-    for (method, grouping, k), entry in entries.items():
-        if entry.get("status") == "ok":
-            check(f"{method} {grouping} K={k}", entry.get("other_cpu_seconds"), entry.get("clocked_seconds"))
-    return warnings
-
-
-def _ok(entry) -> bool:
-    return entry is not None and entry.get("status") == "ok"
-
-
-def _estimate_per_example(entries: dict, method: str, ks: list[int], n_train: int,
-                          n_checkpoints: int) -> float | None:
-    """Per-example seconds of ``method`` guessed as its grouped attribution time at the largest
-    K plus what going per-example added for Grad-Dot (the per-example gradient pass)."""
-    k = max(ks)
-    grouped = entries.get((method, "grad-kmeans", k))
-    dot_group = entries.get(("grad-dot", "grad-kmeans", k))
-    dot_example = entries.get(("grad-dot", "per-example", n_train))
-    if method == "grad-dot" or not (_ok(grouped) and _ok(dot_group) and _ok(dot_example)):
-        return None
-    views = n_checkpoints if method == "tracin" else 1  # TracIn repeats the pass per checkpoint
-    overhead = max(0.0, dot_example["attribution_seconds"] - dot_group["attribution_seconds"])
-    return grouped["attribution_seconds"] + views * overhead
+    labelled = [("epoch", epoch)]
+    labelled += [(f"grouping {grouping} K={k}", result) for (grouping, k), result in groupings.items()]
+    labelled += [(f"{method} {grouping} K={k}", entry) for (method, grouping, k), entry in entries.items()]
+    return contention_warnings(labelled, cpus)
 
 
 def _format_entry(entry: dict) -> dict:
@@ -656,7 +383,7 @@ def _format_entry(entry: dict) -> dict:
     for key in keep:
         if key in entry:
             value = entry[key]
-            out[key] = _round(value) if isinstance(value, float) else value
+            out[key] = rounded(value) if isinstance(value, float) else value
     return out
 
 
@@ -664,7 +391,7 @@ def _format_grouping(result: dict) -> dict:
     keep = ["status", "seconds", "cpu_seconds", "other_cpu_seconds", "warmup_seconds", "peak_mb",
             "host_peak_mb", "attempts", "n_groups", "group_size_min",
             "group_size_median", "group_size_max", "note", "runs"]
-    return {k: (_round(result[k]) if isinstance(result[k], float) else result[k]) for k in keep if k in result}
+    return {k: (rounded(result[k]) if isinstance(result[k], float) else result[k]) for k in keep if k in result}
 
 
 def _ratio(numerator, denominator):
@@ -678,17 +405,17 @@ def _ratios(entries, methods, ks, n_train, epoch_seconds) -> dict:
     out = {}
     for method in methods:
         example = entries.get((method, "per-example", n_train))
-        example_attr = example["attribution_seconds"] if _ok(example) else None
-        example_total = example["total_seconds"] if _ok(example) else None
-        row = {"per_example_seconds": _round(example_attr),
+        example_attr = example["attribution_seconds"] if is_ok(example) else None
+        example_total = example["total_seconds"] if is_ok(example) else None
+        row = {"per_example_seconds": rounded(example_attr),
                "per_example_over_epoch": _ratio(example_attr, epoch_seconds)}
         for k in ks:
             group = entries.get((method, "grad-kmeans", k))
-            attr = group["attribution_seconds"] if _ok(group) else None
-            total = group["total_seconds"] if _ok(group) else None
+            attr = group["attribution_seconds"] if is_ok(group) else None
+            total = group["total_seconds"] if is_ok(group) else None
             row[f"K={k}"] = {
-                "group_seconds": _round(attr),
-                "group_seconds_with_grouping": _round(total),
+                "group_seconds": rounded(attr),
+                "group_seconds_with_grouping": rounded(total),
                 "speedup": _ratio(example_attr, attr),
                 "speedup_with_grouping": _ratio(example_total, total),
                 "group_over_epoch": _ratio(attr, epoch_seconds),
@@ -703,12 +430,12 @@ def _targets(entries, ratios, ks, target_k, n_train, epoch_seconds) -> dict:
     (``passed``) and, for reference, leave it out (``passed_without_grouping``)."""
     targets = {}
     dot = entries.get(("grad-dot", "per-example", n_train))
-    seconds = dot["attribution_seconds"] if _ok(dot) else None
+    seconds = dot["attribution_seconds"] if is_ok(dot) else None
     targets["per_example_grad_dot_under_5s"] = {
         "definition": f"Grad-Dot per-example fit + attribute on {n_train} train x 200 test < "
                       f"{TARGET_PER_EXAMPLE_SECONDS:g} s",
-        "seconds": _round(seconds),
-        "seconds_with_grouping": _round(dot["total_seconds"]) if _ok(dot) else None,
+        "seconds": rounded(seconds),
+        "seconds_with_grouping": rounded(dot["total_seconds"]) if is_ok(dot) else None,
         "passed": None if seconds is None else bool(seconds < TARGET_PER_EXAMPLE_SECONDS),
     }
     if target_k not in ks:

@@ -66,7 +66,7 @@ UPDATES_PER_THREAD_SECOND = 5e7
 def estimate_sweep_seconds(config: SweepConfig, model: TrainedModel, n_train: int, threads: int) -> float:
     """A rough wall time of ``run_sweep`` from its sizes alone. Training the gold standard's
     model copies dominates: per cell (grouping x K), LDS trains ``n_subsets x seeds`` copies
-    and the paired gold standards one copy per group and seed, each for the gold's epochs on
+    (plus the point-level ensemble's, which the per-example cell shares) and the paired gold standards one copy per group and seed, each for the gold's epochs on
     the whole training set. Methods, groupings and loading are left out (a small share)."""
     n_parameters = sum(p.numel() for p in model.module.parameters())
     gold = config.gold
@@ -77,8 +77,11 @@ def estimate_sweep_seconds(config: SweepConfig, model: TrainedModel, n_train: in
             counts.append(n_train)  # an upper bound: per-class has fewer groups
         else:
             counts += [k for k in config.group_counts if k <= n_train]
-    if config.per_example and "per-example" not in config.groupings:
+    per_example_cell = config.per_example or "per-example" in config.groupings
+    if per_example_cell and "per-example" not in config.groupings:
         counts.append(n_train)
+    if gold.kind == "lds" and not per_example_cell:
+        counts.append(n_train)  # the point-level ensemble (otherwise the per-example cell's own)
     copies = sum(gold.n_subsets if gold.kind == "lds" else k for k in counts) * gold.seeds
     return copies * epochs * n_train * n_parameters / (UPDATES_PER_THREAD_SECOND * max(1, threads))
 

@@ -67,7 +67,8 @@ def estimate_sweep_seconds(config: SweepConfig, model: TrainedModel, n_train: in
     """A rough wall time of ``run_sweep`` from its sizes alone. Training the gold standard's
     model copies dominates: per cell (grouping x K), LDS trains ``n_subsets x seeds`` copies
     (plus the point-level ensemble's, which the per-example cell shares) and the paired gold
-    standards one copy per group and seed, each for the gold's epochs on the whole training set. Methods, groupings and loading are left out (a small share)."""
+    standards one copy per group and seed, each for the gold's epochs on the whole training
+    set. Methods, groupings and loading are left out (a small share)."""
     n_parameters = sum(p.numel() for p in model.module.parameters())
     gold = config.gold
     epochs = retraining_epochs(model) if gold.kind != "further-training" else max(gold.epochs)

@@ -26,8 +26,11 @@ import numpy as np
 METHODS = ("grad-dot", "grad-cos", "tracin", "if-exact", "if-cg", "if-lissa", "if-arnoldi", "trak", "datainf")
 GROUPINGS = (("per-example", None), ("grad-kmeans", 150))
 TEST_SIZE = 50
-#: fields of a sweep point that are computed (not timed)
-SWEEP_FIELDS = ("lds", "lds_se", "n_groups")
+#: fields of a sweep point that are computed (not timed): the group-level LDS (named "lds" in
+#: recordings made before the point-level yardstick, compared under that name) and, under
+#: their own name, the point-level LDS
+SWEEP_FIELDS = ("group_lds", "group_lds_se", "n_groups")
+POINT_FIELDS = ("point_lds", "point_lds_se")
 
 
 def _gda(arguments: list[str], cache: Path) -> dict | None:
@@ -67,6 +70,7 @@ def run_all(cache: Path) -> dict[str, np.ndarray]:
     for point in sweep["points"]:
         name = f"sweep/{point['method']}/{point['grouping']}/{point['n_groups']}"
         arrays[name] = np.array([float(point[field]) for field in SWEEP_FIELDS])
+        arrays[f"sweep-points/{name[len('sweep/'):]}"] = np.array([float(point[field]) for field in POINT_FIELDS])
     return arrays
 
 

@@ -313,8 +313,10 @@ class GoldConfig:
     """Which gold standard a sweep compares against, and its parameters."""
 
     kind: str = documented("lds", flag="--gold", choices=GOLDS, help="the gold standard")
-    n_subsets: int = documented(50, flag="--subsets", help="LDS: number of subset models")
-    alpha: float = documented(0.5, help="LDS: fraction of groups kept per subset")
+    n_subsets: int = documented(50, flag="--subsets", help="LDS: number of subset models (point-level, and "
+                                                            "group-level per grouping and K)")
+    alpha: float = documented(0.5, help="LDS: fraction of the training points (point-level) and of the groups "
+                                         "(group-level) kept per subset")
     epochs: tuple[float, ...] = documented((1.0,), help="further training: horizons in epochs")
     seeds: int = documented(1, help="seeds averaged in the gold standard")
     epsilon: float | None = documented(1.0, help="further training: up-weighting (1 + epsilon); none leaves the "

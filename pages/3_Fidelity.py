@@ -13,7 +13,7 @@ from gda_app import state
 from gda_app.markup import escape
 from gda_core.evaluation.sweeps import estimate_sweep_seconds, format_duration
 from gda_core.requests import GoldConfig, SweepConfig
-from gda_core.viz.figures import GOLD_NAMES, fidelity_speed_figure
+from gda_core.viz.figures import GOLD_NAMES, METRIC_NAMES, fidelity_speed_figure
 
 #: a sweep small enough for a demo (its time is estimated from the sizes); `gda fidelity` runs big ones
 QUICK_SWEEP = dict(methods=("grad-dot", "if-arnoldi"), groupings=("random", "grad-kmeans"), group_counts=(15,),
@@ -23,8 +23,12 @@ state.page_setup("Fidelity")
 st.title("Fidelity against speed")
 data, arch = st.session_state["data"], st.session_state["model"]
 st.caption("Each point is one method on one grouping and group count: its agreement with a gold standard "
-           "(LDS: Spearman correlation with retraining on random subsets; cosine: with further training of "
-           "the final model) against the seconds it took. Up and to the left is better.")
+           "against the seconds it took. Up and to the left is better. LDS is point-level: every grouping and K "
+           "is scored against the same models retrained on random halves of the training *points*, each group's "
+           "score spread over its members in equal shares (per-example runs are the case of groups of one). "
+           "The group-level LDS (retraining on random halves of the cell's own groups) is in the table beside "
+           "the group sizes: one giant group plus singletons is easy to predict at group level. Cosine: "
+           "against further training of the final model, per group.")
 
 split, model = state.inputs()
 config = SweepConfig(data=data, model=arch, **QUICK_SWEEP)
@@ -35,7 +39,8 @@ if st.button("Run a small sweep", help=f"Grad-Dot and Arnoldi influence, random 
              f"sizes, within a factor of two or so)."):
     state.submit("fidelity", dataclasses.asdict(config), slot="fidelity")
 st.caption(f"The small sweep takes roughly {format_duration(estimate)} on this machine (estimated from the "
-           f"data and model sizes: its LDS gold standard trains 20 subset models per grouping).")
+           f"data and model sizes: its LDS gold standard trains 20 subset models per grouping, and the "
+           f"point-level ensemble is the per-example one).")
 state.show_job("fidelity", "Sweep")
 
 sweeps = state.finished_runs("fidelity")
@@ -55,9 +60,16 @@ st.plotly_chart(fidelity_speed_figure(sweep), key="fidelity_figure")
 st.caption(f"Gold standard: {GOLD_NAMES.get(sweep['gold'], sweep['gold'])}; {sweep['n_train']} training points, "
            f"{sweep['n_test']} test points; timings with {sweep.get('torch_threads')} torch threads.")
 metric = sweep["metric"]
+if metric == "lds":
+    st.caption("This sweep predates the point-level yardstick: its LDS is group-level (each grouping against its "
+               "own subsets of groups), so groupings are not on one scale. Run it again to score them on points.")
+column = METRIC_NAMES.get(metric, metric)
 table = pd.DataFrame([{
-    "method": p["method"], "grouping": p["grouping"], "groups": p["n_groups"], metric: p.get(metric),
-    "standard error": p.get(f"{metric}_se"), "method s": p["seconds"], "grouping s": p["grouping_seconds"],
-    "peak MB": p.get("peak_mb"),
+    "method": p["method"], "grouping": p["grouping"], "groups": p["n_groups"], column: p.get(metric),
+    "standard error": p.get(f"{metric}_se"),
+    **({"group-level LDS": p.get("group_lds")} if metric == "point_lds" else {}),
+    **{f"{size} group" if size != "singletons" else size: p.get("group_sizes", {}).get(size)
+       for size in ("largest", "median", "smallest", "singletons")},
+    "method s": p["seconds"], "grouping s": p["grouping_seconds"], "peak MB": p.get("peak_mb"),
 } for p in sweep["points"]])
-st.dataframe(table.sort_values([metric], ascending=False), hide_index=True, key="fidelity_table")
+st.dataframe(table.sort_values([column], ascending=False), hide_index=True, key="fidelity_table")

@@ -81,6 +81,19 @@ def test_fidelity_with_one_seed_warns_nothing(tmp_path, capsys, gold):
     assert point["method"] == "grad-dot" and point["n_groups"] == 5
 
 
+def test_fidelity_lines_put_the_group_level_lds_beside_the_group_sizes():
+    import gda_core.runs.kinds  # noqa: F401  (registers the kinds)
+    from gda_core.registry import JOB_KINDS
+
+    point = {"method": "grad-dot", "grouping": "grad-kmeans", "n_groups": 150, "seconds": 0.5, "point_lds": 0.41,
+             "group_lds": 0.64, "group_sizes": {"largest": 1028, "median": 1.0, "smallest": 1, "singletons": 101}}
+    line = JOB_KINDS["fidelity"].describe({"metric": "point_lds", "points": [point]})
+    assert "point_lds 0.410" in line
+    assert line.endswith("group_lds 0.640  sizes 1028/1/1 (largest/median/smallest), 101 singletons")
+    old = {k: v for k, v in point.items() if k not in ("point_lds", "group_lds", "group_sizes")}
+    assert JOB_KINDS["fidelity"].describe({"metric": "lds", "points": [{**old, "lds": 0.5}]}).endswith("lds 0.500")
+
+
 def test_method_options_pass_through(tmp_path, capsys):
     code = main(["attribute", "--data", "wine", "--model", "logreg", "--method", "if-cg", "--grouping",
                  "per-class", "--cache", str(tmp_path), "--damping", "0.01", "--option", "max_iterations=7",

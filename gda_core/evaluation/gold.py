@@ -12,6 +12,9 @@ the training examples, all under one seed's mini-batch order. That is what makes
   recipe, each group removed in turn (small models).
 - :func:`lds_ensemble` / :func:`lds`: models trained on random subsets (a fraction alpha of
   the groups); the linear datamodeling score of a score matrix against them.
+- :func:`point_lds_ensemble` / :func:`point_lds`: the point-level yardstick, one ensemble on
+  random subsets of training *points* for every grouping and K; group scores are spread over
+  their members in equal shares (:func:`point_scores`) and scored with :func:`lds`.
 
 Every gold score follows the project's sign convention: positive means up-weighting the group
 lowers the test point's loss (or raises its margin).
@@ -374,6 +377,45 @@ def lds(scores: np.ndarray, ensemble: LDSEnsemble) -> dict:
             "per_test": per_test}
 
 
+def point_scores(scores: np.ndarray, groups: Groups) -> np.ndarray:
+    """(n_test, N) per-point scores implied by (n_test, K) group scores: the equal share.
+
+    For gradient-linear methods a group's score is the sum of its members' scores,
+    ``S_G = sum_{i in G} s_i``. Knowing only that sum, the estimate of each member's score is
+    the equal share ``s_i = S_G / |G|``: exact when the members contribute equally, and the
+    least-squares estimate of the members' scores given only their sum when they are
+    exchangeable. Per-example scores (every ``|G| = 1``) are returned unchanged."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != groups.n_groups:
+        raise GDAError(f"scores of shape {scores.shape} do not have one column per group ({groups.n_groups})")
+    sizes = np.bincount(groups.labels, minlength=groups.n_groups)
+    return scores[:, groups.labels] / sizes[groups.labels]
+
+
+def point_lds(scores: np.ndarray, groups: Groups, ensemble: LDSEnsemble) -> dict:
+    """The point-level LDS of group scores: :func:`lds` of their equal shares
+    (:func:`point_scores`) against an ensemble trained on random subsets of *points*
+    (:func:`point_lds_ensemble`), so every grouping and K is measured on one scale.
+
+    A subset's predicted effect is ``sum_{i in subset} s_i = sum_G S_G |G ∩ subset| / |G|``.
+    Per-example scores give exactly the per-example LDS on the same subsets."""
+    if ensemble.masks.shape[1] != len(groups.labels):
+        raise GDAError(f"the point-level ensemble has {ensemble.masks.shape[1]} columns, not one per training "
+                       f"point ({len(groups.labels)}): it must be trained on subsets of points")
+    return lds(point_scores(scores, groups), ensemble)
+
+
+def point_lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, **options) -> LDSEnsemble:
+    """The point-level gold standard: :func:`lds_ensemble` on subsets of training *points*
+    (each model keeps a random ``alpha`` fraction of the points), the same for every grouping."""
+    return lds_ensemble(model, train, test, per_point_groups(len(train)), **options)
+
+
+def per_point_groups(n_points: int) -> Groups:
+    """The partition into singletons (labels 0..N-1, as the per-example grouping makes it)."""
+    return Groups(np.arange(n_points), n_points, "per-example")
+
+
 def damping_for_horizon(lr: float, steps: int) -> float:
     """In the unified view damping is the inverse amount of further training: 1 / (lr x T)."""
     if lr <= 0 or steps < 1:
@@ -417,3 +459,13 @@ def compute_gold(config: GoldConfig, model: TrainedModel, train: Dataset, test: 
                         arrays["standard_error"], arrays["differences"], float(summary["weight_change"]),
                         config.measurement, summary)
 
+
+def compute_point_lds(config: GoldConfig, model: TrainedModel, train: Dataset, test: Dataset, cache: ResultCache,
+                      progress: Progress, executor: Executor | None = None) -> LDSEnsemble:
+    """The point-level LDS gold standard (:func:`point_lds_ensemble`) for an LDS ``config``:
+    computed once per model, data, seeds, subset count and fraction, and kept in ``cache``
+    under the same key as the per-example grouping's group-level ensemble (they are the same
+    models), so every grouping and K of a sweep, and later sweeps, share it."""
+    if config.kind != "lds":
+        raise GDAError(f"the point-level yardstick is an LDS gold standard, not {config.kind!r}")
+    return compute_gold(config, model, train, test, per_point_groups(len(train)), cache, progress, executor)

@@ -1,9 +1,14 @@
 """Fidelity-vs-speed sweeps: every method x grouping x K, timed, against one gold standard.
 
 A sweep runs every method x grouping x K, times it (wall clock and peak memory), and
-compares its scores with a gold standard computed for the *same* groups: LDS against an
-ensemble of subset-trained models, or cosine / Spearman / top-k overlap against further
-training (at every recorded horizon) or leave-group-out retraining. Gold standards are the
+compares its scores with a gold standard. With LDS the yardstick is *point-level*: one
+ensemble of models trained on random subsets of training points, shared by every grouping
+and K, against which each group's score is spread over its members in equal shares
+(:func:`~gda_core.evaluation.gold.point_lds`); the group-level LDS (an ensemble on random
+subsets of the cell's own groups) is reported beside the group size distribution, because a
+partition of one giant group plus singletons is easy to predict at group level. Further
+training (at every recorded horizon) and leave-group-out retraining are paired per group:
+cosine / Spearman / top-k overlap against the cell's own groups. Gold standards are the
 expensive part, so they are kept in the run store by content and reused across methods.
 """
 
@@ -25,7 +30,16 @@ from ..progress import Progress, no_progress
 from ..registry import GROUPINGS, METHODS
 from ..requests import GoldConfig, SweepConfig, resolve_device
 from ..version import __version__
-from .gold import LDSEnsemble, ResultCache, compute_gold, damping_for_horizon, lds, retraining_epochs
+from .gold import (
+    LDSEnsemble,
+    ResultCache,
+    compute_gold,
+    compute_point_lds,
+    damping_for_horizon,
+    lds,
+    point_lds,
+    retraining_epochs,
+)
 from .memory import PeakMemory
 from .statistics import fidelity
 
@@ -51,8 +65,9 @@ UPDATES_PER_THREAD_SECOND = 5e7
 def estimate_sweep_seconds(config: SweepConfig, model: TrainedModel, n_train: int, threads: int) -> float:
     """A rough wall time of ``run_sweep`` from its sizes alone. Training the gold standard's
     model copies dominates: per cell (grouping x K), LDS trains ``n_subsets x seeds`` copies
-    and the paired gold standards one copy per group and seed, each for the gold's epochs on
-    the whole training set. Methods, groupings and loading are left out (a small share)."""
+    (plus the point-level ensemble's, which the per-example cell shares) and the paired gold
+    standards one copy per group and seed, each for the gold's epochs on the whole training
+    set. Methods, groupings and loading are left out (a small share)."""
     n_parameters = sum(p.numel() for p in model.module.parameters())
     gold = config.gold
     epochs = retraining_epochs(model) if gold.kind != "further-training" else max(gold.epochs)
@@ -62,8 +77,11 @@ def estimate_sweep_seconds(config: SweepConfig, model: TrainedModel, n_train: in
             counts.append(n_train)  # an upper bound: per-class has fewer groups
         else:
             counts += [k for k in config.group_counts if k <= n_train]
-    if config.per_example and "per-example" not in config.groupings:
+    per_example_cell = config.per_example or "per-example" in config.groupings
+    if per_example_cell and "per-example" not in config.groupings:
         counts.append(n_train)
+    if gold.kind == "lds" and not per_example_cell:
+        counts.append(n_train)  # the point-level ensemble (otherwise the per-example cell's own)
     copies = sum(gold.n_subsets if gold.kind == "lds" else k for k in counts) * gold.seeds
     return copies * epochs * n_train * n_parameters / (UPDATES_PER_THREAD_SECOND * max(1, threads))
 
@@ -107,10 +125,17 @@ def run_sweep(config: SweepConfig, store: ResultCache, progress: Progress = no_p
     executor = make_executor(config.executor, address=config.ray_address,
                              builtin=BuiltinSource(config.data, seed=config.seed))
     with executor:
+        point_gold = None
+        if config.gold.kind == "lds":  # the point-level yardstick: once for every cell
+            started = time.perf_counter()
+            point_gold = compute_point_lds(config.gold, model, train, test, store,
+                                           lambda phase, fraction: progress(f"{phase} (points)", 0.0), executor)
+            gold_seconds["points"] = time.perf_counter() - started
         for cell_index, (grouping, k) in enumerate(cells):
             started = time.perf_counter()
             groups = make_grouping(grouping, k, seed=config.seed).fit(train, model.module)
             grouping_seconds = time.perf_counter() - started
+            sizes = groups.size_summary()
 
             def cell_progress(phase: str, fraction: float, index=cell_index) -> None:
                 progress(f"{phase} ({grouping}, K={groups.n_groups})", (index + fraction) / len(cells))
@@ -126,10 +151,12 @@ def run_sweep(config: SweepConfig, store: ResultCache, progress: Progress = no_p
                     seconds = time.perf_counter() - started
                 point = {"method": label, "base_method": method_name, "grouping": grouping,
                          "n_groups": groups.n_groups, "seconds": seconds, "grouping_seconds": grouping_seconds,
-                         "total_seconds": seconds + grouping_seconds, "peak_mb": memory.peak_mb}
+                         "total_seconds": seconds + grouping_seconds, "peak_mb": memory.peak_mb,
+                         "group_sizes": sizes}
                 if isinstance(gold, LDSEnsemble):
-                    result = lds(scores, gold)
-                    point.update(lds=result["lds"], lds_se=result["lds_se"])
+                    on_points, on_groups = point_lds(scores, groups, point_gold), lds(scores, gold)
+                    point.update(point_lds=on_points["lds"], point_lds_se=on_points["lds_se"],
+                                 group_lds=on_groups["lds"], group_lds_se=on_groups["lds_se"])
                 else:
                     point["fidelity"] = {f"{h:g}": fidelity(scores, gold.scores[i], top_k=config.top_k)
                                          for i, h in enumerate(gold.horizons)}
@@ -143,7 +170,8 @@ def run_sweep(config: SweepConfig, store: ResultCache, progress: Progress = no_p
     return {
         "config": {**dataclasses.asdict(config), "device": str(device)},
         "n_train": n_train, "n_test": len(test), "gold": config.gold.kind,
-        "metric": "lds" if config.gold.kind == "lds" else "cosine",
+        # "point_lds": every cell against the one point-level ensemble; "group_lds" beside it
+        "metric": "point_lds" if config.gold.kind == "lds" else "cosine",
         "gold_seconds": gold_seconds, "points": points, "skipped": skipped,
         "torch_threads": torch.get_num_threads(), "version": __version__,
     }

@@ -67,13 +67,20 @@ def group_scores_figure(rows: list[dict], title: str) -> go.Figure:
 
 GOLD_NAMES = {"lds": "LDS (subset retraining)", "further-training": "further training (FiMO)",
               "leave-group-out": "leave-group-out retraining"}
+#: axis names of the sweeps' metrics ("lds" is the group-level LDS of sweeps made before the
+#: point-level yardstick)
+METRIC_NAMES = {"point_lds": "point-level LDS", "group_lds": "group-level LDS", "lds": "group-level LDS",
+                "cosine": "cosine", "spearman": "Spearman"}
 GROUPING_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star", "cross", "hexagon", "pentagon"]
 
 
 def fidelity_speed_figure(sweep: dict, metric: str | None = None) -> go.Figure:
     """Fidelity against wall time (log axis) from :func:`gda_core.evaluation.sweeps.run_sweep`: one line
-    per method (its points ordered by time), one marker shape per grouping, K on hover."""
+    per method (its points ordered by time), one marker shape per grouping, K on hover. LDS
+    sweeps plot the point-level LDS (every grouping and K against one ensemble on subsets of
+    points); the group sizes and group-level LDS are on hover."""
     metric = metric or sweep["metric"]
+    name = METRIC_NAMES.get(metric, metric)
     points = [p for p in sweep["points"] if p.get(metric) is not None and np.isfinite(p.get(metric))]
     groupings = sorted({p["grouping"] for p in sweep["points"]})
     symbols = {g: GROUPING_SYMBOLS[i % len(GROUPING_SYMBOLS)] for i, g in enumerate(groupings)}
@@ -83,9 +90,9 @@ def fidelity_speed_figure(sweep: dict, metric: str | None = None) -> go.Figure:
         figure.add_trace(go.Scatter(
             x=[p["seconds"] for p in mine], y=[p[metric] for p in mine], name=method, mode="lines+markers",
             marker=dict(symbol=[symbols[p["grouping"]] for p in mine], size=10),
-            customdata=[[p["grouping"], p["n_groups"]] for p in mine],
-            hovertemplate=(f"{method}<br>%{{customdata[0]}}, K=%{{customdata[1]}}<br>"
-                           f"{metric} %{{y:.3f}}<br>%{{x:.3g}} s<extra></extra>"),
+            customdata=[[p["grouping"], p["n_groups"], _sizes_text(p)] for p in mine],
+            hovertemplate=(f"{method}<br>%{{customdata[0]}}, K=%{{customdata[1]}}%{{customdata[2]}}<br>"
+                           f"{name} %{{y:.3f}}<br>%{{x:.3g}} s<extra></extra>"),
         ))
     for grouping, symbol in symbols.items():  # a legend entry per grouping's marker shape
         figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"grouping: {grouping}",
@@ -94,9 +101,19 @@ def fidelity_speed_figure(sweep: dict, metric: str | None = None) -> go.Figure:
     figure.update_layout(
         title=f"Fidelity vs speed on {sweep['config']['data']} / {sweep['config']['model']} (gold: {gold})",
         xaxis=dict(title="attribution time (s, log scale)", type="log"),
-        yaxis=dict(title=metric), height=480, margin=dict(l=10, r=10, t=50, b=10),
+        yaxis=dict(title=name), height=480, margin=dict(l=10, r=10, t=50, b=10),
     )
     return figure
+
+
+def _sizes_text(point: dict) -> str:
+    """Hover text of a sweep point's group sizes and group-level LDS (empty without them)."""
+    sizes = point.get("group_sizes")
+    if not sizes:
+        return ""
+    text = (f"<br>group sizes {sizes['largest']} / {sizes['median']:g} / {sizes['smallest']} (largest / median / "
+            f"smallest), {sizes['singletons']} singletons")
+    return text + (f"<br>group-level LDS {point['group_lds']:.3f}" if point.get("group_lds") is not None else "")
 
 
 GROUP_PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24

@@ -168,7 +168,14 @@ def test_fidelity_page_names_its_gold_standard(app, app_cache):
     assert not app.exception
     titles = [s["layout"].get("title", {}).get("text", "") for s in plotly_specs(app)]
     assert any("Fidelity vs speed" in t and "gold: LDS" in t for t in titles)
-    assert len(app.dataframe[0].value) == 1
+    assert any(s["layout"]["yaxis"]["title"]["text"] == "point-level LDS" for s in plotly_specs(app)
+               if "Fidelity vs speed" in s["layout"].get("title", {}).get("text", ""))
+    table = app.dataframe[0].value
+    assert len(table) == 1
+    # Point-level LDS leads; the group-level LDS sits beside the group size distribution.
+    assert {"point-level LDS", "group-level LDS", "largest group", "median group", "smallest group",
+            "singletons"} <= set(table.columns)
+    assert table["largest group"].iloc[0] >= table["smallest group"].iloc[0] >= 1
 
 
 def test_a_running_job_shows_progress_and_can_be_cancelled(app):

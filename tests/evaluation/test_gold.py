@@ -182,6 +182,8 @@ def test_small_sweep_has_every_requested_point(tmp_path):
         assert set(point["fidelity"]) == {"1", "3"}
         assert point["seconds"] > 0 and np.isfinite(point["peak_mb"])
         assert -1 <= point["cosine"] <= 1
+        assert point["group_sizes"]["largest"] >= point["group_sizes"]["median"] >= point["group_sizes"]["smallest"]
+        assert "point_lds" not in point  # paired gold standards are per group; LDS sweeps have the point-level scale
     # First-order scores follow short further training closely.
     grad_dot = [p for p in sweep["points"] if p["method"] == "grad-dot" and p["grouping"] == "random"]
     assert min(p["fidelity"]["1"]["cosine"] for p in grad_dot) > 0.8

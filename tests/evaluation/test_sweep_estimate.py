@@ -39,3 +39,14 @@ def test_the_estimate_follows_the_sizes(digits_mlp):
 
 def test_durations_read_as_people_say_them():
     assert [format_duration(s) for s in (0.2, 40, 400, 9000)] == ["1 s", "40 s", "7 min", "2.5 h"]
+
+
+def test_the_point_level_ensemble_is_counted_once(digits_mlp):
+    base = estimate_sweep_seconds(OLD_SMALL_SWEEP, digits_mlp, 1437, threads=2)
+    # Without the per-example cell the point-level LDS ensemble still trains: still 5 ensembles.
+    no_per_example = dataclasses.replace(OLD_SMALL_SWEEP, per_example=False)
+    assert estimate_sweep_seconds(no_per_example, digits_mlp, 1437, threads=2) == pytest.approx(base)
+    further = GoldConfig(kind="further-training", epochs=(1.0,))
+    assert (estimate_sweep_seconds(dataclasses.replace(OLD_SMALL_SWEEP, per_example=False, gold=further),
+                                   digits_mlp, 1437, threads=2)
+            < estimate_sweep_seconds(dataclasses.replace(OLD_SMALL_SWEEP, gold=further), digits_mlp, 1437, threads=2))

@@ -65,8 +65,15 @@ class Fidelity(JobKind, name="fidelity", request_type=SweepConfig, draws_figure=
     @classmethod
     def describe(cls, result: dict) -> str:
         metric = result["metric"]
+
+        def beside(point: dict) -> str:  # the group-level LDS beside the group sizes
+            sizes = point.get("group_sizes")
+            group = f"  group_lds {point['group_lds']:.3f}" if "group_lds" in point else ""
+            return (f"{group}  sizes {sizes['largest']}/{sizes['median']:g}/{sizes['smallest']} "
+                    f"(largest/median/smallest), {sizes['singletons']} singletons") if sizes else group
+
         return "\n".join(f"{point['method']:<18} {point['grouping']:<14} K={point['n_groups']:<5} "
-                         f"{point['seconds']:8.3f} s  {metric} {point.get(metric, float('nan')):.3f}"
+                         f"{point['seconds']:8.3f} s  {metric} {point.get(metric, float('nan')):.3f}{beside(point)}"
                          for point in result["points"])
 
     @classmethod

@@ -156,7 +156,7 @@ def worker(spec: dict) -> dict:
         seconds, cpu = clock.stop()
         peak = memory.stop()
         np.savez(work / spec["gold_file"], masks=masks, outputs=outputs)
-        return {"seconds": seconds, "cpu_seconds": cpu, **peak, "n_subsets": int(len(masks)),
+        return {"seconds": seconds, "cpu_seconds": cpu, **peak, "n_subsets": len(masks),
                 "n_subsets_requested": spec["n_subsets"], "how": how, "other_cpu_seconds": clock.other_cpu,
                 "clocked_seconds": clock.clocked}
 

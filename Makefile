@@ -14,7 +14,7 @@ STAMP := $(VENV)/.gda-installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: app test install benchmark benchmark-images clean
+.PHONY: app test install benchmark benchmark-images benchmark-ggda clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ benchmark: install
 # mnist / ResNet-9: time, peak memory and LDS of four methods per-example, last-layer and grouped.
 benchmark-images: install
 	$(BIN)/python benchmarks/images.py
+
+# Grouped attribution end to end (issue 15): mnist / ResNet-9 and synthetic / MLP, per-example
+# against grad-kmeans at K = N/100 and N/1000 (and random grouping), with point-level LDS.
+benchmark-ggda: install
+	$(BIN)/python benchmarks/ggda.py
 
 clean:
 	rm -rf $(VENV) cache/* build *.egg-info

@@ -71,6 +71,7 @@ GOLD_PROBE_COPIES = 2
 # warm-up (speed.py allows 120; mnist and the ResNet load in a few seconds).
 SETUP_SECONDS = 60.0
 PROBE_POINTS = 256
+TRAIN_SECONDS = 900.0
 GOLDS = ("batched", "retrain")
 TIMING_KEYS = ["fit_seconds", "attribute_seconds", "cpu_seconds", "peak_mb", "host_peak_mb",
                "warmup_seconds", "other_cpu_seconds", "clocked_seconds"]
@@ -141,9 +142,14 @@ def worker(spec: dict) -> dict:
         )
 
         config = model_config_for("resnet", train)
-        clock.start()
-        trained = train_model(config, train, _train_config(spec["train_epochs"]), device=device)
-        seconds, _ = clock.stop()
+        if spec.get("reuse_model"):  # a model trained on the same rows with the same recipe
+            from gda_core.inputs.zoo import load_model
+
+            trained, seconds = load_model(Path(spec["reuse_model"]), device=device), None
+        else:
+            clock.start()
+            trained = train_model(config, train, _train_config(spec["train_epochs"]), device=device)
+            seconds, _ = clock.stop()
         save_model(trained, model_dir)
         return {"train_seconds": seconds, "test_accuracy": model_score(trained.module, test_pool.to(device)),
                 "test_accuracy_attributed_points": model_score(trained.module, test.to(device)),
@@ -236,19 +242,23 @@ class Setting:
     def __init__(self, name: str, runner: harness.Runner, n_train: int, train_epochs, timeout: float):
         self.name, self.runner, self.n_train, self.timeout = name, runner, n_train, timeout
         self.train_epochs = train_epochs
+        self.reuse_model = None
         self.model: dict = {}
         self.groupings: dict[tuple[str, int], dict] = {}
 
     def job(self, **job) -> dict:
-        return {"setting": self.name, "setting_n_train": self.n_train, "train_epochs": self.train_epochs, **job}
+        return {"setting": self.name, "setting_n_train": self.n_train, "train_epochs": self.train_epochs,
+                "reuse_model": self.reuse_model, **job}
 
     def train(self) -> bool:
         log(f"[{self.name}] training the resnet on {self.n_train} points ...")
-        self.model = self.runner.run(self.job(job="train"), self.timeout)
+        # --max-seconds caps measurements, not the model's training (which can take minutes on
+        # a loaded machine): it gets at least TRAIN_SECONDS.
+        self.model = self.runner.run(self.job(job="train"), max(self.timeout, TRAIN_SECONDS))
         if self.model["status"] != "ok":
             log(f"  training failed: {self.model['note']}")
             return False
-        log(f"  {self.model['train_seconds']:.1f} s, test accuracy {self.model['test_accuracy']:.4f}, "
+        log(f"  {self.model['train_seconds'] or 0:.1f} s (0: reused), test accuracy {self.model['test_accuracy']:.4f}, "
             f"{self.model['n_parameters']} parameters")
         return True
 
@@ -474,6 +484,10 @@ def parse_args(argv=None):
                         help="seconds the full setting's LDS gold may take before the subset is used (default 1200)")
     parser.add_argument("--lds-setting", choices=("auto", "full", "subset", "none"), default="auto",
                         help="where LDS is computed (default auto: full if its estimate fits --lds-budget)")
+    parser.add_argument("--reuse-model", default=None,
+                        help="a saved resnet (save_model folder) trained on the timing set's rows with the "
+                             "default recipe, e.g. benchmarks/ggda.py's model-resnet-timing: not trained again "
+                             "(train_seconds is then null)")
     parser.add_argument("--gold", choices=("auto", *GOLDS), default="auto",
                         help="LDS gold: batched (gold.lds_ensemble), retrain (train_model per subset), "
                              "or auto (batched if its estimate fits --lds-budget)")
@@ -481,6 +495,8 @@ def parse_args(argv=None):
     harness.check_measurement_args(parser, args)
     if args.lds_budget <= 0:
         parser.error("--lds-budget must be > 0")
+    if args.reuse_model and args.lds_setting != "none":
+        parser.error("--reuse-model needs --lds-setting none (the gold estimate uses the training time)")
     return args
 
 
@@ -510,6 +526,7 @@ def main(argv=None) -> int:
     harness.warn_if_busy()
 
     timing = Setting("timing", runner, sizes["n_train"], sizes["train_epochs"], timeout)
+    timing.reuse_model = str(Path(args.reuse_model).resolve()) if args.reuse_model else None
     if not timing.train():
         return 1
     n_train = timing.model["n_train"]
@@ -573,7 +590,7 @@ def main(argv=None) -> int:
             "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                             else platform.processor() or platform.machine()),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "quick": args.quick, "data": "built-in mnist (load_builtin('mnist'), seed 0)",
+            "quick": args.quick, "reuse_model": args.reuse_model, "data": "built-in mnist (load_builtin('mnist'), seed 0)",
             "n_train": n_train, "n_test": timing.model["n_test"], "model": "zoo resnet (ResNet-9)",
             "methods": methods, "method_options": "defaults (last-layer mode: last_layer_only=True)",
             "group_counts": ks, "repeats": args.repeats, "max_seconds": args.max_seconds,

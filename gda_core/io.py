@@ -42,8 +42,11 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
-    return atomic_write_bytes(path, npy_bytes(array))
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Named arrays as the bytes of an ``.npz`` file (``np.savez``; read back without pickles)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 #: the environment variable naming the cache folder; ``gda --cache DIR`` sets it for its run, so
@@ -185,10 +188,8 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray] | None:
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> bool:
     """Save arrays (no pickles) with their checksum; False where the cache cannot be written
     (read-only, full): that only costs a recomputation later."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
     try:
-        write_checksum(path, buffer.getvalue())
+        write_checksum(path, npz_bytes(arrays))
     except OSError:
         return False
     return True

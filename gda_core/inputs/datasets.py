@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import math
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,8 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import GDAError, first_line
-from ..io import default_cache_dir, read_checked, write_checksum
+from ..errors import GDAError
+from ..io import default_cache_dir, read_npz, write_npz
 from ..task import CLASSIFICATION, REGRESSION, Task
 
 logger = logging.getLogger(__name__)
@@ -341,21 +339,16 @@ def _raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[in
     """The raw arrays of a built-in set, kept as .npz in the cache folder after the first load:
     importing scikit-learn's loaders costs more than a cached attribution lookup."""
     path = default_cache_dir() / "data" / f"{name}.npz"
-    if path.exists():  # checked against its checksum (.npz.sha256 beside it): a damaged file is reloaded
-        try:
-            with np.load(io.BytesIO(read_checked(path)), allow_pickle=False) as stored:
-                shape = tuple(int(s) for s in stored["image_shape"]) or None
-                return stored["features"], stored["labels"], [str(c) for c in stored["class_names"]], shape
-        except (GDAError, OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-            logger.warning("cached data %s is damaged (%s); loading it again", path, first_line(error))
+    stored = read_npz(path)  # checked against its checksum (.npz.sha256 beside it)
+    if stored is not None and {"features", "labels", "class_names", "image_shape"} <= set(stored):
+        shape = tuple(int(s) for s in stored["image_shape"]) or None
+        return stored["features"], stored["labels"], [str(c) for c in stored["class_names"]], shape
+    if path.exists():
+        logger.warning("cached data %s is damaged; loading it again", path)
     features, labels, class_names, image_shape = BUILTIN_DATASETS[name]()
-    try:
-        buffer = io.BytesIO()
-        np.savez(buffer, features=features, labels=labels, class_names=np.array(class_names),
-                 image_shape=np.array(image_shape or (), dtype=np.int64))
-        write_checksum(path, buffer.getvalue())
-    except OSError:
-        pass  # a read-only cache only costs speed
+    # a read-only cache only costs speed
+    write_npz(path, {"features": features, "labels": labels, "class_names": np.array(class_names),
+                     "image_shape": np.array(image_shape or (), dtype=np.int64)})
     return features, labels, class_names, image_shape
 
 

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 
+from ..io import npz_bytes
 from .datasets import BUILTIN_DATASETS
 from .parsers import UploadedData
 from .programs import export_program
@@ -44,9 +45,7 @@ def example_files() -> dict[str, bytes]:
     writer.writerow(header)
     for row, label in zip(features, labels):
         writer.writerow([f"{value:g}" for value in row] + [int(label)])
-    buffer = io.BytesIO()
-    np.savez(buffer, X=features, y=labels)
-    files = {"wine.csv": text.getvalue().encode(), "wine.npz": buffer.getvalue()}
+    files = {"wine.csv": text.getvalue().encode(), "wine.npz": npz_bytes({"X": features, "y": labels})}
 
     digits, digit_labels, digit_names, shape = BUILTIN_DATASETS["digits"]()
     archive_buffer = io.BytesIO()

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import GDAError
+from ..io import npz_bytes
 from ..task import TASKS
 from .datasets import DataSplit, image_shape_of, split_and_standardise
 from .safety import MB, UploadLimits, check_size, checked_zip, one_line, read_entry, read_upload, refuse_pickle
@@ -114,9 +115,7 @@ class UploadedData:
                   "image_shape": np.array(self.image_shape or (), dtype=np.int64), "task": np.array(self.task_name)}
         if self.test_features is not None:
             arrays.update(X_test=self.test_features, y_test=self.test_labels)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
+        return npz_bytes(arrays)
 
     def split(self, *, seed: int = 0, test_fraction: float = 0.2) -> DataSplit:
         """Standardised train/test parts: the upload's own test part, or the project's seeded

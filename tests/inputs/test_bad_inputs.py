@@ -14,12 +14,11 @@ from PIL import Image
 
 from gda_core.errors import GDAError
 from gda_core.inputs.parsers import parse_csv, parse_image_zip, parse_npz
+from gda_core.io import npz_bytes
 
 
 def _npz(**arrays) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    return npz_bytes(arrays)
 
 
 def _png(image: Image.Image) -> bytes:

@@ -31,6 +31,7 @@ from gda_core.inputs.zoo import (
     save_model,
     train_model,
 )
+from gda_core.io import npz_bytes
 from gda_core.requests import AttributionRequest
 
 RNG = np.random.default_rng(0)
@@ -45,9 +46,7 @@ ATTRIBUTION = dict(method="grad-dot", grouping="per-example", test_size=4, seed=
 
 
 def _npz(**arrays) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    return npz_bytes(arrays)
 
 
 def _png(pixels: np.ndarray) -> bytes:

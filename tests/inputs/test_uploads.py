@@ -27,6 +27,7 @@ from gda_core.inputs.parsers import DataOptions, parse_csv, parse_data, parse_np
 from gda_core.inputs.programs import export_program
 from gda_core.inputs.safety import UploadLimits
 from gda_core.inputs.zoo import ModelConfig, TrainedModel, build_model, weights_files
+from gda_core.io import npz_bytes
 from gda_core.requests import AttributionRequest, EmbeddingRequest, SweepConfig
 from gda_core.runs.store import ScoreStore
 
@@ -203,9 +204,7 @@ def _png(value: int = 0) -> bytes:
 
 
 def _npz(**arrays) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    return npz_bytes(arrays)
 
 
 def _future_zip_version() -> bytes:

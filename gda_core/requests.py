@@ -193,6 +193,42 @@ class AttributionRequest(ScoringSpec):
 
 
 @dataclass
+class MembersRequest(AttributionRequest):
+    """Drill into one group of an attribution run: its members' own scores for the run's
+    test points (the fitted method re-pointed at the members one by one)."""
+
+    result_kind: ClassVar[str] = "members"
+
+    group: int = documented(0, metavar="G", help="the group of the attribution run to score member by member")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 0:
+            raise GDAError(f"group must be a group number >= 0, got {self.group!r}")
+
+    def attribution(self) -> AttributionRequest:
+        """The attribution run this drills into."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(AttributionRequest)}
+        return AttributionRequest(**fields)
+
+
+@dataclass
+class PointStatsRequest(Choices):
+    """Per training point: the model's loss, prediction and confidence, and the method's
+    self-influence per example (what the map colours and the selection table show)."""
+
+    result_kind: ClassVar[str] = "point-stats"
+
+    method: str = documented("grad-dot", choices=METHODS, help="the method whose self-influence is reported")
+    method_options: dict = documented(default_factory=dict, flag="--option",
+                                      help="any other method option, e.g. --option last_layer_only=true")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_method(self.method, self.method_options)
+
+
+@dataclass
 class FlagRequest(ScoringSpec):
     """Flag the training points of a data set and model, most suspicious first."""
 

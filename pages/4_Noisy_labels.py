@@ -17,7 +17,7 @@ from gda_core.errors import GDAError
 from gda_core.evaluation.noisy import NEEDS_CLASSES
 from gda_core.registry import GROUPINGS, METHODS
 from gda_core.requests import SIGNALS, FlagRequest, NoisyConfig, PruneConfig
-from gda_core.runs.review import ReviewSession, review_for_flags
+from gda_core.runs.review import ReviewSession, review_for_flags, review_sessions
 from gda_core.viz.figures import image_grid_figure, noisy_detection_figure, pruning_figure
 
 #: the version of the review this browser tab last showed (a write from a stale view is refused)
@@ -65,9 +65,9 @@ if state.show_job("flag", "Flagging") is not None:
     st.session_state["flag_run"] = st.session_state["job:flag"]
 
 
-def decide(flag_key: str, action: str, train_index: int | None = None, label: int | None = None) -> None:
+def decide(name: str, action: str, train_index: int | None = None, label: int | None = None) -> None:
     """A button's callback: one decision, written against the version this tab showed."""
-    session = ReviewSession(state.store(), f"flags:{flag_key}")
+    session = ReviewSession(state.store(), name)
     session.version = st.session_state.get(SEEN, session.version)
     try:
         if action == "undo":
@@ -80,8 +80,8 @@ def decide(flag_key: str, action: str, train_index: int | None = None, label: in
         st.session_state["review_error"] = str(error)
 
 
-def review(flag_key: str) -> None:
-    session = review_for_flags(state.store(), flag_key)
+def review(name: str) -> None:
+    session = ReviewSession(state.store(), name)
     st.session_state[SEEN] = session.version
     if "review_error" in st.session_state:
         st.warning(escape(st.session_state.pop("review_error")))
@@ -108,17 +108,17 @@ def review(flag_key: str) -> None:
         new_label = right.selectbox("Relabel to", options, index=suggestion, format_func=lambda c: names[c],
                                     key=f"relabel_to:{index}")
         buttons = right.columns(4)
-        buttons[0].button("Keep", shortcut="K", on_click=decide, args=(flag_key, "keep", index),
+        buttons[0].button("Keep", shortcut="K", on_click=decide, args=(name, "keep", index),
                           help="The label is right (shortcut K)")
-        buttons[1].button("Relabel", shortcut="L", on_click=decide, args=(flag_key, "relabel", index, new_label),
+        buttons[1].button("Relabel", shortcut="L", on_click=decide, args=(name, "relabel", index, new_label),
                           help="Use the class chosen above (shortcut L)")
-        buttons[2].button("Skip", shortcut="S", on_click=decide, args=(flag_key, "skip", index),
+        buttons[2].button("Skip", shortcut="S", on_click=decide, args=(name, "skip", index),
                           help="Not sure: leave the label, mark it seen (shortcut S)")
-        buttons[3].button("Undo", shortcut="U", on_click=decide, args=(flag_key, "undo"),
+        buttons[3].button("Undo", shortcut="U", on_click=decide, args=(name, "undo"),
                           disabled=not session.decisions(), help="Cancel the last decision (shortcut U)")
     else:
         st.success("Every flagged point has a decision.")
-        st.button("Undo", shortcut="U", on_click=decide, args=(flag_key, "undo"), disabled=not session.decisions())
+        st.button("Undo", shortcut="U", on_click=decide, args=(name, "undo"), disabled=not session.decisions())
 
     upcoming = undecided[1:17]
     if upcoming and split.train.images is not None:
@@ -144,16 +144,25 @@ def review(flag_key: str) -> None:
 
 st.subheader("Review")
 flag_runs = state.finished_runs("flag")
-if not flag_runs:
+# Each finished flag run is a review of its top points; selections sent from the Explore map are reviews too.
+lists = {f"flags:{run.key}": f"{run.params['method']} / {run.params['grouping']} (K={run.summary.get('n_groups')}), "
+                             f"{run.params['signal']}" for run in flag_runs}
+lists |= {name: f"selection of {info.get('selected', '?')} points from the Explore map"
+          for name, info in review_sessions(state.store(), data=data, model=arch) if name.startswith("selection:")}
+if not lists:
     st.info(f"No flagged points for {shown_data} / {shown_model} yet: press **Flag training points** (Grad-Dot per example "
             "takes a second; influence functions longer), or run `gda flag` from the command line.")
 else:
-    labels = {run.key: f"{run.params['method']} / {run.params['grouping']} (K={run.summary.get('n_groups')}), "
-                       f"{run.params['signal']}" for run in flag_runs}
-    if st.session_state.get("flag_run") not in labels:
-        st.session_state["flag_run"] = flag_runs[0].key
-    st.selectbox("Flagged list", list(labels), format_func=labels.get, key="flag_run")
-    review(st.session_state["flag_run"])
+    chosen = st.session_state.get("flag_run")
+    if chosen in {run.key for run in flag_runs}:  # a flag run's key, as a finished job leaves it
+        st.session_state["flag_run"] = chosen = f"flags:{chosen}"
+    if chosen not in lists:
+        st.session_state["flag_run"] = next(iter(lists))
+    st.selectbox("Flagged list", list(lists), format_func=lists.get, key="flag_run")
+    chosen = st.session_state["flag_run"]
+    if chosen.startswith("flags:"):
+        review_for_flags(state.store(), chosen.removeprefix("flags:"))  # created on first view
+    review(chosen)
 
 # ---------------------------------------------------------------- evaluation and pruning
 st.subheader("How well does flagging find wrong labels?")

@@ -18,6 +18,10 @@ from ..errors import GDAError
 from ..inputs.datasets import Dataset
 from ..registry import GROUPINGS
 
+#: a group holding more than this share of the points is "giant": its score says little about
+#: any one member (a warning on the result; no rings for it on the map)
+GIANT_GROUP_SHARE = 0.25
+
 
 @dataclass
 class Groups:
@@ -49,7 +53,7 @@ class Groups:
         """A line when one group holds more than a quarter of the points: scores of such a
         group say little about any of its members."""
         largest = int(self.sizes.max())
-        if self.n_groups > 1 and largest > len(self.labels) / 4:
+        if self.n_groups > 1 and largest > len(self.labels) * GIANT_GROUP_SHARE:
             return (f"the largest group holds {largest} of {len(self.labels)} points "
                     f"({largest / len(self.labels):.0%}); its score says little about any one member")
         return None
@@ -474,3 +478,13 @@ GradKMeansPerClass = _per_class_variant(GradKMeans)
 def make_grouping(name: str, n_groups: int | None = None, *, seed: int = 0, **options) -> GroupingStrategy:
     """The grouping strategy registered as ``name``."""
     return GROUPINGS.get_checked(name)(n_groups, seed=seed, **options)
+
+
+def refine_groups(group_labels: np.ndarray, chosen: np.ndarray) -> tuple[Groups, np.ndarray]:
+    """A finer grouping: each member of the ``chosen`` groups alone, everything else in one
+    last group. Returns it and the refined points (in the order of their singleton groups)."""
+    refined_points = np.flatnonzero(np.isin(group_labels, chosen))
+    labels = np.full(len(group_labels), len(refined_points), dtype=np.int64)
+    labels[refined_points] = np.arange(len(refined_points))
+    n_groups = len(refined_points) + int(len(refined_points) < len(group_labels))
+    return Groups(labels, n_groups, "refined"), refined_points

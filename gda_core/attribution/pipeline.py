@@ -16,14 +16,15 @@ import numpy as np
 
 from ..errors import GDAError
 from ..inputs.choices import load_inputs
-from ..inputs.zoo import model_score
+from ..inputs.datasets import Dataset, DataSplit
+from ..inputs.zoo import TrainedModel, model_score
 from ..io import default_cache_dir
 from ..progress import Progress
 from ..registry import METHODS
-from ..requests import AttributionRequest, resolve_device
+from ..requests import AttributionRequest, MembersRequest, resolve_device
 from .executors import BuiltinSource, make_executor
-from .grouping import Groups, make_grouping
-from .methods import make_method
+from .grouping import Groups, make_grouping, refine_groups
+from .methods import AttributionMethod, make_method
 from .methods.base import attributed_parameters
 
 
@@ -64,21 +65,14 @@ class AttributionResult:
 Parts = tuple[Callable[[str], "np.ndarray | None"], Callable[[str, np.ndarray], None]]
 
 
-def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None = None,
-                    progress: Progress | None = None, parts: Parts | None = None,
-                    test_chunk: int = 64) -> AttributionResult:
-    """Carry out one request. ``progress(phase, fraction)`` is called along the way.
-
-    With ``parts = (load, save)`` the test points are scored in chunks, each saved as it
-    finishes and loaded instead of recomputed on a rerun: an interrupted job resumes. Chunks
-    are only used while the training side fits in memory and the executor keeps it
-    (otherwise each chunk would redo the training-side gradient pass): a Ray run resumes
-    from the start."""
-    progress = progress or (lambda phase, fraction: None)
+def prepare_attribution(request: AttributionRequest, cache_dir: str | Path | None,
+                        progress: Progress) -> tuple[DataSplit, TrainedModel, Dataset, Dataset, AttributionMethod, dict]:
+    """The inputs of a request on its device and its (unfitted) method, with every refusal
+    that needs only sizes made first. Returns the split, the model, the training set, the
+    test points scored, the method and the timings so far."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     device = resolve_device(request.device)
     timings: dict[str, float] = {}
-
     started = time.perf_counter()
     # Size refusals before anything is trained or loaded: a zoo model's sizes follow from the data.
     method_class = METHODS.get_checked(request.method)
@@ -92,9 +86,23 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     train = split.train.to(device)
     test = test.to(device)
     timings["load"] = time.perf_counter() - started
-
     method = make_method(request.method, model, **request.method_options)
     method.check_model()  # refusals that need only the model's size come before grouping and fit
+    return split, model, train, test, method, timings
+
+
+def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None = None,
+                    progress: Progress | None = None, parts: Parts | None = None,
+                    test_chunk: int = 64) -> AttributionResult:
+    """Carry out one request. ``progress(phase, fraction)`` is called along the way.
+
+    With ``parts = (load, save)`` the test points are scored in chunks, each saved as it
+    finishes and loaded instead of recomputed on a rerun: an interrupted job resumes. Chunks
+    are only used while the training side fits in memory and the executor keeps it
+    (otherwise each chunk would redo the training-side gradient pass): a Ray run resumes
+    from the start."""
+    progress = progress or (lambda phase, fraction: None)
+    split, model, train, test, method, timings = prepare_attribution(request, cache_dir, progress)
     progress("grouping", 0.0)
     started = time.perf_counter()
     groups = make_grouping(request.grouping, request.n_groups, seed=request.seed,
@@ -132,7 +140,7 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     return AttributionResult(
         request=request, scores=scores, groups=groups, n_train=len(train), n_test=len(test),
         key=request.key(split, model), timings=timings,
-        model_score=model_score(model.module, split.test.to(device)),
+        model_score=model_score(model.module, split.test.to(train.features.device)),
         method_info=info, score_name=test.task.score_name,
     )
 
@@ -161,3 +169,78 @@ def top_groups(scores: np.ndarray, group_labels: np.ndarray, train_labels: np.nd
     count = min(count, len(row))
     return {"helpful": [describe(g) for g in order[:count]],
             "harmful": [describe(g) for g in order[::-1][:count]]}
+
+
+@dataclass
+class MemberScores:
+    """One group's members scored one by one: ``scores[t, j]`` is member ``members[j]``'s own
+    score for test point t. For gradient-linear methods the members' scores sum to the
+    group's score (``method_info['gradient_linear']``)."""
+
+    group: int
+    members: np.ndarray
+    scores: np.ndarray
+    seconds: float
+    method_info: dict
+
+    def summary(self) -> dict:
+        return {"group": self.group, "n_members": int(len(self.members)), "n_test": int(self.scores.shape[0]),
+                "seconds": round(self.seconds, 4), "method_info": self.method_info}
+
+
+def score_group_members(request: MembersRequest, *, group_labels: np.ndarray | None = None,
+                        cache_dir: str | Path | None = None, progress: Progress | None = None) -> MemberScores:
+    """Drill into ``request.group`` of an attribution run: its members scored per example for
+    the run's test points. ``group_labels`` are the run's groups (stored with its scores);
+    without them the grouping is computed again from the request (it is seeded). Only the
+    group's members are scored one by one: the rest of the training set is one more group."""
+    progress = progress or (lambda phase, fraction: None)
+    started = time.perf_counter()
+    split, model, train, test, method, _ = prepare_attribution(request, cache_dir, progress)
+    if group_labels is None:
+        progress("grouping", 0.0)
+        group_labels = make_grouping(request.grouping, request.n_groups, seed=request.seed,
+                                     **request.grouping_options).fit(train, model.module).labels
+    group_labels = np.asarray(group_labels, dtype=np.int64)
+    if group_labels.shape != (len(train),):
+        raise GDAError(f"the run's groups cover {len(group_labels)} points but the training set has {len(train)}")
+    n_groups = int(group_labels.max()) + 1
+    if request.group >= n_groups:
+        raise GDAError(f"group must lie in 0..{n_groups - 1}, got {request.group}")
+    fine_groups, members = refine_groups(group_labels, np.array([request.group]))
+    method.fit(train, fine_groups, progress=progress)
+    scores = method.attribute(test, progress=progress)[:, :len(members)]
+    info = {"method": request.method, "measurement": method.measurement_,
+            "gradient_linear": bool(method.gradient_linear)}
+    return MemberScores(request.group, members, scores, time.perf_counter() - started, info)
+
+
+def compare_test_points(scores: np.ndarray, group_labels: np.ndarray, train_labels: np.ndarray,
+                        class_names: list[str], first: int, second: int, count: int = 5) -> dict:
+    """Two test points side by side: each one's most helpful and most harmful groups (as
+    :func:`top_groups`), the groups both share in each list, and the Spearman correlation of
+    their score rows over all groups (do the same groups matter for both?)."""
+    from scipy.stats import spearmanr
+
+    left = top_groups(scores, group_labels, train_labels, class_names, first, count)
+    right = top_groups(scores, group_labels, train_labels, class_names, second, count)
+    shared = {kind: sorted({r["group"] for r in left[kind]} & {r["group"] for r in right[kind]})
+              for kind in ("helpful", "harmful")}
+    rows = scores[[first, second]]
+    correlation = (float(spearmanr(rows[0], rows[1]).statistic)
+                   if rows.shape[1] > 1 and rows[0].std() > 0 and rows[1].std() > 0 else float("nan"))
+    return {"first": left, "second": right, "shared": shared, "spearman": correlation}
+
+
+def search_test_points(labels: np.ndarray, predicted: np.ndarray, *, label: int | float | None = None,
+                       prediction: int | float | None = None, misclassified: bool = False) -> np.ndarray:
+    """Indices of the test points with the given label and prediction (None: any), and only
+    the misclassified ones when asked (classes only: a regression has no misclassification)."""
+    keep = np.ones(len(labels), dtype=bool)
+    if label is not None:
+        keep &= np.asarray(labels) == label
+    if prediction is not None:
+        keep &= np.asarray(predicted) == prediction
+    if misclassified:
+        keep &= np.asarray(predicted) != np.asarray(labels)
+    return np.flatnonzero(keep)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attribution.grouping import Groups, make_grouping
+from ..attribution.grouping import make_grouping, refine_groups
 from ..attribution.methods import AttributionMethod, make_method
 from ..errors import GDAError
 from ..inputs.choices import load_inputs
@@ -69,16 +69,6 @@ def suspicion(method: AttributionMethod, signal: str, validation: Dataset | None
     if validation is None:
         raise GDAError("the validation signal needs a validation set")
     return -method.attribute_total(validation, progress) / sizes
-
-
-def refine_groups(group_labels: np.ndarray, chosen: np.ndarray) -> tuple[Groups, np.ndarray]:
-    """A finer grouping: each member of the ``chosen`` groups alone, everything else in one
-    last group. Returns it and the refined points (in the order of their singleton groups)."""
-    refined_points = np.flatnonzero(np.isin(group_labels, chosen))
-    labels = np.full(len(group_labels), len(refined_points), dtype=np.int64)
-    labels[refined_points] = np.arange(len(refined_points))
-    n_groups = len(refined_points) + int(len(refined_points) < len(group_labels))
-    return Groups(labels, n_groups, "refined"), refined_points
 
 
 def flag_training_points(model: TrainedModel, train: Dataset, validation: Dataset | None, request: FlagRequest,

@@ -373,9 +373,12 @@ class TrainedModel:
         return self
 
 
-def _outputs(module: nn.Module, data: Dataset) -> torch.Tensor:
+def _outputs(module: nn.Module, data: Dataset, chunk: int = 4096) -> torch.Tensor:
+    # In chunks: one forward of 100k images would hold every activation at once.
+    reference = next(module.parameters())
     with torch.no_grad():
-        return module(data.features.to(next(module.parameters())))
+        return torch.cat([module(data.features[start:start + chunk].to(reference))
+                          for start in range(0, len(data), chunk)])
 
 
 def model_score(module: nn.Module, data: Dataset) -> float:
@@ -389,6 +392,12 @@ def predict(module: nn.Module, data: Dataset) -> tuple[np.ndarray, np.ndarray | 
     probability of it."""
     predicted, confidence = data.task.predict(_outputs(module, data).cpu())
     return predicted.numpy(), None if confidence is None else confidence.numpy()
+
+
+def point_losses(module: nn.Module, data: Dataset) -> np.ndarray:
+    """Each point's loss under the model (the data task's per-example training loss)."""
+    outputs = _outputs(module, data).cpu()
+    return data.task.objective("loss")(outputs, data.labels.cpu()).double().numpy()
 
 
 def train_model(

@@ -11,6 +11,7 @@ write is refused with a one-line :class:`GDAError` instead of silently overrulin
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -251,3 +252,45 @@ def review_for_flags(store: ScoreStore, flag_key: str, n_items: int | None = Non
         store, f"flags:{flag_key}", flagged=order[:n_items], labels=arrays["labels"],
         class_names=run.summary["class_names"], source_rows=arrays["source_rows"],
         info={"flag_key": flag_key, "data": run.params.get("data"), "model": run.params.get("model")})
+
+
+def review_sessions(store: ScoreStore, *, data: str | None = None, model: str | None = None) -> list[tuple[str, dict]]:
+    """The review sessions in the store (name and ``info``), newest first, optionally only
+    those of one data set and model."""
+    with store.connection() as connection:
+        connection.executescript(_SCHEMA)
+        rows = connection.execute("SELECT name, info FROM review_sessions ORDER BY created DESC").fetchall()
+    sessions = [(row["name"], json.loads(row["info"] or "{}")) for row in rows]
+    return [(name, info) for name, info in sessions
+            if (data is None or info.get("data") == data) and (model is None or info.get("model") == model)]
+
+
+def review_for_selection(store: ScoreStore, points: np.ndarray, *, labels: np.ndarray, class_names: list[str],
+                         source_rows: np.ndarray | None = None, data: str, model: str) -> ReviewSession:
+    """A review of hand-picked training points (e.g. a box selected on the map), named by its
+    content: sending the same selection twice opens the same review, decisions kept."""
+    points = np.unique(np.asarray(points, dtype=np.int64))
+    if not len(points):
+        raise GDAError("the selection holds no training points")
+    digest = hashlib.sha256(json.dumps([data, model, points.tolist()]).encode()).hexdigest()[:16]
+    return ReviewSession.create(store, f"selection:{digest}", flagged=points, labels=labels, class_names=class_names,
+                                source_rows=source_rows,
+                                info={"data": data, "model": model, "selected": int(len(points))})
+
+
+#: a training point's review state, as the map's "review" colouring shows it
+REVIEW_STATES = {"keep": "kept", "relabel": "relabelled", "skip": "skipped"}
+
+
+def review_states(store: ScoreStore, n_train: int, names: list[str]) -> np.ndarray:
+    """One state per training point over the named reviews: "" (in none), "flagged" (listed,
+    undecided), or its decision ("kept", "relabelled", "skipped"; a later review's wins)."""
+    states = np.full(n_train, "", dtype=object)
+    for name in reversed(names):  # oldest first, so the newest review's state is the one left
+        session = ReviewSession(store, name)
+        if len(session.labels) != n_train:
+            continue  # a review of another split of the data: its indices mean other points
+        states[session.flagged] = "flagged"
+        for index, decision in session.decisions().items():
+            states[index] = REVIEW_STATES[decision.action]
+    return states

@@ -9,6 +9,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from ..errors import GDAError
+from ..attribution.grouping import GIANT_GROUP_SHARE
 from ..inputs.datasets import Dataset, label_texts
 
 SIGN_NOTE = ("A group is a set of training points scored together. Positive score: up-weighting "
@@ -55,11 +56,14 @@ def class_count_figure(data: Dataset) -> go.Figure:
 
 
 def group_scores_figure(rows: list[dict], title: str) -> go.Figure:
-    """Horizontal bars of group scores (rows from :func:`gda_core.attribution.pipeline.top_groups`)."""
+    """Horizontal bars of group scores (rows from :func:`gda_core.attribution.pipeline.top_groups`);
+    each bar carries its group number as ``customdata`` (a click on it drills into the group)."""
     labels = [f"group {row['group']} ({row['size']} pts, {row['description']})" for row in rows]
     scores = [row["score"] for row in rows]
     colours = ["#2a9d8f" if s > 0 else "#e76f51" for s in scores]
-    figure = go.Figure(go.Bar(x=scores, y=labels, orientation="h", marker_color=colours))
+    figure = go.Figure(go.Bar(x=scores, y=labels, orientation="h", marker_color=colours,
+                              customdata=[row["group"] for row in rows],
+                              hovertemplate="%{y}<br>score %{x:.3g}<br>click to drill into it<extra></extra>"))
     figure.update_layout(title=title, xaxis_title="score (positive = helps)", yaxis=dict(autorange="reversed"),
                          height=60 + 28 * len(rows), margin=dict(l=10, r=10, t=40, b=10))
     return figure
@@ -117,64 +121,129 @@ def _sizes_text(point: dict) -> str:
 
 
 GROUP_PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
-MAP_COLOURS = ("group", "class", "score")
+#: what the map can be coloured by; the last three need per-point arrays the page passes in
+MAP_COLOURS = ("group", "class", "score", "self-influence", "loss", "review")
 #: red (hurts) to blue (helps) through grey, not white: most groups score near zero, and
 #: white points vanish on the white background
 SCORE_SCALE = [[0.0, "#b2182b"], [0.25, "#ef8a62"], [0.5, "#c8c8c8"], [0.75, "#67a9cf"], [1.0, "#2166ac"]]
+#: above this many points the map draws with WebGL (plotly's Scattergl), which stays
+#: responsive at 100k points; below it, SVG (crisper, and shown where WebGL is missing)
+WEBGL_POINTS = 5000
+#: how the review colouring shows each point's state (``review_states`` values)
+REVIEW_COLOURS = {"": "#d0d0d0", "flagged": "#f4a261", "kept": "#2a9d8f", "relabelled": "#e63946",
+                  "skipped": "#8d99ae"}
+
+
+def _palette_scale(palette: list[str]) -> list[list]:
+    """A stepwise colourscale: value i (of 0..len-1) is drawn in palette[i]."""
+    steps = []
+    for index, colour in enumerate(palette):
+        steps += [[index / len(palette), colour], [(index + 1) / len(palette), colour]]
+    return steps
+
+
+def _category_marker(categories: np.ndarray, palette: list[str]) -> dict:
+    """Numbers, not one colour string per point: 100k points stay a compact array."""
+    return dict(color=np.asarray(categories) % len(palette), colorscale=_palette_scale(palette),
+                cmin=-0.5 / len(palette), cmax=len(palette) - 1 + 0.5 / len(palette), showscale=False)
+
+
+def _continuous_marker(values: np.ndarray, title: str, *, diverging: bool = False) -> dict:
+    values = np.asarray(values, dtype=float)
+    if diverging:
+        limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+        return dict(color=values, colorscale=SCORE_SCALE, cmin=-(limit or 1.0), cmax=limit or 1.0,
+                    colorbar=dict(title=title, thickness=12))
+    return dict(color=values, colorscale="Viridis", colorbar=dict(title=title, thickness=12))
 
 
 def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_names: list[str],
                          group_labels: np.ndarray | None = None, *, group_scores: np.ndarray | None = None,
                          helpful: list[int] = (), harmful: list[int] = (), test_xy: np.ndarray | None = None,
                          test_labels: np.ndarray | None = None, selected_test: int | None = None,
-                         colour: str = "group", title: str = "Training points") -> go.Figure:
-    """The training points in 2-D, coloured by ``colour``: "group" (by label without groups),
-    "class" (the label: a colour per class, or the target's value on a continuous scale for
-    regression data, which has no ``class_names``), or "score" (each point's group score for the chosen test point, on a diverging
-    scale: with gradient K-means one large group of well-fit points often holds most of the
-    data, and colouring by score shows where the helpful and harmful mass lies).
+                         colour: str = "group", point_values: dict[str, np.ndarray] | None = None,
+                         review_states: np.ndarray | None = None,
+                         drill: tuple[np.ndarray, np.ndarray] | None = None,
+                         title: str = "Training points") -> go.Figure:
+    """The training points in 2-D, coloured by ``colour``:
 
-    Hover shows index, label, group and, with ``group_scores`` (one per group, for the chosen
-    test point), the group's score. Members of the ``helpful`` / ``harmful`` groups get green /
-    red rings; test points are grey crosses (a click on one selects it) and the chosen one a star.
-    The first trace always holds exactly the training points, in order."""
+    - "group" (by label without groups); "class" (a colour per class, or the target's value
+      on a continuous scale for regression data, which has no ``class_names``);
+    - "score": each point's group score for the chosen test point, on a diverging scale;
+    - "self-influence" / "loss": ``point_values[colour]``, one value per training point;
+    - "review": ``review_states`` (one of :data:`REVIEW_COLOURS` per point).
+
+    Hover shows index, label, group and its size and, with ``group_scores`` (one per group,
+    for the chosen test point), the group's score. Members of the ``helpful`` / ``harmful``
+    groups get green / red rings, except groups holding more than a quarter of the points
+    (a ring over most of the map says nothing). ``drill = (members, scores)`` draws one
+    group's members on top, coloured by their own scores for the test point. Test points are
+    grey crosses (a click on one selects it) and the chosen one a star. The first trace always
+    holds exactly the training points, in order; above :data:`WEBGL_POINTS` it is WebGL."""
     if colour not in MAP_COLOURS:
         raise GDAError(f"colour must be one of {', '.join(MAP_COLOURS)}, got {colour!r}")
     train_xy, train_labels = np.asarray(train_xy), np.asarray(train_labels)
+    n_points = len(train_xy)
+    scatter = go.Scattergl if n_points > WEBGL_POINTS else go.Scatter
     regression = not class_names
     if group_labels is None and colour == "group":
         colour = "class"
-    colour_by = (np.asarray(group_labels) if group_labels is not None
-                 else np.zeros(len(train_xy), dtype=np.int64) if regression else train_labels)
-    names = label_texts(train_labels, class_names)
-    point_scores = (np.asarray(group_scores)[colour_by] if group_scores is not None and group_labels is not None
-                    else None)
-    custom = np.column_stack([np.arange(len(train_xy)), names, colour_by,
-                              point_scores if point_scores is not None else np.full(len(train_xy), np.nan)]).tolist()
+    colour_by = (np.asarray(group_labels, dtype=np.int64) if group_labels is not None
+                 else np.zeros(n_points, dtype=np.int64) if regression else train_labels.astype(np.int64))
+    group_sizes = np.bincount(colour_by, minlength=int(colour_by.max()) + 1 if n_points else 0)
+    point_scores = (np.asarray(group_scores, dtype=float)[colour_by]
+                    if group_scores is not None and group_labels is not None else np.full(n_points, np.nan))
+    values = dict(point_values or {})
+    if colour in ("self-influence", "loss") and colour not in values:
+        raise GDAError(f"colouring by {colour} needs one {colour} value per training point")
+    if colour == "review" and review_states is None:
+        raise GDAError("colouring by review needs the review state of every training point")
+    # Numeric hover data (compact for 100k points); the label text rides in ``text``.
+    custom = np.column_stack([np.arange(n_points), colour_by, group_sizes[colour_by], point_scores]).astype(float)
     score_line = "<br>group score %{customdata[3]:.3g}" if group_scores is not None else ""
-    if colour == "score" and point_scores is not None:
-        limit = float(np.abs(point_scores).max()) or 1.0
-        marker = dict(size=6, color=point_scores, colorscale=SCORE_SCALE, cmin=-limit, cmax=limit, opacity=0.85,
-                      colorbar=dict(title="group score", thickness=12))
+    value_line = ""
+    if colour == "score" and group_scores is not None and group_labels is not None:
+        marker = _continuous_marker(point_scores, "group score", diverging=True)
+    elif colour in ("self-influence", "loss"):
+        marker = _continuous_marker(values[colour], colour)
+        custom = np.column_stack([custom, np.asarray(values[colour], dtype=float)])
+        value_line = f"<br>{colour} %{{customdata[4]:.3g}}"
+    elif colour == "review":
+        states = np.asarray(review_states, dtype=object)
+        unknown = sorted(set(states.tolist()) - set(REVIEW_COLOURS))
+        if unknown:
+            raise GDAError(f"unknown review state {unknown[0]!r}; known: {', '.join(map(repr, REVIEW_COLOURS))}")
+        order = list(REVIEW_COLOURS)
+        marker = _category_marker(np.array([order.index(s) for s in states]), list(REVIEW_COLOURS.values()))
     elif colour == "class" and regression:
-        marker = dict(size=6, color=train_labels.astype(float), colorscale="Viridis", opacity=0.85,
-                      colorbar=dict(title="target", thickness=12))
+        marker = _continuous_marker(train_labels, "target")
     else:
-        categories = train_labels if colour == "class" else colour_by
-        marker = dict(size=6, color=[GROUP_PALETTE[int(c) % len(GROUP_PALETTE)] for c in categories], opacity=0.8)
-    figure = go.Figure(go.Scatter(
+        marker = _category_marker(train_labels if colour == "class" else colour_by, GROUP_PALETTE)
+    marker.update(size=6 if n_points <= WEBGL_POINTS else 3, opacity=0.8)
+    figure = go.Figure(scatter(
         x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points", marker=marker,
-        customdata=custom,
-        hovertemplate=("train #%{customdata[0]}<br>label %{customdata[1]}<br>group %{customdata[2]}"
-                       + score_line + "<extra></extra>"),
+        customdata=custom, text=label_texts(train_labels, class_names),
+        hovertemplate=("train #%{customdata[0]}<br>label %{text}<br>group %{customdata[1]} "
+                       "(%{customdata[2]} points)" + score_line + value_line + "<extra></extra>"),
     ))
-    for groups, colour, name in ((helpful, "#2a9d8f", "most helpful groups"), (harmful, "#e63946", "most harmful groups")):
-        members = np.flatnonzero(np.isin(colour_by, list(groups))) if len(groups) and group_labels is not None else []
+    giant = np.flatnonzero(group_sizes > n_points * GIANT_GROUP_SHARE) if group_labels is not None else []
+    for groups, ring, name in ((helpful, "#2a9d8f", "most helpful groups"), (harmful, "#e63946", "most harmful groups")):
+        ringed = [g for g in groups if g not in set(giant)]
+        members = np.flatnonzero(np.isin(colour_by, ringed)) if ringed and group_labels is not None else []
         if len(members):
-            figure.add_trace(go.Scatter(
+            figure.add_trace(scatter(
                 x=train_xy[members, 0], y=train_xy[members, 1], mode="markers", name=name, hoverinfo="skip",
-                marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(color=colour, width=2)),
+                marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(color=ring, width=2)),
             ))
+    if drill is not None:
+        members, member_scores = np.asarray(drill[0], dtype=np.int64), np.asarray(drill[1], dtype=float)
+        marker = _continuous_marker(member_scores, "member score", diverging=True)
+        marker.update(size=12, line=dict(color="black", width=1))
+        figure.add_trace(scatter(
+            x=train_xy[members, 0], y=train_xy[members, 1], mode="markers", name="members of the chosen group",
+            marker=marker, customdata=np.column_stack([members, member_scores]).astype(float),
+            hovertemplate="train #%{customdata[0]}<br>its own score %{customdata[1]:.3g}<extra></extra>",
+        ))
     if test_xy is not None:
         test_xy = np.asarray(test_xy)
         test_names = (label_texts(test_labels, class_names) if test_labels is not None
@@ -182,8 +251,8 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
         figure.add_trace(go.Scatter(
             x=test_xy[:, 0], y=test_xy[:, 1], mode="markers", name="test points (click to choose)",
             marker=dict(size=7, symbol="x-thin", line=dict(width=1, color="grey"), color="grey"), opacity=0.6,
-            customdata=np.column_stack([np.arange(len(test_xy)), test_names]).tolist(),
-            hovertemplate="test #%{customdata[0]}<br>label %{customdata[1]}<extra></extra>",
+            customdata=np.arange(len(test_xy)), text=test_names,
+            hovertemplate="test #%{customdata}<br>label %{text}<extra></extra>",
         ))
         if selected_test is not None:
             figure.add_trace(go.Scatter(
@@ -193,7 +262,8 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
             ))
     figure.update_layout(title=title, height=560, margin=dict(l=10, r=10, t=40, b=10),
                          xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
-                         legend=dict(orientation="h", yanchor="bottom", y=-0.08), clickmode="event+select")
+                         legend=dict(orientation="h", yanchor="bottom", y=-0.08), clickmode="event+select",
+                         dragmode="lasso")
     return figure
 
 

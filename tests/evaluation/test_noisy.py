@@ -14,7 +14,7 @@ from gda_core.attribution.grouping import make_grouping
 from gda_core.attribution.methods import make_method
 from gda_core.cli import main
 from gda_core.errors import GDAError
-from gda_core.evaluation.flagging import refine_groups
+from gda_core.attribution.grouping import refine_groups
 from gda_core.evaluation.noisy import detection_curve, flip_labels, run_noisy
 from gda_core.evaluation.pruning import points_to_remove
 from gda_core.requests import FlagRequest, NoisyConfig, PruneConfig

@@ -64,7 +64,7 @@ def _subcommands() -> dict:
 
 
 def test_every_kind_has_a_store_kind_and_a_subcommand():
-    assert set(JOB_KINDS) == {"attribute", "fidelity", "embed", "flag", "noisy", "prune"}
+    assert set(JOB_KINDS) == {"attribute", "fidelity", "embed", "flag", "members", "noisy", "point-stats", "prune"}
     for job in JOB_KINDS.values():
         assert job.store_kind in store_module.KINDS
     assert set(INTERNAL_KINDS) <= set(store_module.KINDS)

@@ -27,11 +27,11 @@ class Embed(JobKind, name="embed", request_type=EmbeddingRequest,
         split, model = load_inputs(request, store.root, resolve_device(request.device), report)
         train, test = embedding_inputs(split, model, request.space)
         report(f"embed ({request.embedder})", 0.1)
-        train_xy, test_xy = embed_points(train, test, embedder=request.embedder, seed=request.seed,
-                                         n_neighbors=request.n_neighbors)
-        report(f"embed ({request.embedder})", 1.0)
+        train_xy, test_xy, info = embed_points(
+            train, test, embedder=request.embedder, seed=request.seed, n_neighbors=request.n_neighbors,
+            progress=lambda f: report(f"embed ({request.embedder})", 0.1 + 0.9 * f))
         summary = {"embedder": request.embedder, "space": request.space, "n_train": len(train_xy),
-                   "n_test": len(test_xy), "seconds": round(time.perf_counter() - started, 3)}
+                   "n_test": len(test_xy), "seconds": round(time.perf_counter() - started, 3), **info}
         return {"train": train_xy, "test": test_xy}, summary
 
     @classmethod

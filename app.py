@@ -3,6 +3,7 @@ with the names the sidebar shows. The Home page is pages/0_Home.py; every page i
 
 from __future__ import annotations
 
+import pandas  # noqa: F401  # imported once here: two page runs importing it at once saw it half-initialised
 import streamlit as st
 
 st.navigation([

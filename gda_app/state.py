@@ -16,7 +16,7 @@ from gda_core.errors import GDAError, unexpected_reason
 from gda_core.inputs.choices import is_builtin_data, is_zoo_model, load_data_choice, load_inputs
 from gda_core.inputs.datasets import DataSplit
 from gda_core.inputs.examples import example_files
-from gda_core.inputs.zoo import TrainedModel, predict
+from gda_core.inputs.zoo import TrainedModel, demo_model_is_cached, predict
 from gda_core.io import default_cache_dir
 from gda_core.requests import resolve_device
 from gda_core.runs.jobs import JOB_KINDS, JobManager
@@ -90,10 +90,27 @@ def _inputs(data: str, model: str, directory: str) -> tuple[DataSplit, TrainedMo
     return load_inputs(spec, Path(directory), resolve_device("auto"))
 
 
+def _train_demo_model_with_progress(data: str, model: str) -> None:
+    """Train the chosen demo model (first use only) with a progress bar: it is cached on disk,
+    and the cached loader below then only reads it."""
+    split = data_split()
+    if not is_zoo_model(model) or demo_model_is_cached(model, split.train, cache_dir(), seed=APP_SEED):
+        return
+    bar = st.progress(0.0, text=f"Training the {model} demo model on {describe(data)} (first use only)...")
+    spec = SimpleNamespace(data=data, model=model, seed=APP_SEED)
+    load_inputs(spec, Path(cache_dir()), resolve_device("auto"),
+                progress=lambda phase, f: bar.progress(min(max(f, 0.0), 1.0), text=f"Training the {model} demo model "
+                                                       f"on {describe(data)} (first use only): {f:.0%}"))
+    bar.empty()
+
+
 def inputs() -> tuple[DataSplit, TrainedModel]:
-    """The chosen data set and model, loaded once per server process; a model that does not
-    fit the data stops the page with its one-line reason."""
-    return _or_stop(lambda: _inputs(st.session_state["data"], st.session_state["model"], cache_dir()))
+    """The chosen data set and model, loaded once per server process (a demo model trains on
+    first use, with a progress bar); a model that does not fit the data stops the page with
+    its one-line reason."""
+    data, model = st.session_state["data"], st.session_state["model"]
+    _or_stop(lambda: _train_demo_model_with_progress(data, model))
+    return _or_stop(lambda: _inputs(data, model, cache_dir()))
 
 
 @st.cache_resource(show_spinner=False)

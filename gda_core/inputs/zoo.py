@@ -600,6 +600,19 @@ def architectures_for(data: Dataset) -> list[str]:
     return fitting
 
 
+def demo_model_folder(arch: str, train: Dataset, cache_dir: str | Path, *, seed: int = 0) -> Path:
+    """Where the demo model of ``arch`` on ``train`` is cached: named by the data fingerprint,
+    the architecture and the training config, so a change in any of them is a new model."""
+    key = json.dumps([train.fingerprint(), model_config_for(arch, train).to_json(),
+                      default_train_config(arch, seed=seed).to_json()], sort_keys=True)
+    return Path(cache_dir) / "models" / f"{train.name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def demo_model_is_cached(arch: str, train: Dataset, cache_dir: str | Path, *, seed: int = 0) -> bool:
+    """Whether the demo model is on disk already (loading it is then quick; else it trains)."""
+    return (demo_model_folder(arch, train, cache_dir, seed=seed) / "config.json").is_file()
+
+
 def demo_model(
     arch: str,
     train: Dataset,
@@ -609,15 +622,11 @@ def demo_model(
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
 ) -> TrainedModel:
-    """The built-in demo model for a data set: trained on first use, then loaded from the cache.
-
-    The cache folder is named by the data fingerprint, architecture and training config, so a
-    change in any of them trains a new model rather than reusing a stale one."""
+    """The built-in demo model for a data set: trained on first use, then loaded from the cache
+    (:func:`demo_model_folder`)."""
     config = model_config_for(arch, train)
     train_config = default_train_config(arch, seed=seed)
-    key = json.dumps([train.fingerprint(), config.to_json(), train_config.to_json()], sort_keys=True)
-
-    folder = Path(cache_dir) / "models" / f"{train.name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    folder = demo_model_folder(arch, train, cache_dir, seed=seed)
     weights = folder / "model.safetensors"
     # One process trains, the others wait for it and load its model (the lock is beside the folder).
     with file_lock(folder.with_name(folder.name + ".lock")):

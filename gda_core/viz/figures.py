@@ -239,6 +239,10 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
         members, member_scores = np.asarray(drill[0], dtype=np.int64), np.asarray(drill[1], dtype=float)
         marker = _continuous_marker(member_scores, "member score", diverging=True)
         marker.update(size=12, line=dict(color="black", width=1))
+        # two colour bars, one above the other: the map's own (if any) and the members'
+        marker["colorbar"].update(len=0.45, y=0.22)
+        if "colorbar" in figure.data[0].marker:
+            figure.data[0].marker.colorbar.update(len=0.45, y=0.78)
         figure.add_trace(scatter(
             x=train_xy[members, 0], y=train_xy[members, 1], mode="markers", name="members of the chosen group",
             marker=marker, customdata=np.column_stack([members, member_scores]).astype(float),
@@ -262,8 +266,7 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
             ))
     figure.update_layout(title=title, height=560, margin=dict(l=10, r=10, t=40, b=10),
                          xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
-                         legend=dict(orientation="h", yanchor="bottom", y=-0.08), clickmode="event+select",
-                         dragmode="lasso")
+                         legend=dict(orientation="h", yanchor="bottom", y=-0.08), clickmode="event+select")
     return figure
 
 

@@ -1,5 +1,7 @@
 """The real browser path: `streamlit run` on a free localhost port, driven by Playwright in
-Debian's headless Chromium through demo -> compute -> explore, with the real UMAP map.
+Debian's headless Chromium through demo -> compute -> explore, with the real UMAP map: a click
+on a test point, a box selection and a drill-down, with a screenshot (the README's, when
+GDA_SCREENSHOT=docs/explore.png).
 
 `make test` installs /usr/bin/chromium (Debian's package) when it is missing; Playwright's own
 browser download is never used."""
@@ -7,6 +9,7 @@ browser download is never used."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -116,9 +119,34 @@ def test_demo_compute_explore_in_a_real_browser(server, tmp_path):
             page.get_by_text("group score for this test point", exact=False).click()
             page.locator(".js-plotly-plot .colorbar").first.wait_for(timeout=60_000)
             page.get_by_text(f"chosen test point #{index}").first.wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)  # let the member thumbnails finish drawing
+
+            # a box dragged over the middle of the map (the toolbar's Box Select) selects the
+            # training points under it
+            chart = page.locator(".js-plotly-plot", has=page.locator(".scatterlayer")).first
+            chart.hover()
+            chart.locator('.modebar-btn[data-val="select"]').click()
+            area = chart.locator(".nsewdrag").first.bounding_box()
+            page.mouse.move(area["x"] + 0.3 * area["width"], area["y"] + 0.3 * area["height"])
+            page.mouse.down()
+            page.mouse.move(area["x"] + 0.7 * area["width"], area["y"] + 0.7 * area["height"], steps=12)
+            page.mouse.up()
+            page.get_by_role("tab", name="Selection").click()
+            selected = page.get_by_text(re.compile(r"^\d+ training points selected"))
+            selected.wait_for(timeout=60_000)
+            count = int(selected.inner_text().split()[0])
+            assert 0 < count < N_TRAIN
+            assert page.get_by_role("button", name="Send to the Noisy-labels review").count() == 1
+
+            # drill into the most helpful group: its members are scored one by one (a job) and
+            # drawn on the map in their own colours
+            page.get_by_role("tab", name="Most helpful groups").click()
+            page.get_by_role("button", name=re.compile(r"^Drill into group \d+$")).first.click()
+            page.get_by_role("tab", name="Drill into a group").click()
+            page.get_by_text("its members' own scores sum to", exact=False).wait_for(timeout=120_000)
+            page.get_by_text("members of the chosen group").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1500)  # let the member thumbnails finish drawing
             screenshot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(screenshot), full_page=False)
+            page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000

@@ -12,7 +12,6 @@ import torch
 from ..inputs.datasets import Dataset, DataSplit
 from ..inputs.zoo import TrainedModel
 
-
 #: UMAP fits on at most this many training points (a seeded sample) and places the rest with
 #: ``transform``, in chunks that report progress: a full fit on 100k points is minutes
 #: with no progress to show

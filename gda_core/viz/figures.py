@@ -8,8 +8,8 @@ import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
 
-from ..errors import GDAError
 from ..attribution.grouping import GIANT_GROUP_SHARE
+from ..errors import GDAError
 from ..inputs.datasets import Dataset, label_texts
 
 SIGN_NOTE = ("A group is a set of training points scored together. Positive score: up-weighting "

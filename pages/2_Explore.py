@@ -34,6 +34,7 @@ st.title("Explore")
 split, model = state.inputs()
 data, arch = st.session_state["data"], st.session_state["model"]
 train_labels = split.train.labels.cpu().numpy()
+train_names = split.train.label_texts()  # once: 100k points would make every lookup a pass
 class_names = split.train.class_names
 regression = not class_names
 
@@ -196,7 +197,7 @@ def point_table(rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) ->
     """Index, label, prediction, group, the group's score for the test point, and loss and
     self-influence where computed, for some training points."""
     predicted_train, _ = state.train_predictions()
-    table = {"training point": rows, "label": split.train.label_texts()[rows],
+    table = {"training point": rows, "label": train_names[rows],
              "prediction": split.train.label_texts(predicted_train)[rows], "group": group_labels[rows],
              "group score": scores[index][group_labels[rows]]}
     if point_stats is not None:
@@ -225,7 +226,7 @@ for tab, kind, title in ((helpful_tab, "helpful", "Most helpful groups"), (harmf
             st.button(f"Drill into group {row['group']}", key=f"drill:{kind}:{row['group']}",
                       on_click=drill_into, args=(int(row["group"]),))
             members = np.array(row["members"])
-            show_points(st, members, [f"#{m} '{split.train.label_texts()[m]}'" for m in members],
+            show_points(st, members, [f"#{m} '{train_names[m]}'" for m in members],
                         key=f"{kind}_members_{row['group']}")
 
 with drill_tab:
@@ -257,7 +258,7 @@ with selection_tab:
         table = point_table(selected)
         st.markdown(f"**{len(selected)}** training points selected.")
         st.dataframe(table, hide_index=True, key="selection_table")
-        show_points(st, selected, [f"#{m} '{split.train.label_texts()[m]}'" for m in selected], key="selection_images")
+        show_points(st, selected, [f"#{m} '{train_names[m]}'" for m in selected[:SHOWN_IMAGES]], key="selection_images")
         actions = st.columns(3)
         actions[0].download_button("Export the selection (CSV)", table.to_csv(index=False).encode(),
                                    file_name="selection.csv", mime="text/csv")

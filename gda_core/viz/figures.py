@@ -199,14 +199,15 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
     if colour == "review" and review_states is None:
         raise GDAError("colouring by review needs the review state of every training point")
     # Numeric hover data (compact for 100k points); the label text rides in ``text``.
-    custom = np.column_stack([np.arange(n_points), colour_by, group_sizes[colour_by], point_scores]).astype(float)
+    # float32 halves what every rerun ships to the browser (6 MB at 100k points in float64)
+    custom = np.column_stack([np.arange(n_points), colour_by, group_sizes[colour_by], point_scores]).astype(np.float32)
     score_line = "<br>group score %{customdata[3]:.3g}" if group_scores is not None else ""
     value_line = ""
     if colour == "score" and group_scores is not None and group_labels is not None:
         marker = _continuous_marker(point_scores, "group score", diverging=True)
     elif colour in ("self-influence", "loss"):
         marker = _continuous_marker(values[colour], colour)
-        custom = np.column_stack([custom, np.asarray(values[colour], dtype=float)])
+        custom = np.column_stack([custom, np.asarray(values[colour], dtype=np.float32)])
         value_line = f"<br>{colour} %{{customdata[4]:.3g}}"
     elif colour == "review":
         states = np.asarray(review_states, dtype=object)
@@ -220,6 +221,7 @@ def embedding_map_figure(train_xy: np.ndarray, train_labels: np.ndarray, class_n
     else:
         marker = _category_marker(train_labels if colour == "class" else colour_by, GROUP_PALETTE)
     marker.update(size=6 if n_points <= WEBGL_POINTS else 3, opacity=0.8)
+    train_xy = train_xy.astype(np.float32)
     figure = go.Figure(scatter(
         x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points", marker=marker,
         customdata=custom, text=label_texts(train_labels, class_names),

@@ -164,6 +164,7 @@ if drill_group is not None:
     done = [r for r in state.finished_runs("members") if r.params == {**run.params, "group": int(drill_group)}]
     if done:
         drill = state.store().load(done[0].key)
+        drill_linear = done[0].summary.get("method_info", {}).get("gradient_linear", True)
     elif st.session_state.get("_drill_submitted") != (run.key, drill_group):
         st.session_state["_drill_submitted"] = (run.key, drill_group)
         state.submit("members", state.request_json(members_request), slot="members")
@@ -211,7 +212,8 @@ def drill_into(group: int) -> None:
 
 helpful_tab, harmful_tab, drill_tab, selection_tab, compare_tab = st.tabs(
     ["Most helpful groups", "Most harmful groups", "Drill into a group", "Selection", "Compare two test points"])
-for tab, kind, title in ((helpful_tab, "helpful", "Most helpful groups"), (harmful_tab, "harmful", "Most harmful groups")):
+for tab, kind, title in ((helpful_tab, "helpful", "Most helpful groups"),
+                         (harmful_tab, "harmful", "Most harmful groups")):
     with tab:
         bars = st.plotly_chart(group_scores_figure(ranking[kind], title), key=f"{kind}_scores", on_select="rerun",
                                selection_mode="points")
@@ -245,7 +247,9 @@ with drill_tab:
         ranked = drill["members"][order]
         st.markdown(f"Group **{drill_group}** ({len(ranked)} points) has score **{scores[index][drill_group]:.3g}** "
                     f"for test point #{index}; its members' own scores sum to **{member_scores.sum():.3g}**. "
-                    "Members are drawn on the map in their own colours (blue helps, red hurts).")
+                    "Members are drawn on the map in their own colours (blue helps, red hurts)."
+                    + ("" if drill_linear else f" {run.params['method']} is not gradient-linear: its members' "
+                       "scores need not add up to the group's."))
         table = point_table(ranked, {"own score": member_scores[order]})
         st.dataframe(table, hide_index=True, key="members_table")
         show_points(st, ranked, [f"#{m} {s:+.2g}" for m, s in zip(ranked, member_scores[order])], key="members_images")
@@ -279,7 +283,8 @@ with compare_tab:
     comparison = compare_test_points(scores, group_labels, train_labels, class_names, index, int(other))
     st.markdown(f"Spearman correlation of the two test points' scores over all {n_groups} groups: "
                 f"**{comparison['spearman']:.2f}**. Shared among the top 5: helpful groups "
-                f"{comparison['shared']['helpful'] or 'none'}, harmful groups {comparison['shared']['harmful'] or 'none'}.")
+                f"{comparison['shared']['helpful'] or 'none'}, harmful groups "
+                f"{comparison['shared']['harmful'] or 'none'}.")
     for column, name, test_point in zip(st.columns(2), ("first", "second"), (index, int(other))):
         column.markdown(f"**Test point #{test_point}**: label {escape(label_names[test_point])}, predicted "
                         f"{escape(predicted_names[test_point])}")

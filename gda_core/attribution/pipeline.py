@@ -85,7 +85,7 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     options = method_class.make_options(**request.method_options)
 
     def check_size(module) -> None:
-        method_class.check_size(options, attributed_parameters(module, options.last_layer_only))
+        method_class.check_size(options, attributed_parameters(module, options))
 
     split, model = load_inputs(request, cache_dir, device, progress, check_zoo_model=check_size)
     test = split.test if request.test_size is None else split.test.subset(slice(0, request.test_size))

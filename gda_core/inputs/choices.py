@@ -27,7 +27,7 @@ from .huggingface import DEMO_TEXT_MODEL, demo_text_model, load_text_model, unpa
 from .parsers import DATA_SUFFIXES, DataOptions, UploadedData, parse_data, parse_data_file
 from .programs import check_model_fits, load_model_file
 from .safety import UploadLimits, one_line, refuse_pickle
-from .zoo import ARCHITECTURES, TrainedModel, build_model, demo_model, model_config_for
+from .zoo import ARCHITECTURES, TrainedModel, architectures_for, build_model, demo_model, model_config_for
 
 MODEL_SUFFIXES = (".pt2", ".safetensors", ".zip")
 #: model names besides the zoo's: built-in models that are not rebuilt from a zoo config
@@ -166,6 +166,17 @@ def is_builtin_data(choice: str) -> bool:
 
 def is_zoo_model(choice: str) -> bool:
     return choice in ARCHITECTURES
+
+
+def is_builtin_model(choice: str) -> bool:
+    """A zoo name or the built-in text model: a model named, not uploaded."""
+    return choice in MODEL_NAMES
+
+
+def builtin_models_for(data: Dataset) -> list[str]:
+    """The built-in models that can take ``data``: the zoo's that fit it, or for text the
+    built-in text model."""
+    return [DEMO_TEXT_MODEL] if data.is_text else architectures_for(data)
 
 
 def load_data_choice(choice: str, *, seed: int = 0, options: DataOptions = DataOptions()) -> DataSplit:

@@ -329,7 +329,8 @@ def demo_text_model(train: Dataset, cache_dir: str | Path, *, seed: int = 0, dev
         raise GDAError(f"the {DEMO_TEXT_MODEL} text model needs text data (e.g. reviews), not {train.name}")
     train.require_classes(f"the {DEMO_TEXT_MODEL} demo", "it is a classifier")
     key = json.dumps([train.fingerprint(), DEMO_RECIPE, seed], sort_keys=True)
-    folder = Path(cache_dir) / "models" / f"{train.name}-{DEMO_TEXT_MODEL}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / "models" / f"{train.name}-{DEMO_TEXT_MODEL}-{digest}"
     with file_lock(folder.with_name(folder.name + ".lock")):
         if (folder / "config.json").is_file():
             try:
@@ -345,6 +346,24 @@ def demo_text_model(train: Dataset, cache_dir: str | Path, *, seed: int = 0, dev
 def _hidden(output: Any) -> torch.Tensor:
     """A transformer layer's hidden states (some versions return them in a tuple)."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def frozen_prefix(module: SequenceClassifier, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BERT's hidden states before its last encoder layer, and the attention mask: what
+    training only the last layer and head needs, computed once."""
+    model = module.model
+    with torch.no_grad():
+        mask = module._mask(ids)
+        hidden = model.bert.embeddings(input_ids=ids)
+        for layer in model.bert.encoder.layer[:-1]:
+            hidden = _hidden(layer(hidden, attention_mask=mask))
+    return hidden, mask
+
+
+def last_layer_logits(module: SequenceClassifier, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A BERT's logits from :func:`frozen_prefix`'s hidden states (last layer, pooler, classifier)."""
+    model = module.model
+    return model.classifier(model.bert.pooler(_hidden(model.bert.encoder.layer[-1](hidden, attention_mask=mask))))
 
 
 def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0,
@@ -368,14 +387,10 @@ def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0
     model.eval()  # no dropout: the fine-tuned function is the one attributed
     # The frozen layers run once: the last layer, pooler and classifier train on their output.
     layers = model.bert.encoder.layer
-    with torch.no_grad():
-        mask = module._mask(ids)
-        hidden = model.bert.embeddings(input_ids=ids)
-        for layer in layers[:-1]:
-            hidden = _hidden(layer(hidden, attention_mask=mask))
+    hidden, mask = frozen_prefix(module, ids)
 
     def logits(rows: torch.Tensor) -> torch.Tensor:
-        return model.classifier(model.bert.pooler(_hidden(layers[-1](hidden[rows], attention_mask=mask[rows]))))
+        return last_layer_logits(module, hidden[rows], mask[rows])
 
     head = list(model.bert.pooler.parameters()) + list(model.classifier.parameters())
     for parameter in [*layers[-1].parameters(), *head]:

@@ -14,7 +14,7 @@ STAMP := $(VENV)/.gda-installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: app test install benchmark benchmark-images benchmark-ggda clean
+.PHONY: app test install benchmark benchmark-images benchmark-ggda benchmark-text clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[app,test,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[app,test,ray,text]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,6 +53,10 @@ benchmark-images: install
 # against grad-kmeans at K = N/100 and N/1000 (and random grouping), with point-level LDS.
 benchmark-ggda: install
 	$(BIN)/python benchmarks/ggda.py
+
+# The text demo (minilm on reviews): fine-tune time, per-example against grouped, further-training cosine.
+benchmark-text: install
+	$(BIN)/python benchmarks/text.py
 
 clean:
 	rm -rf $(VENV) cache/* build *.egg-info

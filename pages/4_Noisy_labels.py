@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from gda_app import state
+from gda_app.examples_view import show_points, show_sentence
 from gda_app.markup import escape
 from gda_core.errors import GDAError
 from gda_core.evaluation.noisy import NEEDS_CLASSES
@@ -101,6 +102,7 @@ def review(name: str) -> None:
                               .update_layout(height=260), key="current_image")
         right.markdown(f"**Training point #{index}** (rank {[i['train_index'] for i in items].index(index) + 1} "
                        f"of {len(items)})")
+        show_sentence(right, split.train, index, "Sentence")
         right.markdown(f"Given label: **{escape(names[given])}** | model predicts **{escape(names[predicted[index]])}** "
                        f"with confidence **{confidence[index]:.0%}**")
         options = list(range(len(names)))
@@ -121,11 +123,10 @@ def review(name: str) -> None:
         st.button("Undo", shortcut="U", on_click=decide, args=(name, "undo"), disabled=not session.decisions())
 
     upcoming = undecided[1:17]
-    if upcoming and split.train.images is not None:
+    if upcoming and (split.train.images is not None or split.train.texts is not None):
         st.caption("Next in the list")
-        st.plotly_chart(image_grid_figure(split.train.images[upcoming],
-                                          [f"#{i}: {names[session.labels[i]]}, pred {names[predicted[i]]}"
-                                           for i in upcoming]), key="upcoming_images")
+        show_points(st, split.train, upcoming, [f"#{i}: {names[session.labels[i]]}, pred {names[predicted[i]]}"
+                                                for i in upcoming], key="upcoming_images")
     table = pd.DataFrame([{
         "rank": rank + 1, "training point": item["train_index"], "given label": names[item["given_label"]],
         "predicted": names[predicted[item["train_index"]]], "confidence": float(confidence[item["train_index"]]),

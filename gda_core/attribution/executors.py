@@ -135,6 +135,7 @@ class ViewRecipe:
     example_weights: np.ndarray | None
     transform: Transform | None
     weight: float
+    parameters: str = "all"
 
     @classmethod
     def of(cls, engine: GradientEngine, config: ModelConfig, objective: str, example_weights: torch.Tensor | None,
@@ -146,7 +147,7 @@ class ViewRecipe:
             weights=state_arrays(engine.module),
             last_layer_only=engine.last_layer_only, chunk_examples=engine.chunk_examples, objective=objective,
             example_weights=None if example_weights is None else example_weights.detach().cpu().numpy(),
-            transform=transform, weight=weight,
+            transform=transform, weight=weight, parameters=engine.parameters,
         )
 
     def broadcast_bytes(self) -> int:
@@ -155,7 +156,8 @@ class ViewRecipe:
 
     def engine(self) -> GradientEngine:
         module = module_from_arrays(ModelConfig.from_json(self.model_config), self.weights)
-        return GradientEngine(module, last_layer_only=self.last_layer_only, chunk_examples=self.chunk_examples)
+        return GradientEngine(module, last_layer_only=self.last_layer_only, chunk_examples=self.chunk_examples,
+                              parameters=self.parameters)
 
 
 def fill_scores(block: torch.Tensor, chunks: Iterator[GradientChunk], test_side: torch.Tensor, weight: float,

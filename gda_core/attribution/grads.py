@@ -25,11 +25,14 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..errors import GDAError
-from ..inputs.datasets import Dataset
+from ..inputs.datasets import TEXT_BATCH, Dataset
 from ..task import Objective
 
 #: groups at least this large get one ordinary batched backward each instead of a vmap slot
 BACKWARD_GROUP_SIZE = 32
+#: a chunk of gradients holds at most this many bytes: for a large parameter subset (a
+#: transformer layer has millions) fewer than ``chunk_examples`` rows go in one chunk
+CHUNK_BYTES = 2**30
 
 
 @dataclass
@@ -135,11 +138,48 @@ def has_last_layer(module: nn.Module) -> bool:
     return hasattr(module, "head") and hasattr(module, "features")
 
 
+#: the parameter subsets gradients may be restricted to (``last-K`` for any K >= 1)
+PARAMETER_SUBSETS = ("all", "head", "last-K", "lora")
+
+
+def parameter_subset(module: nn.Module, spec: str) -> list[str]:
+    """The names of the parameters a subset ``spec`` differentiates, the rest held fixed:
+    ``all``; ``head`` (the final linear layer of a zoo model; for a text model everything
+    after the encoder); ``last-K`` (a text model's last K encoder layers and its head);
+    ``lora`` (a text model's LoRA adapters and its head). One line for a subset the model
+    does not have."""
+    if not isinstance(spec, str):
+        raise GDAError(f"the parameter subset must be a name, got {spec!r}"[:120])
+    if hasattr(module, "parameter_subset"):
+        return module.parameter_subset(spec)
+    names = [name for name, _ in module.named_parameters()]
+    if spec == "all":
+        return names
+    if spec == "head" and hasattr(module, "head"):
+        return [name for name in names if name.startswith("head.")]
+    raise GDAError(f"parameter subset {spec!r} needs a Hugging Face text model; this model takes all or head"[:200]
+                   if spec.startswith(("last-", "lora")) else
+                   f"unknown parameter subset {spec!r}; choose from: {', '.join(PARAMETER_SUBSETS)}"[:200])
+
+
+def count_parameters(module: nn.Module, last_layer_only: bool = False, parameters: str = "all") -> int:
+    """How many parameters attribution differentiates: the head's in last-layer mode, else
+    those of the subset."""
+    if last_layer_only and hasattr(module, "head"):
+        return sum(p.numel() for p in module.head.parameters())
+    chosen = set(parameter_subset(module, parameters))
+    return sum(p.numel() for name, p in module.named_parameters() if name in chosen)
+
+
 class GradientEngine:
-    """Per-example, group and test gradients of one model, full or last-layer only.
+    """Per-example, group and test gradients of one model, full or last-layer only, over all
+    its parameters or a subset of them.
 
     In last-layer-only mode the penultimate representation is computed once and the head is
-    differentiated on it, which is how large models stay cheap.
+    differentiated on it, which is how large models stay cheap. With ``parameters`` (see
+    :func:`parameter_subset`) the whole model runs forward and only the chosen parameters are
+    differentiated (``functional_call`` over them, the others held fixed as the module has
+    them): the same code path, a smaller gradient.
     """
 
     def __init__(
@@ -148,34 +188,47 @@ class GradientEngine:
         *,
         last_layer_only: bool = False,
         chunk_examples: int = 1024,
+        parameters: str = "all",
     ):
         if chunk_examples < 1:
             raise GDAError("chunk_examples must be >= 1")
         self.module = module
         self.last_layer_only = last_layer_only
-        self.chunk_examples = chunk_examples
+        self.parameters = parameters
         if last_layer_only:
+            if parameters != "all":
+                raise GDAError(f"last-layer mode already restricts gradients to the head; drop --parameters "
+                               f"{parameters} or last-layer mode")
             if not has_last_layer(module):
                 raise GDAError("last-layer mode needs a model with `features` and a linear `head`")
             self.function_module: nn.Module = module.head
+            chosen = [name for name, _ in module.head.named_parameters()]
         else:
             self.function_module = module
-        self.params = {name: p.detach() for name, p in self.function_module.named_parameters()}
+            chosen = parameter_subset(module, parameters)
+        named = dict(self.function_module.named_parameters())
+        self.params = {name: named[name].detach() for name in chosen}
+        if not self.params:
+            raise GDAError(f"the parameter subset {parameters!r} of this model is empty")
         self.space = ParameterSpace(list(self.params), [p.shape for p in self.params.values()])
         reference = next(iter(self.params.values()))
         self.device, self.dtype = reference.device, reference.dtype
+        #: rows per chunk: ``chunk_examples``, fewer where that many gradients would pass CHUNK_BYTES
+        self.chunk_examples = max(1, min(chunk_examples, CHUNK_BYTES // (self.space.dim * reference.element_size())))
 
     # ------------------------------------------------------------------ inputs
     def inputs(self, data: Dataset) -> torch.Tensor:
-        """What the differentiated function takes: raw features, or the penultimate
-        representation in last-layer mode (computed once, without gradients)."""
-        features = data.features.to(device=self.device, dtype=self.dtype)
+        """What the differentiated function takes: raw features (token ids stay integers), or
+        the penultimate representation in last-layer mode (computed once, without gradients)."""
+        reference = next(iter(self.params.values()))
+        features = data.model_inputs(reference)
         if not self.last_layer_only:
             return features
+        batch = 4096 if features.is_floating_point() else TEXT_BATCH
         with torch.no_grad():
             return torch.cat([
-                self.module.features(features[start:start + 4096])
-                for start in range(0, len(features), 4096)
+                self.module.features(features[start:start + batch])
+                for start in range(0, len(features), batch)
             ])
 
     def logits(self, data: Dataset) -> torch.Tensor:

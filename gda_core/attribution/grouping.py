@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import GDAError
-from ..inputs.datasets import Dataset
+from ..inputs.datasets import TEXT_BATCH, Dataset
 from ..registry import GROUPINGS
 
 #: a group holding more than this share of the points is "giant": its score says little about
@@ -344,6 +344,9 @@ class InputsKMeans(_KMeansGrouping):
     description = "K-means on the (standardised) input features"
 
     def grouping_features(self, train, model):
+        if train.is_text:
+            raise GDAError("inputs-kmeans clusters feature values, and text has none (token ids are not "
+                           "coordinates); use repr-kmeans (the pooled sentence embedding) or grad-kmeans")
         return train.features.numpy()
 
 
@@ -357,8 +360,10 @@ class ReprKMeans(_KMeansGrouping):
         if not hasattr(model, "features"):
             raise GDAError("representation K-means needs a model with a penultimate layer (a zoo model); "
                            "use grad-kmeans or inputs-kmeans for this one")
+        batch = max(1, len(train)) if train.features.is_floating_point() else TEXT_BATCH
         with torch.no_grad():
-            return model.features(train.features.to(reference)).float().cpu().numpy()
+            return torch.cat([model.features(train.model_inputs(reference, slice(start, start + batch)))
+                              for start in range(0, len(train), batch)]).float().cpu().numpy()
 
 
 #: how grad-kmeans scales gradients before clustering: their directions (default) or as they are
@@ -444,9 +449,10 @@ def last_layer_gradient_features(model: torch.nn.Module, train: Dataset, dim: in
     out_projection, in_projection = out_projection.to(reference), in_projection.to(reference)
     objective = train.task.objective("loss")
     parts = []
+    chunk = chunk if train.features.is_floating_point() else min(chunk, TEXT_BATCH)
     with torch.no_grad():
         for start in range(0, len(train), chunk):
-            inputs = train.features[start:start + chunk].to(reference)
+            inputs = train.model_inputs(reference, slice(start, start + chunk))
             labels = train.labels[start:start + chunk].to(reference.device)
             hidden = model.features(inputs)
             outputs = head(hidden).detach().requires_grad_(True)

@@ -79,7 +79,7 @@ def prepare_attribution(request: AttributionRequest, cache_dir: str | Path | Non
     options = method_class.make_options(**request.method_options)
 
     def check_size(module) -> None:
-        method_class.check_size(options, attributed_parameters(module, options.last_layer_only))
+        method_class.check_size(options, attributed_parameters(module, options))
 
     split, model = load_inputs(request, cache_dir, device, progress, check_zoo_model=check_size)
     test = split.test if request.test_size is None else split.test.subset(slice(0, request.test_size))
@@ -133,7 +133,8 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
         scores = np.concatenate(chunks)
         timings["attribute"] = time.perf_counter() - started
     timings["fit"] = method.fit_seconds_
-    info = {"options": method.options.to_json(), "measurement": method.measurement_}
+    info = {"options": method.options.to_json(), "measurement": method.measurement_,
+            "attributed_parameters": method.views_[0].engine.space.dim}
     for attribute in ("damping_", "solver_info_"):
         if hasattr(method, attribute):
             info[attribute.rstrip("_")] = getattr(method, attribute)

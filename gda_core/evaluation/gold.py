@@ -93,10 +93,14 @@ class BatchedTrainer:
         fresh = build_model(config).to(device=self.device, dtype=self.dtype)
         return {n: p.detach().clone() for n, p in fresh.named_parameters()}
 
+    def _reference(self) -> torch.Tensor:
+        """A tensor of the copies' device and dtype, which real-valued inputs are cast to."""
+        return torch.empty(0, device=self.device, dtype=self.dtype)
+
     def measure(self, params: dict[str, torch.Tensor], test: Dataset, measurement: str) -> torch.Tensor:
         """(M, n_test) measurements (lower is better) of every copy on the test points."""
         objective = test.task.objective(measurement)
-        inputs, labels = test.features.to(self.device, self.dtype), test.labels.to(self.device)
+        inputs, labels = test.model_inputs(self._reference()), test.labels.to(self.device)
         with torch.no_grad():
             return vmap(lambda p: objective(functional_call(self._module, p, (inputs,)), labels))(params)
 
@@ -113,7 +117,7 @@ class BatchedTrainer:
         record_steps = sorted(set(int(s) for s in record_steps))
         if not record_steps or record_steps[0] < 0:
             raise GDAError("record_steps must be non-negative step counts")
-        inputs, labels = train.features.to(self.device, self.dtype), train.labels.to(self.device)
+        inputs, labels = train.model_inputs(self._reference()), train.labels.to(self.device)
         weights = weights.to(self.device, self.dtype)
         n_copies, total_steps = weights.shape[0], record_steps[-1]
         out = torch.empty(len(record_steps), n_copies, len(test), dtype=self.dtype, device=self.device)

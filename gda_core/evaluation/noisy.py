@@ -115,7 +115,7 @@ def random_curve(points: int = CURVE_POINTS) -> dict:
 def loss_ranking(model: TrainedModel, train: Dataset) -> np.ndarray:
     """Training points by their loss under the model, highest first."""
     with torch.no_grad():
-        logits = model.module(train.features.to(next(model.module.parameters())))
+        logits = model.module(train.model_inputs(next(model.module.parameters())))
         losses = train.task.loss(logits, train.labels.to(logits.device))
     return np.argsort(-losses.cpu().numpy(), kind="stable")
 

@@ -1,8 +1,9 @@
 """The one resolver of data and model choices, and upload storage.
 
 A data choice is a built-in name (``digits``) or a path to a ``.csv``, ``.npz`` or ``.zip`` of
-image folders; a model choice is a zoo name (``mlp``) or a path to a ``.pt2`` program or a
-``.safetensors`` state dict with its ``.json`` config. :func:`load_data_choice` and
+image folders; a model choice is a zoo name (``mlp``), the built-in text model ``minilm``, or a
+path to a ``.pt2`` program, a ``.safetensors`` state dict with its ``.json`` config, or a Hugging
+Face ``save_pretrained`` folder (or a ``.zip`` of it). :func:`load_data_choice` and
 :func:`load_model_choice` resolve them for every caller (engine, jobs, sweeps, app), so an
 upload works wherever a built-in does. A validated upload is normalised to one ``.npz`` under
 ``<cache>/uploads/`` named by its content hash, whose path is then the data choice (that is
@@ -22,12 +23,30 @@ from ..errors import GDAError
 from ..io import atomic_write_bytes
 from ..progress import Progress
 from .datasets import BUILTIN_DATASETS, Dataset, DataSplit, load_builtin
+from .huggingface import (
+    DEMO_TEXT_MODEL,
+    demo_text_model,
+    demo_text_model_folder,
+    load_text_model,
+    unpack_model_bytes,
+    unpack_model_zip,
+)
 from .parsers import DATA_SUFFIXES, DataOptions, UploadedData, parse_data, parse_data_file
 from .programs import check_model_fits, load_model_file
 from .safety import UploadLimits, one_line, refuse_pickle
-from .zoo import ARCHITECTURES, TrainedModel, build_model, demo_model, model_config_for
+from .zoo import (
+    ARCHITECTURES,
+    TrainedModel,
+    architectures_for,
+    build_model,
+    demo_model,
+    demo_model_is_cached,
+    model_config_for,
+)
 
-MODEL_SUFFIXES = (".pt2", ".safetensors")
+MODEL_SUFFIXES = (".pt2", ".safetensors", ".zip")
+#: model names besides the zoo's: built-in models that are not rebuilt from a zoo config
+MODEL_NAMES = (*ARCHITECTURES, DEMO_TEXT_MODEL)
 
 
 def uploads_dir(cache_dir: str | Path) -> Path:
@@ -46,13 +65,20 @@ def store_upload(data: UploadedData, cache_dir: str | Path) -> Path:
 def store_model_upload(files: dict[str, bytes], cache_dir: str | Path) -> Path:
     """Keep an uploaded model under ``<cache>/uploads/<sha256>.pt2`` (or ``.safetensors`` with
     ``.json`` beside it) and return the path of the model file: the model choice for jobs.
-    ``files`` maps file names to their bytes: one ``.pt2``, or one ``.safetensors`` and one ``.json``."""
+    ``files`` maps file names to their bytes: one ``.pt2``, one ``.safetensors`` and one ``.json``,
+    or one ``.zip`` of a Hugging Face ``save_pretrained`` folder (unpacked, checked, under
+    ``<cache>/uploads/<sha256>.hf/``, whose path is then returned)."""
     for file_name in files:
         refuse_pickle(file_name)
     by_suffix = {Path(n).suffix.lower(): payload for n, payload in files.items()}
-    unknown = set(by_suffix) - {".pt2", ".safetensors", ".json"}
+    unknown = set(by_suffix) - {".pt2", ".safetensors", ".json", ".zip"}
     if unknown or len(by_suffix) != len(files):
-        raise GDAError("upload one .pt2 file, or one .safetensors file with its .json config")
+        raise GDAError("upload one .pt2 file, one .safetensors file with its .json config, or one .zip of a "
+                       "Hugging Face save_pretrained folder")
+    if ".zip" in by_suffix:
+        if len(files) != 1:
+            raise GDAError("a zipped Hugging Face model is uploaded on its own")
+        return unpack_model_bytes(by_suffix[".zip"], next(iter(files)), cache_dir, UploadLimits.from_env())
     if ".pt2" in by_suffix:
         if len(files) != 1:
             raise GDAError("a .pt2 program is uploaded on its own (no .safetensors or .json with it)")
@@ -96,6 +122,8 @@ def accept_model_upload(files: dict[str, bytes], train: Dataset, cache_dir: str 
     try:
         load_model_choice(str(path), train, cache_dir)
     except GDAError as error:  # name the files as the user knows them, not by their hash
+        if path.is_dir():
+            raise GDAError(str(error).replace(path.name, next(iter(files)))) from None
         stored = {path.name: next(n for n in files if n.lower().endswith(path.suffix)),
                   path.with_suffix(".json").name: next((n for n in files if n.lower().endswith(".json")), "")}
         message = str(error)
@@ -138,9 +166,13 @@ def check_data_choice(choice: str) -> None:
 
 
 def check_model_choice(choice: str) -> None:
-    """A zoo name, or an existing model file with a supported suffix; one line otherwise."""
-    _check_choice(choice, "model", ARCHITECTURES, MODEL_SUFFIXES,
-                  "a .pt2 program or a .safetensors state dict with its .json config")
+    """A zoo name, ``minilm``, a model folder (Hugging Face ``save_pretrained``), or an
+    existing model file with a supported suffix; one line otherwise."""
+    if isinstance(choice, str) and choice not in MODEL_NAMES and Path(choice).is_dir():
+        return
+    _check_choice(choice, "model", MODEL_NAMES, MODEL_SUFFIXES,
+                  "a .pt2 program, a .safetensors state dict with its .json config, or a Hugging Face "
+                  "save_pretrained folder or its .zip")
 
 
 def is_builtin_data(choice: str) -> bool:
@@ -149,6 +181,25 @@ def is_builtin_data(choice: str) -> bool:
 
 def is_zoo_model(choice: str) -> bool:
     return choice in ARCHITECTURES
+
+
+def is_builtin_model(choice: str) -> bool:
+    """A zoo name or the built-in text model: a model named, not uploaded."""
+    return choice in MODEL_NAMES
+
+
+def builtin_model_is_cached(choice: str, train: Dataset, cache_dir: str | Path, *, seed: int = 0) -> bool:
+    """Whether a built-in model is trained (or fine-tuned) already and on disk: loading it is
+    then quick, otherwise its first use trains it."""
+    if is_zoo_model(choice):
+        return demo_model_is_cached(choice, train, cache_dir, seed=seed)
+    return (demo_text_model_folder(train, cache_dir, seed=seed) / "config.json").is_file()
+
+
+def builtin_models_for(data: Dataset) -> list[str]:
+    """The built-in models that can take ``data``: the zoo's that fit it, or for text the
+    built-in text model."""
+    return [DEMO_TEXT_MODEL] if data.is_text else architectures_for(data)
 
 
 def load_data_choice(choice: str, *, seed: int = 0, options: DataOptions = DataOptions()) -> DataSplit:
@@ -167,7 +218,15 @@ def load_model_choice(choice: str, train: Dataset, cache_dir: str | Path, *, see
     check_model_choice(choice)
     if is_zoo_model(choice):
         return demo_model(choice, train, cache_dir, seed=seed, device=device, progress=progress)
-    model = load_model_file(choice, device=device, limits=UploadLimits.from_env())
+    limits = UploadLimits.from_env()
+    if choice == DEMO_TEXT_MODEL:
+        model = demo_text_model(train, cache_dir, seed=seed, device=device, progress=progress)
+    elif Path(choice).is_dir():
+        model = load_text_model(choice, device=device, limits=limits)
+    elif Path(choice).suffix.lower() == ".zip":
+        model = load_text_model(unpack_model_zip(choice, cache_dir, limits), device=device, limits=limits)
+    else:
+        model = load_model_file(choice, device=device, limits=limits)
     try:
         check_model_fits(model, train)
     except GDAError as error:
@@ -195,4 +254,9 @@ def load_inputs(request, cache_dir: str | Path, device: torch.device | str = "cp
             check_zoo_model(build_model(model_config_for(request.model, split.train)))
     model = load_model_choice(request.model, split.train, cache_dir, seed=request.seed, device=device,
                               progress=None if progress is None else (lambda f: progress("train model", f)))
-    return split, model
+    return prepare_split(split, model), model
+
+
+def prepare_split(split: DataSplit, model: TrainedModel) -> DataSplit:
+    """Both parts as the model takes them (text tokenised by a text model's tokenizer)."""
+    return DataSplit(train=model.prepare(split.train), test=model.prepare(split.test))

@@ -19,6 +19,9 @@ from ..task import CLASSIFICATION, REGRESSION, Task
 
 logger = logging.getLogger(__name__)
 
+#: rows of token ids a text model's forward pass takes at once outside the gradient passes
+TEXT_BATCH = 256
+
 
 @dataclass
 class Dataset:
@@ -29,6 +32,12 @@ class Dataset:
     so models can restore it. ``images`` holds the raw (unstandardised) pixels, shaped
     (n, channels, height, width), for display only. ``standardisation`` says how the features
     were scaled (``per-feature``: each column; ``per-channel``: each image channel).
+
+    Text data keeps its sentences in ``texts`` (for the model's tokenizer and for display) and
+    the tokenizer's cap in ``max_length``; until a text model tokenises it (see
+    :meth:`with_token_ids`) its ``features`` have no columns, and after, they are the token ids
+    (a long tensor, padded with the tokenizer's pad id to the longest sentence, at most
+    ``max_length``).
 
     The data knows its task: with class names the labels are class indices (classification);
     with none (``class_names=[]``) they are real-valued regression targets.
@@ -42,8 +51,16 @@ class Dataset:
     image_shape: tuple[int, ...] | None = None
     indices: np.ndarray | None = field(default=None, repr=False)
     standardisation: str = "per-feature"
+    texts: np.ndarray | None = field(default=None, repr=False)
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
+        if self.texts is not None:
+            self.texts = np.asarray(self.texts, dtype=object)
+            if self.texts.shape != (len(self.labels),):
+                raise GDAError(f"need one text per row: {len(self.labels)} rows, texts of shape {self.texts.shape}")
+            if self.max_length is None or self.max_length < 2:
+                raise GDAError(f"text data needs a max length of >= 2 tokens, got {self.max_length}")
         if self.image_shape is not None:
             self.image_shape = image_shape_of(self.image_shape)
         if not isinstance(self.features, torch.Tensor):
@@ -59,8 +76,10 @@ class Dataset:
             )
         if len(self.features) == 0:
             raise GDAError("the data set is empty")
-        if not torch.isfinite(self.features).all():
+        if self.features.is_floating_point() and not torch.isfinite(self.features).all():
             raise GDAError("features contain NaN or infinite values")
+        if not self.features.is_floating_point() and self.texts is None:
+            self.features = self.features.float()  # integer features are token ids only for text data
         self.labels = self.labels.to(self.task.target_dtype)
         if self.task is REGRESSION:
             if not torch.isfinite(self.labels).all():
@@ -81,6 +100,24 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return int(self.features.shape[1])
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the points are sentences (``texts``) rather than feature rows or images."""
+        return self.texts is not None
+
+    def model_inputs(self, reference: torch.Tensor, rows: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """The features (``rows`` of them) as a model takes them: on ``reference``'s device, and
+        in its dtype when they are real values; token ids stay integers."""
+        features = self.features if rows is None else self.features[rows]
+        dtype = reference.dtype if features.is_floating_point() else features.dtype
+        return features.to(device=reference.device, dtype=dtype)
+
+    def with_token_ids(self, token_ids: torch.Tensor) -> "Dataset":
+        """This text data with its features set to token ids (one row per sentence)."""
+        if self.texts is None:
+            raise GDAError(f"{self.name} has no texts to tokenise")
+        return dataclasses.replace(self, features=token_ids.to(torch.long), class_names=list(self.class_names))
 
     @property
     def n_classes(self) -> int:
@@ -115,11 +152,14 @@ class Dataset:
             image_shape=self.image_shape,
             indices=self.indices[rows],
             standardisation=self.standardisation,
+            texts=None if self.texts is None else self.texts[rows],
+            max_length=self.max_length,
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Dataset":
         """A copy whose tensors live on ``device`` (and have ``dtype`` when given)."""
-        features = self.features.to(device=device, dtype=dtype or self.features.dtype)
+        cast = dtype if dtype is not None and self.features.is_floating_point() else self.features.dtype
+        features = self.features.to(device=device, dtype=cast)  # token ids stay integers
         return dataclasses.replace(self, features=features, labels=self.labels.to(device),
                                    class_names=list(self.class_names))
 
@@ -129,6 +169,8 @@ class Dataset:
         digest.update(self.features.detach().cpu().contiguous().numpy().tobytes())
         digest.update(self.labels.detach().cpu().contiguous().numpy().tobytes())
         digest.update("\x00".join(self.class_names).encode())
+        if self.texts is not None:
+            digest.update(f"{self.max_length}\x00".encode() + "\x00".join(self.texts).encode())
         return digest.hexdigest()[:16]
 
 
@@ -217,6 +259,31 @@ def _load_wine() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | N
     return bunch.data, bunch.target, [str(c) for c in bunch.target_names], None
 
 
+#: the sentences of the built-in text set ``reviews``, shipped inside this package (see the README)
+REVIEWS_RESOURCE = Path(__file__).parent / "data" / "reviews.csv"
+#: the built-in text sets' tokenizer cap (their sentences have at most 25 words)
+BUILTIN_TEXT_MAX_LENGTH = 48
+
+
+def _read_reviews() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """600 short film-review snippets labelled ``fresh`` or ``rotten`` (300 each)."""
+    import csv
+
+    with open(REVIEWS_RESOURCE, newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    class_names = sorted({row["label"] for row in rows})
+    labels = np.array([class_names.index(row["label"]) for row in rows], dtype=np.int64)
+    return np.array([row["text"] for row in rows], dtype=object), labels, class_names
+
+
+def _load_reviews() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+    texts, labels, class_names = _read_reviews()
+    return np.zeros((len(texts), 0)), labels, class_names, None
+
+
+#: built-in text sets: their sentences, labels and class names
+BUILTIN_TEXTS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str]]]] = {"reviews": _read_reviews}
+
 #: built-in image sets standardised per pixel column, as scikit-learn users treat digits' 64
 #: columns (and as every digits figure in the README was measured), not per channel
 PER_FEATURE_IMAGE_SETS = frozenset({"digits"})
@@ -227,6 +294,7 @@ BUILTIN_DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str]
     "breast_cancer": _load_breast_cancer,
     "wine": _load_wine,
     "diabetes": _load_diabetes,
+    "reviews": _load_reviews,
 }
 
 
@@ -268,6 +336,8 @@ def split_and_standardise(
     image_shape: tuple[int, ...] | None = None,
     rows: tuple[np.ndarray, np.ndarray] | None = None,
     standardisation: str | None = None,
+    texts: np.ndarray | None = None,
+    max_length: int | None = None,
 ) -> DataSplit:
     """Seeded, stratified train/test split; features standardised with the training statistics.
 
@@ -281,6 +351,7 @@ def split_and_standardise(
     the default for tabular data) or ``per-channel`` (each image channel's pixels share one,
     as convolutional nets expect; the default for image data). Constant columns or channels
     (e.g. the always-blank corner pixels of digits) are left centred, not divided by zero.
+    Text data (``texts``, one per row, with no feature columns) is split the same way.
     """
     if not 0.0 < test_fraction < 1.0:
         raise GDAError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
@@ -330,6 +401,8 @@ def split_and_standardise(
             image_shape=image_shape,
             indices=part_rows,
             standardisation=standardisation,
+            texts=None if texts is None else np.asarray(texts, dtype=object)[part_rows],
+            max_length=max_length,
         )
 
     return DataSplit(train=part(train_rows), test=part(test_rows))
@@ -354,9 +427,14 @@ def _raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[in
 
 def load_builtin(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> DataSplit:
     """One of the built-in data sets (``digits``, ``mnist``, ``breast_cancer``, ``wine``;
-    ``diabetes`` for regression), split and standardised."""
+    ``diabetes`` for regression; ``reviews``, sentences for a text model), split and standardised."""
     if name not in BUILTIN_DATASETS:
         raise GDAError(f"unknown data set {name!r}; choose from: {', '.join(BUILTIN_DATASETS)}")
+    if name in BUILTIN_TEXTS:
+        texts, labels, class_names = BUILTIN_TEXTS[name]()
+        return split_and_standardise(np.zeros((len(texts), 0)), labels, class_names, name=name,
+                                     test_fraction=test_fraction, seed=seed, texts=texts,
+                                     max_length=BUILTIN_TEXT_MAX_LENGTH)
     features, labels, class_names, image_shape = _raw_builtin(name)
     return split_and_standardise(
         features, labels, class_names, name=name, test_fraction=test_fraction, seed=seed,

@@ -26,6 +26,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: more classes than this is a sign of a regression target or an id column, not labels
 MAX_CLASSES = 10_000
 DEFAULT_IMAGE_SIZE = 28
+#: text data: sentences are cut at this many tokens unless --max-length says otherwise
+DEFAULT_MAX_LENGTH = 128
 #: PIL modes without colour: a zip of only these is read as one grey channel
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
@@ -44,10 +46,17 @@ class UploadedData:
     image_shape: tuple[int, ...] | None = None
     test_features: np.ndarray | None = None
     test_labels: np.ndarray | None = None
+    #: text data: one sentence per row (features then have no columns), and the tokenizer's cap
+    texts: np.ndarray | None = None
+    test_texts: np.ndarray | None = None
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.image_shape is not None:
             self.image_shape = image_shape_of(self.image_shape)
+        if self.texts is not None:
+            self._check_texts()
+            return
         parts = [("", self.features, self.labels)]
         if (self.test_features is None) != (self.test_labels is None):
             raise GDAError("a test part needs both test features and test labels")
@@ -74,6 +83,24 @@ class UploadedData:
         if self.image_shape is not None and math.prod(self.image_shape) != self.features.shape[1]:
             raise GDAError(f"image shape {self.image_shape} does not match {self.features.shape[1]} features")
 
+    def _check_texts(self) -> None:
+        """Text data: a sentence and a label per row, a max length, at least 2 classes."""
+        if not 2 <= int(self.max_length or 0) <= 100_000:
+            raise GDAError(f"the max length of text data must lie in 2..100000 tokens, got {self.max_length}")
+        if (self.test_texts is None) != (self.test_labels is None):
+            raise GDAError("a test part of text data needs both test texts and test labels")
+        for prefix, texts, labels in [("", self.texts, self.labels), ("test ", self.test_texts, self.test_labels)]:
+            if texts is None:
+                continue
+            if len(texts) == 0:
+                raise GDAError(f"the {prefix or 'training '}data has no rows")
+            if len(labels) != len(texts):
+                raise GDAError(f"{prefix}texts have {len(texts)} rows but there are {len(labels)} labels")
+        self.features = np.zeros((len(self.texts), 0))
+        self.test_features = None if self.test_texts is None else np.zeros((len(self.test_texts), 0))
+        if self.class_names and len(np.unique(self.labels)) < 2:
+            raise GDAError(f"the data needs at least 2 classes, found {len(np.unique(self.labels))}")
+
     def fingerprint(self) -> str:
         """A content hash (the normalised file's name), independent of zip timestamps."""
         digest = hashlib.sha256()
@@ -81,6 +108,9 @@ class UploadedData:
             if array is not None:
                 digest.update(str(array.shape).encode())
                 digest.update(np.ascontiguousarray(array).tobytes())
+        for texts in (self.texts, self.test_texts):
+            if texts is not None:
+                digest.update(f"{self.max_length}\x00".encode() + "\x00".join(texts).encode())
         digest.update("\x00".join(self.class_names).encode())
         digest.update(str(self.image_shape).encode())
         return digest.hexdigest()
@@ -115,19 +145,25 @@ class UploadedData:
                   "image_shape": np.array(self.image_shape or (), dtype=np.int64), "task": np.array(self.task_name)}
         if self.test_features is not None:
             arrays.update(X_test=self.test_features, y_test=self.test_labels)
+        if self.texts is not None:  # unicode arrays: no pickles, allow_pickle=False reads them
+            arrays.update(texts=np.array(self.texts, dtype=str), max_length=np.array(self.max_length))
+            if self.test_texts is not None:
+                arrays.update(texts_test=np.array(self.test_texts, dtype=str))
         return npz_bytes(arrays)
 
     def split(self, *, seed: int = 0, test_fraction: float = 0.2) -> DataSplit:
         """Standardised train/test parts: the upload's own test part, or the project's seeded
         stratified split (the same one the built-ins use)."""
-        features, labels, rows = self.features, self.labels, None
+        features, labels, rows, texts = self.features, self.labels, None, self.texts
         if self.test_features is not None:
             features = np.concatenate([self.features, self.test_features])
             labels = np.concatenate([self.labels, self.test_labels])
             rows = (np.arange(len(self.features)), np.arange(len(self.features), len(features)))
+            if texts is not None:
+                texts = np.concatenate([np.asarray(self.texts, dtype=object), np.asarray(self.test_texts, dtype=object)])
         return split_and_standardise(features, labels, self.class_names, name=self.name,
                                      test_fraction=test_fraction, seed=seed, image_shape=self.image_shape,
-                                     rows=rows)
+                                     rows=rows, texts=texts, max_length=self.max_length)
 
 
 #: sizes a channel axis of image arrays can have: grey, RGB
@@ -253,21 +289,35 @@ def _csv_table(payload: bytes, name: str) -> tuple[list[str], list[list[str]]]:
     return header, rows[1:]
 
 
-def _csv_parts(payload: bytes, name: str, label_column: str,
-               split_column: str | None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
-    """(feature column names, features, raw labels, is-test mask or None) of one CSV file."""
+def _csv_parts(payload: bytes, name: str, label_column: str, split_column: str | None,
+               text_column: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
+    """(feature column names, features, raw labels, is-test mask or None) of one CSV file; with
+    a ``text_column`` the features are that column's sentences (the other columns are not read)."""
     header, rows = _csv_table(payload, name)
+    shown = ", ".join(header[:8]) + (", ..." if len(header) > 8 else "")
     if label_column not in header:
-        shown = ", ".join(header[:8]) + (", ..." if len(header) > 8 else "")
         raise GDAError(f"{name} has no label column {one_line(label_column)} (columns: {one_line(shown, 80)}); "
                        f"name it with --label-column")
     if split_column is not None and split_column not in header:
         raise GDAError(f"{name} has no split column {one_line(split_column)}")
+    if text_column is not None and text_column not in header:
+        raise GDAError(f"{name} has no text column {one_line(text_column)} (columns: {one_line(shown, 80)}); "
+                       f"name it with --text-column")
+    if text_column is not None and text_column in (label_column, split_column):
+        raise GDAError(f"{name}: the text column {one_line(text_column)} cannot also be the label or split column")
+    where = {column: position for position, column in enumerate(header)}
+    if text_column is not None:
+        feature_columns = [text_column]
+        texts = [row[where[text_column]].strip() for row in rows]
+        empty = next((r for r, text in enumerate(texts) if not text), None)
+        if empty is not None:
+            raise GDAError(f"{name}: text column {one_line(text_column)} is empty in row {empty + 2}")
+        features = np.array(texts, dtype=object)[:, None]
+        return (feature_columns, features, *_csv_labels_split(rows, where, name, label_column, split_column))
     feature_columns = [c for c in header if c not in (label_column, split_column)]
     if not feature_columns:
         raise GDAError(f"{name} has no feature columns besides the label")
     # One pass over the header: header.index per column was quadratic in the column count.
-    where = {column: position for position, column in enumerate(header)}
     positions = [where[c] for c in feature_columns]
     features = np.empty((len(rows), len(positions)), dtype=np.float64)
     for r, row in enumerate(rows):
@@ -281,6 +331,12 @@ def _csv_parts(payload: bytes, name: str, label_column: str,
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise GDAError(f"{name}: column {one_line(feature_columns[c])} has NaN or infinite values (row {r + 2})")
+    return (feature_columns, features, *_csv_labels_split(rows, where, name, label_column, split_column))
+
+
+def _csv_labels_split(rows: list[list[str]], where: dict[str, int], name: str, label_column: str,
+                      split_column: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(raw labels, is-test mask or None) of a CSV's rows."""
     raw_labels = [row[where[label_column]].strip() for row in rows]
     if any(label == "" for label in raw_labels):
         raise GDAError(f"{name}: label column {one_line(label_column)} has empty cells")
@@ -298,25 +354,29 @@ def _csv_parts(payload: bytes, name: str, label_column: str,
         is_test = np.array([value == "test" for value in values])
         if is_test.all() or not is_test.any():
             raise GDAError(f"{name}: split column {one_line(split_column)} needs both train and test rows")
-    return feature_columns, features, labels, is_test
+    return labels, is_test
 
 
 def parse_csv(payload: bytes, *, label_column: str = "label", split_column: str | None = None,
               test_payload: bytes | None = None, name: str = "data.csv", test_name: str = "test.csv",
-              limits: UploadLimits | None = None, task: str = "classification") -> UploadedData:
+              limits: UploadLimits | None = None, task: str = "classification", text_column: str | None = None,
+              max_length: int = DEFAULT_MAX_LENGTH) -> UploadedData:
     """A CSV of numeric feature columns and a label column (class labels, or a numeric target
     for ``task="regression"``); optionally a ``split_column`` of train/test or a second CSV
-    (``test_payload``) with the same columns as the test part."""
+    (``test_payload``) with the same columns as the test part. With a ``text_column`` the
+    data is that column's sentences (for a text model, tokenised at most ``max_length``
+    tokens long), and the other columns besides label and split are not read."""
     limits = limits or UploadLimits.from_env()
     check_size(len(payload), name, limits)
-    columns, features, labels, is_test = _csv_parts(payload, name, label_column, split_column)
+    columns, features, labels, is_test = _csv_parts(payload, name, label_column, split_column, text_column)
     test_features = test_labels = None
     if test_payload is not None:
         if is_test is not None:
             raise GDAError("give either a split column or a separate test file, not both")
         check_size(len(test_payload), test_name, limits)
-        test_columns, test_features, test_labels, _ = _csv_parts(test_payload, test_name, label_column, None)
-        if test_columns != columns:
+        test_columns, test_features, test_labels, _ = _csv_parts(test_payload, test_name, label_column, None,
+                                                                 text_column)
+        if test_columns != columns and text_column is None:
             raise GDAError(f"{test_name} has columns {one_line(', '.join(test_columns), 60)}, "
                            f"not the training file's {one_line(', '.join(columns), 60)}")
     elif is_test is not None:
@@ -326,6 +386,10 @@ def parse_csv(payload: bytes, *, label_column: str = "label", split_column: str 
         (labels,), class_names = encode_targets(task, labels)
     else:
         (labels, test_labels), class_names = encode_targets(task, labels, test_labels)
+    if text_column is not None:
+        return UploadedData(features[:, :0].astype(np.float64), labels, class_names, name=Path(name).stem,
+                            test_labels=test_labels, texts=features[:, 0],
+                            test_texts=None if test_features is None else test_features[:, 0], max_length=max_length)
     return UploadedData(features, labels, class_names, name=Path(name).stem,
                         test_features=test_features, test_labels=test_labels)
 
@@ -370,7 +434,8 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
         if ("X_test" in keys) != ("y_test" in keys):
             raise GDAError(f"{name} has only one of X_test and y_test; give both or neither")
         arrays = {key: _numeric_array(archive, key, name) for key in sorted(keys)
-                  if key in ("X", "y", "X_test", "y_test", "class_names", "image_shape", "task", "layout")}
+                  if key in ("X", "y", "X_test", "y_test", "class_names", "image_shape", "task", "layout",
+                             "texts", "texts_test", "max_length")}
     ndim = arrays["X"].ndim
     layout = None
     if ndim == 4:
@@ -428,6 +493,15 @@ def parse_npz(payload: bytes, *, name: str = "data.npz", limits: UploadLimits | 
         if len(stored) < len(class_names):
             raise GDAError(f"{name}: {len(stored)} class names for labels up to {len(class_names) - 1}")
         class_names = stored
+    if "texts" in arrays:  # the normalised form of a text CSV
+        if arrays["texts"].dtype.kind != "U" or "max_length" not in arrays:
+            raise GDAError(f"{name}: texts must be an array of strings, with a max_length beside it")
+        test_texts = arrays.get("texts_test")
+        return UploadedData(train_features, encoded[0], class_names, name=Path(name).stem,
+                            test_labels=encoded[1] if test_features is not None else None,
+                            texts=arrays["texts"].astype(object),
+                            test_texts=None if test_texts is None else test_texts.astype(object),
+                            max_length=int(arrays["max_length"]))
     return UploadedData(train_features, encoded[0], class_names, name=Path(name).stem, image_shape=image_shape,
                         test_features=test_features, test_labels=encoded[1] if test_features is not None else None)
 
@@ -534,9 +608,15 @@ class DataOptions:
     task: str = field(default="classification", metadata={
         "help": "classification (class labels) or regression (a numeric target; CSV and .npz data)"})
     grey: bool = field(default=False, metadata={"help": "image data: turn colour images grey (one channel)"})
+    text_column: str | None = field(default=None, metadata={
+        "help": "CSV data: a column of sentences, for a Hugging Face text model (the data is then text)"})
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={
+        "metavar": "TOKENS", "help": "text data: cut sentences at this many tokens"})
 
     def __post_init__(self) -> None:
         TASKS.check(self.task)
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or not 2 <= self.max_length <= 100_000:
+            raise GDAError(f"--max-length must be a whole number of tokens in 2..100000, got {self.max_length!r}")
 
 
 def parse_data(payload: bytes, name: str, options: DataOptions = DataOptions(),
@@ -559,7 +639,9 @@ def _parse_data(payload: bytes, name: str, options: DataOptions, limits: UploadL
         return parse_csv(payload, label_column=options.label_column, split_column=options.split_column,
                          test_payload=test_payload, name=Path(name).name,
                          test_name=Path(options.test_path or "test.csv").name, limits=limits,
-                         task=options.task)
+                         task=options.task, text_column=options.text_column, max_length=options.max_length)
+    if options.text_column is not None:
+        raise GDAError("--text-column names a column of a CSV file; this data is not a CSV")
     if test_payload is not None:
         raise GDAError("a separate test file is only read for CSV data; put X_test/y_test in the .npz")
     if suffix == ".npz":

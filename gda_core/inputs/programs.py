@@ -229,6 +229,8 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
     module = model.module
     reference = next(module.parameters())
     model.check_task(data)
+    if model.text is not None or data.is_text:
+        data = model.prepare(data.subset(slice(0, 3)))  # a text model takes token ids
     expected = model.config.n_features if model.config is not None else model.input_width
     if model.input_image_shape is not None and model.input_image_shape != data.image_shape:
         shown = "tabular data" if data.image_shape is None else f"images of shape {data.image_shape}"
@@ -236,7 +238,7 @@ def check_model_fits(model: TrainedModel, data: Dataset) -> None:
                        f"but the data is {shown}")
     if expected is not None and expected != data.n_features:
         raise GDAError(f"the model takes {expected} input features but the data has {data.n_features}")
-    sample = data.features[:3].to(device=reference.device, dtype=reference.dtype)
+    sample = data.model_inputs(reference, slice(0, 3))
     try:
         with torch.no_grad():
             outputs = module(sample)

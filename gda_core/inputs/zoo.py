@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import GDAError, first_line
 from ..io import atomic_write_bytes, file_lock, read_checked, record_checksum
 from ..task import TASKS
-from .datasets import Dataset, image_shape_of
+from .datasets import TEXT_BATCH, Dataset, image_shape_of
 
 logger = logging.getLogger(__name__)
 
@@ -325,11 +325,14 @@ class TrainedModel:
     #: sha256 of the uploaded file(s) the model came from: an exported program's graph is not
     #: in its weights, so two programs with the same weights must still differ in cache keys
     source_digest: str | None = None
+    #: a Hugging Face text model's tokenizer and pad id (``huggingface.TextModel``); None otherwise
+    text: Any = None
 
     def fingerprint(self) -> str:
         """A content hash of the final weights, the config, the training recipe, the
         checkpoints (TracIn uses them) and the uploaded file's bytes, for cache keys."""
-        described = {"config": self.config.to_json() if self.config is not None else {"arch": "exported program"},
+        unbuilt = {"arch": "hugging face text model" if self.text is not None else "exported program"}
+        described = {"config": self.config.to_json() if self.config is not None else unbuilt,
                      "train_config": self.train_config.to_json(), "source": self.source_digest,
                      "checkpoints": [checkpoint.lr for checkpoint in self.checkpoints]}
         digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
@@ -343,10 +346,23 @@ class TrainedModel:
 
     def zoo_config(self, purpose: str) -> ModelConfig:
         """The zoo config, needed by ``purpose`` (e.g. retraining); an exported program has none."""
+        if self.config is None and self.text is not None:
+            raise GDAError(f"{purpose} needs to rebuild a zoo model from its config, which a Hugging Face text "
+                           f"model does not have; use a method and gold standard that work on the final model")
         if self.config is None:
             raise GDAError(f"{purpose} needs to rebuild the model, which an uploaded .pt2 program cannot do; "
                            f"upload a .safetensors state dict with its .json config instead")
         return self.config
+
+    def prepare(self, data: Dataset) -> Dataset:
+        """The data as this model takes it: text tokenised by a text model's tokenizer; other
+        data as it is. Text data without a text model (and the reverse) is one line."""
+        if self.text is not None:
+            return self.text.tokenise(data)
+        if data.is_text:
+            raise GDAError(f"{data.name} is text, which needs a Hugging Face text model (the built-in minilm, "
+                           f"or a save_pretrained folder or its zip)")
+        return data
 
     @property
     def n_classes(self) -> int | None:
@@ -374,11 +390,12 @@ class TrainedModel:
 
 
 def _outputs(module: nn.Module, data: Dataset, chunk: int = 4096) -> torch.Tensor:
-    # In chunks: one forward of 100k images would hold every activation at once.
+    # In chunks: one forward of 100k images would hold every activation at once (sentences in smaller ones).
     reference = next(module.parameters())
+    batch = TEXT_BATCH if not data.features.is_floating_point() else chunk
     with torch.no_grad():
-        return torch.cat([module(data.features[start:start + chunk].to(reference))
-                          for start in range(0, len(data), chunk)])
+        return torch.cat([module(data.model_inputs(reference, slice(start, start + batch)))
+                          for start in range(0, len(data), batch)])
 
 
 def model_score(module: nn.Module, data: Dataset) -> float:
@@ -582,6 +599,9 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], name: str) -> None:
 
 def model_config_for(arch: str, data: Dataset, hidden: tuple[int, ...] | None = None) -> ModelConfig:
     """The zoo config of ``arch`` sized for ``data``."""
+    if data.is_text:
+        raise GDAError(f"the zoo's {arch} takes numbers, and this data is text; use a Hugging Face text model "
+                       f"(the built-in minilm, or a save_pretrained folder or its zip)")
     kwargs = {} if hidden is None else {"hidden": hidden}
     return ModelConfig(arch=arch, n_features=data.n_features, n_classes=data.n_classes,
                        image_shape=data.image_shape, task=data.task.name, **kwargs)

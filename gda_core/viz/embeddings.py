@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..inputs.datasets import Dataset, DataSplit
+from ..errors import GDAError
+from ..inputs.datasets import TEXT_BATCH, Dataset, DataSplit
 from ..inputs.zoo import TrainedModel
 
 #: UMAP fits on at most this many training points (a seeded sample) and places the rest with
@@ -55,11 +56,16 @@ def embed_points(train: np.ndarray, test: np.ndarray, *, embedder: str = "umap",
 
 def embedding_inputs(split: DataSplit, model: TrainedModel, space: str) -> tuple[np.ndarray, np.ndarray]:
     """What gets embedded: the model's hidden features (zoo models) or the raw inputs."""
+    if split.train.is_text and not (space == "features" and hasattr(model.module, "features")):
+        raise GDAError("a map of text is drawn from the text model's sentence embeddings (--space features)")
+
     def features(data: Dataset) -> np.ndarray:
+        reference = next(model.module.parameters())
+        batch = TEXT_BATCH if data.is_text else max(1, len(data))
         with torch.no_grad():
-            inputs = data.features.to(next(model.module.parameters()).device)
             if space == "features" and hasattr(model.module, "features"):
-                return model.module.features(inputs).cpu().numpy()
-            return inputs.cpu().numpy()
+                return torch.cat([model.module.features(data.model_inputs(reference, slice(start, start + batch)))
+                                  for start in range(0, len(data), batch)]).float().cpu().numpy()
+            return data.features.to(reference.device).cpu().numpy()
 
     return features(split.train), features(split.test)

@@ -30,7 +30,7 @@ from ...progress import Progress, no_progress
 from ...registry import METHODS
 from ...task import MEASUREMENTS
 from ..executors import Executor, LocalExecutor, TrainSide, Transform, ViewRecipe
-from ..grads import GradientChunk, GradientEngine
+from ..grads import GradientChunk, GradientEngine, count_parameters
 from ..grouping import Groups
 
 
@@ -43,6 +43,9 @@ class MethodOptions:
     #: the data's task. The data's task refuses a measurement it does not offer, at fit.
     measurement: str | None = "loss"
     last_layer_only: bool = False
+    #: the parameters differentiated, the rest held fixed (``grads.parameter_subset``): all,
+    #: head, last-K (a text model's last K encoder layers and head) or lora
+    parameters: str = "all"
     chunk_examples: int = 1024
     cache_bytes: int = 1 << 30
     seed: int = 0
@@ -52,6 +55,9 @@ class MethodOptions:
             raise GDAError(f"measurement must be one of {', '.join(MEASUREMENTS)}, got {self.measurement!r}")
         if self.chunk_examples < 1:
             raise GDAError(f"chunk_examples must be >= 1, got {self.chunk_examples}")
+        if self.last_layer_only and self.parameters != "all":
+            raise GDAError(f"last-layer mode already restricts gradients to the head; drop --parameters "
+                           f"{self.parameters} or --last-layer")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,7 +211,7 @@ class AttributionMethod:
         """Refusals that depend only on the model and the options (its parameter count, what
         it carries), so that they come before any data pass: ``fit`` starts with them, and the
         pipeline calls this before grouping."""
-        self.check_size(self.options, attributed_parameters(self.model.module, self.options.last_layer_only))
+        self.check_size(self.options, attributed_parameters(self.model.module, self.options))
 
     # ------------------------------------------------------------ overridables
     def _default_measurement(self, train: Dataset) -> str:
@@ -233,7 +239,7 @@ class AttributionMethod:
     # ----------------------------------------------------------------- shared
     def _engine(self, module: torch.nn.Module) -> GradientEngine:
         return GradientEngine(module, last_layer_only=self.options.last_layer_only,
-                              chunk_examples=self.options.chunk_examples)
+                              chunk_examples=self.options.chunk_examples, parameters=self.options.parameters)
 
     def _train_side(self, index: int, view: View) -> Iterator[GradientChunk]:
         """Transformed group gradients, kept in memory after the first pass when they fit."""
@@ -274,11 +280,10 @@ class AttributionMethod:
         return np.sort(rng.choice(n_train, size=n_samples, replace=False))
 
 
-def attributed_parameters(module: torch.nn.Module, last_layer_only: bool) -> int:
-    """The number of parameters attributed to: the head's in last-layer mode, else all."""
-    if last_layer_only and hasattr(module, "head"):
-        module = module.head
-    return sum(p.numel() for p in module.parameters())
+def attributed_parameters(module: torch.nn.Module, options: MethodOptions) -> int:
+    """The number of parameters attributed to: the head's in last-layer mode, else those of
+    the options' parameter subset."""
+    return count_parameters(module, options.last_layer_only, options.parameters)
 
 
 #: the option types a value is checked against (annotations are strings: ``int | None``)

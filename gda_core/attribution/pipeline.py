@@ -126,7 +126,7 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
         timings["attribute"] = time.perf_counter() - started
     timings["fit"] = method.fit_seconds_
     info = {"options": method.options.to_json(), "measurement": method.measurement_}
-    for attribute in ("damping_", "solver_info_"):
+    for attribute in ("damping_", "solver_info_", "gradient_path_"):
         if hasattr(method, attribute):
             info[attribute.rstrip("_")] = getattr(method, attribute)
     return AttributionResult(

@@ -22,6 +22,7 @@ from ..progress import Progress
 from ..registry import METHODS
 from ..requests import AttributionRequest, resolve_device
 from .executors import BuiltinSource, make_executor
+from .factored import warm_up
 from .grouping import Groups, make_grouping
 from .methods import make_method
 from .methods.base import attributed_parameters
@@ -93,6 +94,8 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     test = test.to(device)
     timings["load"] = time.perf_counter() - started
 
+    # One-off per-process costs (first torch.func traces), paid once per worker and timed apart.
+    timings["warmup"] = warm_up()
     method = make_method(request.method, model, **request.method_options)
     method.check_model()  # refusals that need only the model's size come before grouping and fit
     progress("grouping", 0.0)

@@ -146,3 +146,11 @@ def test_fallbacks_to_vmap_name_the_reason(small_digits):
     reference = GradientEngine(engine.module)
     assert _relative(engine.stacked(engine.per_example_gradients(train), len(train)),
                      reference.stacked(reference.per_example_gradients(train), len(train))) < RTOL
+
+
+def test_warm_up_is_paid_once_per_process():
+    from gda_core.attribution import factored
+
+    factored._WARM.clear()
+    assert factored.warm_up() > 0.0
+    assert factored.warm_up() == 0.0 and factored._WARM["seconds"] > 0.0

@@ -297,11 +297,19 @@ def main(args, runner_for, log, timeout: float) -> dict:
     threads_list = [int(t) for t in args.peer_threads.split(",")]
     missing = {peer: "not installed (pip install dattri==0.3.0 captum==0.9.0 traker==0.3.2 into this venv)"
                for peer in ("dattri", "captum", "traker") if not available(peer)}
+    skip = {item for item in (args.peer_skip or "").split(",") if item}
+    skip_note = args.peer_skip_note or "skipped (--peer-skip)"
     report: dict = {"settings": {}, "peer_settings": PEER_SETTINGS, "missing_peers": missing, "rows": []}
     for setting in settings:
         log(f"[peers] {setting}: training the model{' and the LDS ensemble' if setting == 'digits' else ''} ...")
-        prepared = runner_for(threads_list[0]).run({"job": "peer-prepare", "setting": setting,
-                                                    "train_epochs": args.peer_epochs}, timeout * 4)
+        stored = Path(args.work_dir_path) / setting / "prepared.json"
+        if args.reuse_results and stored.exists():
+            prepared = json.loads(stored.read_text())
+        else:
+            prepared = runner_for(threads_list[0]).run({"job": "peer-prepare", "setting": setting,
+                                                        "train_epochs": args.peer_epochs}, timeout * 4)
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.write_text(json.dumps(prepared))
         report["settings"][setting] = prepared
         if prepared["status"] != "ok":
             log(f"  {prepared['status']}: {prepared['note']}")
@@ -315,14 +323,22 @@ def main(args, runner_for, log, timeout: float) -> dict:
                     if peer in missing:
                         row["sides"][peer] = {"status": "skipped", "note": missing[peer]}
                 for side in sides:
+                    if f"{family}:{side}" in skip:
+                        row["sides"][side] = {"status": "skipped", "note": skip_note}
+                        continue
                     log(f"[peers] {setting} {threads} thread(s) {family} {side} ...")
-                    runs = []
-                    for _ in range(args.repeats):
-                        result = runner.run({"job": "peer-measure", "setting": setting, "family": family,
-                                             "side": side}, timeout)
-                        runs.append(result)
-                        if result["status"] != "ok":
-                            break
+                    stored = Path(args.work_dir_path) / setting / f"result-{family}-{side}-{threads}.json"
+                    if args.reuse_results and stored.exists():
+                        runs = json.loads(stored.read_text())
+                    else:
+                        runs = []
+                        for _ in range(args.repeats):
+                            result = runner.run({"job": "peer-measure", "setting": setting, "family": family,
+                                                 "side": side}, timeout)
+                            runs.append(result)
+                            if result["status"] != "ok":
+                                break
+                        stored.write_text(json.dumps(runs))
                     result = dict(runs[-1])
                     if all(r["status"] == "ok" for r in runs):
                         result["seconds"] = statistics.median(r["seconds"] for r in runs)
@@ -352,9 +368,11 @@ def _verdict(row: dict) -> dict:
     out = {"fastest_peer": fastest, "speedup_vs_fastest_peer": round(speedup, 2), "target_3x_met": speedup >= 3}
     if ours.get("lds") and peers[fastest].get("lds"):
         peer_lds = peers[fastest]["lds"]
-        best_peer = max(v for v in (peer_lds.get("lds"), peer_lds.get("lds_negated")) if v is not None)
+        signs = [v for v in (peer_lds.get("lds"), peer_lds.get("lds_negated")) if v is not None]
+        best_peer = max(signs) if signs else None
         out["lds_ours"], out["lds_fastest_peer_best_sign"] = ours["lds"]["lds"], best_peer
-        out["lds_equal_or_better"] = ours["lds"]["lds"] is not None and ours["lds"]["lds"] >= best_peer - 0.01
+        out["lds_equal_or_better"] = (ours["lds"]["lds"] is not None
+                                      and (best_peer is None or ours["lds"]["lds"] >= best_peer - 0.01))
     return out
 
 

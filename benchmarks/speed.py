@@ -247,6 +247,10 @@ def parse_args(argv=None):
     parser.add_argument("--families", default=None, help="--peers: comma list of method families (default all)")
     parser.add_argument("--peer-threads", default="1,2", help="--peers: comma list of thread counts (default 1,2)")
     parser.add_argument("--peer-epochs", type=int, default=5, help="--peers: epochs of the attributed model")
+    parser.add_argument("--peer-skip", default=None, help="--peers: comma list of family:side to leave out")
+    parser.add_argument("--peer-skip-note", default=None, help="--peers: the reason recorded for --peer-skip")
+    parser.add_argument("--reuse-results", action="store_true",
+                        help="--peers: reuse the model and results saved in --work-dir by an earlier run")
     args = parser.parse_args(argv)
     check_measurement_args(parser, args)
     return args

@@ -14,7 +14,7 @@ STAMP := $(VENV)/.gda-installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: app test install benchmark benchmark-images benchmark-ggda benchmark-text clean
+.PHONY: app test install benchmark benchmark-peers benchmark-images benchmark-ggda benchmark-text clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test: install $(CHROMIUM)
 
 benchmark: install
 	$(BIN)/python benchmarks/speed.py
+
+# Side by side with dattri, captum and traker (installed here for the benchmark only: they are
+# not dependencies of the project), per method family on digits and the 18000-point MLP.
+benchmark-peers: install
+	$(BIN)/pip install --no-deps dattri==0.3.0 captum==0.9.0 traker==0.3.2
+	$(BIN)/python benchmarks/speed.py --peers --peer-threads 1,2
 
 # mnist / ResNet-9: time, peak memory and LDS of four methods per-example, last-layer and grouped.
 benchmark-images: install

@@ -127,7 +127,7 @@ def measure_method(make, train, groups, test, clock: Clock, memory, warmup: bool
     attribute_seconds, attribute_cpu = clock.stop()
     peak = memory.stop()
     info = {}
-    for name in ("damping_", "solver_info_"):
+    for name in ("damping_", "solver_info_", "gradient_path_"):
         if hasattr(method, name):
             info[name.rstrip("_")] = json_safe(getattr(method, name))
     record = {"fit_seconds": fit_seconds, "attribute_seconds": attribute_seconds,

@@ -38,8 +38,15 @@ How it measures (honesty notes):
   time at the largest K plus Grad-Dot's per-example overhead) exceeds it is skipped with a
   note, and any run that goes over it is stopped and reported as a timeout.
 
+With ``--peers`` it instead runs the side-by-side comparison of :mod:`peers` (ours against
+dattri, captum and traker on the same model and tensors, per method family, at each of
+``--peer-threads``; time, peak MB and, on digits, LDS against 50 retrained subsets) and prints
+its report under ``"peers"``.
+
 Usage: python benchmarks/speed.py [--threads 2] [--device auto|cpu|cuda] [--repeats 1]
        [--methods grad-dot,trak,...] [--quick] [--max-seconds 600] [--work-dir DIR]
+       python benchmarks/speed.py --peers [--settings digits,mlp18k] [--families grad-dot,...]
+       [--peer-threads 1,2]
 """
 
 from __future__ import annotations
@@ -122,6 +129,8 @@ def _train_config(epochs: int):
 
 def worker(spec: dict) -> dict:
     """One measurement in this (fresh) process; returns what the parent records."""
+    if spec["job"].startswith("peer-"):
+        return _peer_worker(spec)
     torch, device, train, test = _setup(spec)
     work = Path(spec["work_dir"])
     job = spec["job"]
@@ -180,6 +189,50 @@ def worker(spec: dict) -> dict:
 
 
 
+def _peer_worker(spec: dict) -> dict:
+    """A side-by-side job (:mod:`peers`) in this fresh process, on the CPU."""
+    import torch
+
+    import peers
+    from gda_core.evaluation.memory import PeakMemory
+
+    torch.set_num_threads(spec["threads"])
+    if spec["job"] == "peer-prepare":
+        return peers.prepare(spec)
+    device = torch.device("cpu")
+    return peers.measure(spec, Clock(device), PeakMemory(device))
+
+
+def _peers_main(args) -> int:
+    import peers
+
+    wall_started = time.perf_counter()
+    work_dir, temporary = work_directory(args, "gda-peers-")
+    args.work_dir_path = work_dir
+    args.device = "cpu"  # the peers' CPU paths; both sides on the same device
+    warn_if_busy()
+    load_start, git_start = load_average(), git_state()
+
+    def runner_for(threads: int) -> Runner:
+        args.threads = threads
+        return Runner(args, {}, work_dir, __file__)
+
+    report = peers.main(args, runner_for, log, args.max_seconds + SETUP_ALLOWANCE)
+    for line in peers.table(report):
+        log(line)
+    out = {"benchmark": "speed", "mode": "peers",
+           "config": {"threads": [int(t) for t in args.peer_threads.split(",")], "device": "cpu",
+                      "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                      "repeats": args.repeats, "warmup": not args.no_warmup, "model": "mlp 64-128-128-10 (relu)",
+                      "git_start": git_start, "git_end": git_state(), "load_average_start": load_start,
+                      "load_average_end": load_average()},
+           "peers": report, "wall_seconds": rounded(time.perf_counter() - wall_started, 1)}
+    print(json.dumps(out, indent=2))
+    if temporary is not None:
+        temporary.cleanup()
+    return 0
+
+
 # ====================================================================== parent side
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -189,6 +242,15 @@ def parse_args(argv=None):
     parser.add_argument("--ks", default=None, help="comma list of group counts (default N/100,N/10)")
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="epochs of the attributed model (default 5; 2 with --quick)")
+    parser.add_argument("--peers", action="store_true", help="side-by-side runs against dattri, captum, traker")
+    parser.add_argument("--settings", default="digits,mlp18k", help="--peers: comma list of digits, mlp18k")
+    parser.add_argument("--families", default=None, help="--peers: comma list of method families (default all)")
+    parser.add_argument("--peer-threads", default="1,2", help="--peers: comma list of thread counts (default 1,2)")
+    parser.add_argument("--peer-epochs", type=int, default=5, help="--peers: epochs of the attributed model")
+    parser.add_argument("--peer-skip", default=None, help="--peers: comma list of family:side to leave out")
+    parser.add_argument("--peer-skip-note", default=None, help="--peers: the reason recorded for --peer-skip")
+    parser.add_argument("--reuse-results", action="store_true",
+                        help="--peers: reuse the model and results saved in --work-dir by an earlier run")
     args = parser.parse_args(argv)
     check_measurement_args(parser, args)
     return args
@@ -198,6 +260,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if run_if_worker(args, worker):
         return 0
+    if args.peers:
+        return _peers_main(args)
 
     wall_started = time.perf_counter()
     import torch

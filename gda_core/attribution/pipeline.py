@@ -23,6 +23,7 @@ from ..progress import Progress
 from ..registry import METHODS
 from ..requests import AttributionRequest, MembersRequest, resolve_device
 from .executors import BuiltinSource, make_executor
+from .factored import warm_up
 from .grouping import Groups, make_grouping, refine_groups
 from .methods import AttributionMethod, make_method
 from .methods.base import attributed_parameters
@@ -86,6 +87,8 @@ def prepare_attribution(request: AttributionRequest, cache_dir: str | Path | Non
     train = split.train.to(device)
     test = test.to(device)
     timings["load"] = time.perf_counter() - started
+    # One-off per-process costs (first torch.func traces), paid once per worker and timed apart.
+    timings["warmup"] = warm_up()
     method = make_method(request.method, model, **request.method_options)
     method.check_model()  # refusals that need only the model's size come before grouping and fit
     return split, model, train, test, method, timings
@@ -135,7 +138,7 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     timings["fit"] = method.fit_seconds_
     info = {"options": method.options.to_json(), "measurement": method.measurement_,
             "attributed_parameters": method.views_[0].engine.space.dim}
-    for attribute in ("damping_", "solver_info_"):
+    for attribute in ("damping_", "solver_info_", "gradient_path_"):
         if hasattr(method, attribute):
             info[attribute.rstrip("_")] = getattr(method, attribute)
     return AttributionResult(

@@ -112,6 +112,22 @@ def test_solvers_agree_with_the_exact_inverse(request, name, reference, options,
     assert np.median(rows) > threshold
 
 
+def test_lissa_stops_at_its_truncation_bound_with_the_deep_series_answer(exact_logreg_reference):
+    model, train, test, groups, damping, exact = exact_logreg_reference
+    deep = make_method("if-lissa", model, damping=damping, curvature_samples=None, batch_size=None, depth=250,
+                       tolerance=1e-12).fit(train, groups)
+    deep_scores = deep.attribute(test)  # to float32 round-off (its steps vanish) or 250 steps
+    early = make_method("if-lissa", model, damping=damping, curvature_samples=None, batch_size=None, depth=250,
+                        tolerance=1e-3).fit(train, groups)
+    scores = early.attribute(test)
+    info = early.solver_info_[0]
+    assert info["stopped_by"] in ("truncation bound", "relative step")
+    assert info["steps"] < deep.solver_info_[0]["steps"] / 2, (info, deep.solver_info_)
+    assert info["truncation_bound"] <= 1e-3 or info["last_relative_step"] <= 1e-3
+    # The truncated series misses at most a fraction rho^(J+1) of each eigencomponent.
+    assert np.linalg.norm(scores - deep_scores) / np.linalg.norm(deep_scores) < 2e-3, info
+
+
 def test_cg_reports_when_it_did_not_converge(exact_reference):
     model, train, test, groups, damping, _ = exact_reference
     method = make_method("if-cg", model, damping=1e-6, max_iterations=3, curvature_samples=None).fit(train, groups)

@@ -126,7 +126,7 @@ def test_trak_matches_its_formula(zoo, small_digits):
     kernel = features.T @ features
     ridge = float(kernel.trace()) / kernel.shape[0]  # default: the kernel's mean eigenvalue
     assert method.damping_[0] == pytest.approx(ridge, rel=1e-6)
-    expected = test_features @ torch.linalg.solve(kernel + ridge * torch.eye(64, dtype=torch.float64), features.T * residual)
+    expected = test_features @ torch.linalg.solve(kernel + ridge * torch.eye(projector.dim, dtype=torch.float64), features.T * residual)
     np.testing.assert_allclose(scores, expected.numpy(), rtol=2e-3, atol=1e-4 * float(expected.abs().max()))
 
 

@@ -30,6 +30,7 @@ from ...progress import Progress, no_progress
 from ...registry import METHODS
 from ...task import MEASUREMENTS
 from ..executors import Executor, LocalExecutor, TrainSide, Transform, ViewRecipe
+from ..factored import FactoredEngine, Factors, factor_dot, factor_sq_norms
 from ..grads import GradientChunk, GradientEngine, count_parameters
 from ..grouping import Groups
 
@@ -84,6 +85,9 @@ class AttributionMethod:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     #: whether a group's score equals the sum of its members' per-example scores
     gradient_linear: ClassVar[bool] = True
+    #: "dot" or "cosine" when the score is a (normalised) plain gradient inner product per
+    #: view, which per-example mode computes from per-layer factors without gradients
+    factored_product: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,6 +131,8 @@ class AttributionMethod:
             progress("fit", index / len(self.views_))
             self._fit_view(index, view, train)
         progress("fit", 1.0)
+        self._factor_cache: dict[int, list[tuple[np.ndarray, Factors]]] = {}
+        self.gradient_path_ = self._gradient_path()
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
@@ -135,6 +141,9 @@ class AttributionMethod:
         """Scores of shape (n_test, K): positive means the group helps the test prediction.
 
         ``executor`` computes the training side of each view (default: this process)."""
+        self._require_fit()
+        if self._factored_scoring(executor):
+            return self._factored_scores(test, progress)
         return self._scores(lambda engine: engine.test_gradients(test, measurement=self.measurement_),
                             progress, executor)
 
@@ -177,7 +186,81 @@ class AttributionMethod:
             raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(self.train_)}")
         self.groups_ = groups
         self._train_cache = {}
+        self.gradient_path_ = self._gradient_path()
         return self
+
+    # ------------------------------------------------------- factored products
+    def _per_example(self) -> bool:
+        labels = self.groups_.labels
+        return self.groups_.n_groups == len(labels) and np.array_equal(np.sort(labels), np.arange(len(labels)))
+
+    def _factored_scoring(self, executor: Executor | None) -> bool:
+        """Whether scores come from per-layer factors: a plain gradient product, per-example
+        mode, this process, and every view's engine on the factored path."""
+        if self.factored_product is None or not self._per_example():
+            return False
+        if executor is not None and not isinstance(executor, LocalExecutor):
+            return False
+        return all(isinstance(view.engine, FactoredEngine) and view.engine.check(self.train_, self.measurement_)
+                   for view in self.views_)
+
+    def _gradient_path(self) -> dict:
+        """Which gradient path each side takes, for ``method_info``."""
+        engine = self.views_[0].engine
+        per_example = self._per_example()
+        path = engine.path if isinstance(engine, FactoredEngine) else "vmap"
+        if isinstance(engine, FactoredEngine) and per_example:
+            engine.check(self.train_, self._train_objective(0, self.views_[0])[0])
+            path = engine.path
+        scores = ("per-layer factored inner products (d_t . d_i)(a_t . a_i), no per-example gradients"
+                  if self._factored_scoring(None) else "test side @ training-side gradients")
+        return {"test_side": path,
+                "train_side": path if per_example else "group sums (vmap, or one backward per large group)",
+                "scores": scores}
+
+    def _train_factors(self, index: int, view: View) -> Iterator[tuple[np.ndarray, Factors]]:
+        """The training side's per-example factors, kept in memory after the first pass when they fit."""
+        if index in self._factor_cache:
+            yield from self._factor_cache[index]
+            return
+        objective, weights = self._train_objective(index, view)
+        engine: FactoredEngine = view.engine  # type: ignore[assignment]
+        kept: list | None = []
+        used = 0
+        budget = self.options.cache_bytes // max(1, len(self.views_))
+        for rows, factors in engine.factor_chunks(self.train_, objective=objective, weights=weights):
+            used += sum(a.numel() * a.element_size() + d.numel() * d.element_size() for a, d in factors)
+            if kept is not None:
+                if used <= budget:
+                    kept.append((rows, factors))
+                else:
+                    kept = None
+            yield rows, factors
+        if kept is not None:
+            self._factor_cache[index] = kept
+
+    def _factored_scores(self, test: Dataset, progress: Progress) -> np.ndarray:
+        """sum over views of weight * g_t . g_i (or the cosine), from per-layer factors."""
+        started = time.perf_counter()
+        scores = None
+        labels = self.groups_.labels
+        for index, view in enumerate(self.views_):
+            engine: FactoredEngine = view.engine  # type: ignore[assignment]
+            pieces = [factors for _, factors in engine.factor_chunks(test, objective=self.measurement_)]
+            test_factors = [(torch.cat([p[layer][0] for p in pieces]), torch.cat([p[layer][1] for p in pieces]))
+                            for layer in range(len(pieces[0]))]
+            cosine = self.factored_product == "cosine"
+            test_norms = factor_sq_norms(test_factors).sqrt().clamp_min(1e-30) if cosine else None
+            block = torch.zeros(len(test), len(labels), dtype=engine.dtype, device=engine.device)
+            for rows, factors in self._train_factors(index, view):
+                dots = factor_dot(test_factors, factors)
+                if cosine:
+                    dots = dots / test_norms[:, None] / factor_sq_norms(factors).sqrt().clamp_min(1e-30)[None]
+                block[:, torch.as_tensor(labels[rows], device=block.device)] = view.weight * dots
+                progress("attribute", (index + (rows[-1] + 1) / len(labels)) / len(self.views_))
+            scores = block if scores is None else scores + block
+        self.attribute_seconds_ = time.perf_counter() - started
+        return scores.double().cpu().numpy()
 
     def _require_fit(self) -> None:
         if not hasattr(self, "groups_"):
@@ -232,13 +315,20 @@ class AttributionMethod:
         (a module-level function, or a method of a small object): Ray workers apply it."""
         return None
 
+    def _train_projector(self, index: int, view: View):
+        """A projector the engine applies to the training side itself (it may project
+        per-layer factors without forming gradients); when set, it replaces
+        ``_train_transform`` in this process (workers still apply the transform)."""
+        return None
+
     def _train_objective(self, index: int, view: View) -> tuple[str, torch.Tensor | None]:
         """The objective whose group gradients form the training side, and example weights."""
         return "loss", None
 
     # ----------------------------------------------------------------- shared
     def _engine(self, module: torch.nn.Module) -> GradientEngine:
-        return GradientEngine(module, last_layer_only=self.options.last_layer_only,
+        # Per-example passes use per-layer factors where the model allows it, vmap otherwise.
+        return FactoredEngine(module, last_layer_only=self.options.last_layer_only,
                               chunk_examples=self.options.chunk_examples, parameters=self.options.parameters)
 
     def _train_side(self, index: int, view: View) -> Iterator[GradientChunk]:
@@ -247,11 +337,12 @@ class AttributionMethod:
             yield from self._train_cache[index]
             return
         objective, weights = self._train_objective(index, view)
-        transform = self._train_transform(index, view)
+        projector = self._train_projector(index, view)
+        transform = None if projector is not None else self._train_transform(index, view)
         chunks: list[GradientChunk] | None = []
         budget = self.options.cache_bytes // max(1, len(self.views_))
         for chunk in view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
-                                                 objective=objective, weights=weights):
+                                                 objective=objective, weights=weights, projector=projector):
             if transform is not None:
                 chunk = GradientChunk(chunk.group_ids, transform(chunk.gradients))
             if chunks is not None and not chunks:

@@ -17,6 +17,7 @@ class GradDot(AttributionMethod):
 
     name = "grad-dot"
     description = "gradient dot product (first-order, final model)"
+    factored_product = "dot"
 
 
 class GradCos(AttributionMethod):
@@ -25,6 +26,7 @@ class GradCos(AttributionMethod):
     name = "grad-cos"
     description = "gradient cosine similarity (final model)"
     gradient_linear = False
+    factored_product = "cosine"
 
     @staticmethod
     def _unit_rows(matrix: torch.Tensor) -> torch.Tensor:
@@ -54,6 +56,7 @@ class TracIn(AttributionMethod):
     name = "tracin"
     description = "TracIn: learning-rate weighted Grad-Dot summed over checkpoints"
     Options = TracInOptions
+    factored_product = "dot"
 
     def check_model(self) -> None:
         super().check_model()

@@ -183,10 +183,14 @@ class InfluenceCG(_Influence):
 
 @dataclass
 class LiSSAOptions(InfluenceOptions):
+    #: the most recursion steps; fewer run once the convergence check passes
     depth: int = 300
     batch_size: int | None = 256
     #: must exceed the top eigenvalue of C + lambda I; None = 1.2 x a power-iteration estimate
     scale: float | None = None
+    #: stop once the series' truncation bound rho^(j+1) (rho = 1 - lambda / s, the slowest
+    #: eigendirection's contraction) is below it, or the tail the relative steps imply is
+    tolerance: float = 1e-3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -194,10 +198,21 @@ class LiSSAOptions(InfluenceOptions):
             raise GDAError("depth and batch_size must be >= 1")
         if self.scale is not None and self.scale <= 0:
             raise GDAError("scale must be > 0")
+        if not 0 < self.tolerance < 1:
+            raise GDAError(f"tolerance must lie in (0, 1), got {self.tolerance}")
 
 
 class InfluenceLiSSA(_Influence):
-    """x_{j+1} = v + (I - (C_batch + lambda I) / s) x_j; (C + lambda I)^-1 v ~ x_J / s."""
+    """x_{j+1} = v + (I - (C_batch + lambda I) / s) x_j; (C + lambda I)^-1 v ~ x_J / s.
+
+    All test vectors go through each step together (one batched curvature product). The
+    partial sums converge geometrically: in the eigendirection of C + lambda I with the
+    smallest eigenvalue (at least lambda) the truncated series misses a fraction
+    rho^(J+1), rho = 1 - lambda / s, of the full one, and less in every other, so the
+    recursion stops once rho^(J+1) <= ``tolerance`` (the expected operator's bound; the
+    batches' sampling noise is not truncation and does not shrink with depth) or once the
+    remaining steps' geometric tail, (largest relative step) x rho / (1 - rho), is below it;
+    ``solver_info`` records the steps run and the last relative step."""
 
     name = "if-lissa"
     description = "influence function, LiSSA stochastic Neumann series"
@@ -215,16 +230,30 @@ class InfluenceLiSSA(_Influence):
         operator, damping, scale = self.operators_[index], self.damping_[index], self.scale_[index]
         generator = torch.Generator().manual_seed(self.options.seed)
         batch = self.options.batch_size
+        contraction = 1 - damping / scale
+        tolerance = self.options.tolerance
         estimate = vectors.clone()
-        for _ in range(self.options.depth):
+        steps, relative_step, stopped = 0, float("nan"), "depth"
+        for steps in range(1, self.options.depth + 1):
             if batch is None or batch >= operator.n_rows:
                 product = operator.matvec(estimate)
             else:
                 rows = torch.randperm(operator.n_rows, generator=generator)[:batch].to(operator.engine.device)
                 product = operator.matvec_rows(estimate, rows)
-            estimate = vectors + estimate - (product + damping * estimate) / scale
-        self.solver_info_[index] = {"depth": self.options.depth, "scale": scale,
-                                    "contraction": 1 - damping / scale}
+            update = vectors - (product + damping * estimate) / scale
+            estimate = estimate + update
+            relative_step = float((update.norm(dim=1) / estimate.norm(dim=1).clamp_min(1e-300)).max()) \
+                if len(vectors) else 0.0
+            if contraction ** (steps + 1) <= tolerance:
+                stopped = "truncation bound"
+                break
+            if relative_step * contraction / (1 - contraction) <= tolerance:
+                stopped = "relative step"  # the geometric tail of the remaining steps is below it
+                break
+        self.solver_info_[index] = {"depth": self.options.depth, "steps": steps, "stopped_by": stopped,
+                                    "scale": scale, "contraction": contraction,
+                                    "truncation_bound": contraction ** (steps + 1),
+                                    "last_relative_step": relative_step, "tolerance": tolerance}
         return estimate / scale
 
 

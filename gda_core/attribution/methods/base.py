@@ -283,6 +283,7 @@ class AttributionMethod:
             block = executor.score(side, test_side, lambda f, index=index: progress("attribute", (index + f) / n_views))
             scores = block if scores is None else scores + block
         self.attribute_seconds_ = time.perf_counter() - started
+        self.gradient_path_ = self._gradient_path()  # the test side's check has run by now
         return scores.double().cpu().numpy()
 
     @classmethod

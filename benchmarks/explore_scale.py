@@ -16,12 +16,12 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import time_reruns  # benchmarks/ is on the path when a benchmark runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,13 +94,7 @@ def main() -> None:
     def timed(prepare=None) -> dict:
         if prepare is not None:
             prepare(app)
-        samples = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            app.run()
-            samples.append(time.perf_counter() - started)
-            assert not app.exception, app.exception
-        return {"median_s": round(statistics.median(samples), 3), "max_s": round(max(samples), 3)}
+        return time_reruns(app, args.repeats)
 
     views = {"map by group": timed()}
     payload = max(len(chart.proto.spec) for chart in app.get("plotly_chart"))

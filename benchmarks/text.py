@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gda_core import AttributionRequest, run_attribution  # noqa: E402
 from gda_core.attribution.grouping import make_grouping  # noqa: E402
 from gda_core.inputs.choices import load_inputs  # noqa: E402
-from gda_core.inputs.huggingface import DEMO_RECIPE, frozen_prefix, last_layer_logits  # noqa: E402
+from gda_core.inputs.huggingface import DEMO_RECIPE, last_layer_split  # noqa: E402
 
 #: options that keep each method within minutes on a CPU (the curvature sample passes the whole BERT)
 METHODS = {"grad-dot": {}, "trak": {"curvature_samples": 256}, "if-ekfac": {"curvature_samples": 256},
@@ -42,8 +42,8 @@ def further_training(model, split, groups, *, steps: int, seeds: int, epsilon: f
     """(n_test, K): minus the change of each test loss per unit up-weighting of each group."""
     module = model.module
     train_ids, test_ids = split.train.features, split.test.features[:test_size]
-    hidden, mask = frozen_prefix(module, train_ids)
-    test_hidden, test_mask = frozen_prefix(module, test_ids)
+    frozen, suffix = last_layer_split(module, train_ids)
+    test_frozen, _ = last_layer_split(module, test_ids)
     labels, test_labels = split.train.labels, split.test.labels[:test_size]
     chosen = set(module.parameter_subset(DEMO_RECIPE["parameters"]))
     named = {n: p for n, p in module.named_parameters() if n in chosen}
@@ -61,14 +61,14 @@ def further_training(model, split, groups, *, steps: int, seeds: int, epsilon: f
         for _ in range(steps):
             rows = torch.randperm(len(labels), generator=generator)[:DEMO_RECIPE["batch_size"]]
             optimiser.zero_grad()
-            losses = torch.nn.functional.cross_entropy(last_layer_logits(module, hidden[rows], mask[rows]),
+            losses = torch.nn.functional.cross_entropy(suffix(frozen[rows]),
                                                        labels[rows], reduction="none")
             (losses * weights[rows]).mean().backward()
             optimiser.step()
         for parameter in named.values():
             parameter.requires_grad_(False)
         with torch.no_grad():
-            return torch.nn.functional.cross_entropy(last_layer_logits(module, test_hidden, test_mask), test_labels,
+            return torch.nn.functional.cross_entropy(suffix(test_frozen), test_labels,
                                                      reduction="none")
 
     effect = np.zeros((len(test_labels), n_groups))

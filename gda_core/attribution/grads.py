@@ -16,6 +16,7 @@ positive dot product always means "helps".
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -33,6 +34,8 @@ BACKWARD_GROUP_SIZE = 32
 #: a chunk of gradients holds at most this many bytes: for a large parameter subset (a
 #: transformer layer has millions) fewer than ``chunk_examples`` rows go in one chunk
 CHUNK_BYTES = 2**30
+#: the frozen prefix's outputs an engine keeps in memory (one entry per data set), at most
+PREFIX_CACHE_BYTES = 2**31
 
 
 @dataclass
@@ -162,6 +165,35 @@ def parameter_subset(module: nn.Module, spec: str) -> list[str]:
                    f"unknown parameter subset {spec!r}; choose from: {', '.join(PARAMETER_SUBSETS)}"[:200])
 
 
+class _HeadOnly(nn.Module):
+    """A model's ``head`` alone, its parameters named as in the model (``head.*``)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+def frozen_split(module: nn.Module, names: list[str]
+                 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module, str] | None:
+    """Where differentiating only ``names`` lets the model be cut in two: ``(prefix, suffix,
+    what the prefix holds)`` with ``suffix(prefix(x))`` the model's output, the prefix holding
+    no chosen parameter (so it runs once per data set, without gradients) and the suffix
+    naming its parameters as the model does. A model says where it splits with a
+    ``frozen_split(names)`` method (the Hugging Face text wrapper: before the first chosen
+    encoder layer); a model with ``features`` and ``head`` splits before the head when only
+    head parameters are chosen. None: no split (everything runs for every gradient)."""
+    if hasattr(module, "frozen_split"):
+        return module.frozen_split(names)
+    if has_last_layer(module):
+        head = {f"head.{name}" for name, _ in module.head.named_parameters()}
+        if set(names) <= head:
+            return module.features, _HeadOnly(module.head), "the features (everything before the head)"
+    return None
+
+
 def count_parameters(module: nn.Module, last_layer_only: bool = False, parameters: str = "all") -> int:
     """How many parameters attribution differentiates: the head's in last-layer mode, else
     those of the subset."""
@@ -175,11 +207,15 @@ class GradientEngine:
     """Per-example, group and test gradients of one model, full or last-layer only, over all
     its parameters or a subset of them.
 
-    In last-layer-only mode the penultimate representation is computed once and the head is
-    differentiated on it, which is how large models stay cheap. With ``parameters`` (see
-    :func:`parameter_subset`) the whole model runs forward and only the chosen parameters are
+    With ``parameters`` (see :func:`parameter_subset`) only the chosen parameters are
     differentiated (``functional_call`` over them, the others held fixed as the module has
-    them): the same code path, a smaller gradient.
+    them): the same code path, a smaller gradient. Everything before the first chosen
+    parameter is a frozen prefix (:func:`frozen_split`; in last-layer mode, the model's
+    ``features``): :meth:`inputs` runs it once per data set, in chunks and without gradients,
+    and keeps its output in memory for the engine's life (``PREFIX_CACHE_BYTES``), so every
+    gradient pass (per-example, grouped, test side, curvature, factored) runs only the
+    suffix, :attr:`function_module`. ``frozen_prefix=False`` runs the whole model for every
+    gradient instead (the same scores, slower).
     """
 
     def __init__(
@@ -189,12 +225,16 @@ class GradientEngine:
         last_layer_only: bool = False,
         chunk_examples: int = 1024,
         parameters: str = "all",
+        frozen_prefix: bool = True,
     ):
         if chunk_examples < 1:
             raise GDAError("chunk_examples must be >= 1")
         self.module = module
         self.last_layer_only = last_layer_only
         self.parameters = parameters
+        #: the frozen part run once per data set (None: the whole model runs for each gradient)
+        self.prefix: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._prefix_cache: dict[tuple, torch.Tensor] = {}
         if last_layer_only:
             if parameters != "all":
                 raise GDAError(f"last-layer mode already restricts gradients to the head; drop --parameters "
@@ -203,9 +243,18 @@ class GradientEngine:
                 raise GDAError("last-layer mode needs a model with `features` and a linear `head`")
             self.function_module: nn.Module = module.head
             chosen = [name for name, _ in module.head.named_parameters()]
+            self.prefix, frozen = module.features, "the features (last-layer mode)"
         else:
             self.function_module = module
             chosen = parameter_subset(module, parameters)
+            split = frozen_split(module, chosen) if frozen_prefix else None
+            frozen = None
+            if split is not None:
+                self.prefix, self.function_module, frozen = split
+        #: what runs once per data set, in words, for method_info
+        self.prefix_description = (f"{frozen}: run once per data set, cached in memory" if self.prefix is not None
+                                   else "none: the whole model runs for every gradient"
+                                   + ("" if frozen_prefix else " (frozen_prefix off)"))
         named = dict(self.function_module.named_parameters())
         self.params = {name: named[name].detach() for name in chosen}
         if not self.params:
@@ -219,17 +268,26 @@ class GradientEngine:
     # ------------------------------------------------------------------ inputs
     def inputs(self, data: Dataset) -> torch.Tensor:
         """What the differentiated function takes: raw features (token ids stay integers), or
-        the penultimate representation in last-layer mode (computed once, without gradients)."""
+        the frozen prefix's output (computed once per data set, in chunks, without gradients,
+        and kept in memory while it fits ``PREFIX_CACHE_BYTES``)."""
         reference = next(iter(self.params.values()))
+        if self.prefix is None:
+            return data.model_inputs(reference)
+        source = data.features.detach().cpu().contiguous()
+        key = (tuple(source.shape), str(source.dtype), hashlib.blake2b(source.numpy().tobytes()).hexdigest())
+        if key in self._prefix_cache:
+            return self._prefix_cache[key]
         features = data.model_inputs(reference)
-        if not self.last_layer_only:
-            return features
         batch = 4096 if features.is_floating_point() else TEXT_BATCH
         with torch.no_grad():
-            return torch.cat([
-                self.module.features(features[start:start + batch])
-                for start in range(0, len(features), batch)
-            ])
+            out = torch.cat([self.prefix(features[start:start + batch]) for start in range(0, len(features), batch)])
+        size = out.element_size() * out.numel()
+        while self._prefix_cache and size + sum(t.element_size() * t.numel() for t in self._prefix_cache.values()) \
+                > PREFIX_CACHE_BYTES:
+            self._prefix_cache.pop(next(iter(self._prefix_cache)))  # the oldest goes first
+        if size <= PREFIX_CACHE_BYTES:
+            self._prefix_cache[key] = out
+        return out
 
     def logits(self, data: Dataset) -> torch.Tensor:
         with torch.no_grad():
@@ -281,9 +339,9 @@ class GradientEngine:
         labels = data.labels.to(self.device)
         weights = (torch.ones(len(data), device=self.device, dtype=self.dtype) if weights is None
                    else weights.to(device=self.device, dtype=self.dtype))
-        # Pad slot n points at a dummy row with zero weight.
-        inputs_padded = torch.cat([inputs, torch.zeros_like(inputs[:1])])
-        labels_padded = torch.cat([labels, labels[:1]])
+        # Pad slot n repeats the last row with zero weight (the inputs are not copied: a frozen
+        # prefix's output can be large).
+        last = len(data) - 1
         weights_padded = torch.cat([weights, torch.zeros_like(weights[:1])])
         members = group_members(group_labels, n_groups)
         sizes = np.array([len(m) for m in members])
@@ -293,7 +351,8 @@ class GradientEngine:
             # One group of many points: an ordinary backward; many small groups: one vmap.
             gradient = backward_grad if rows.shape == (1, rows.shape[1]) and rows.shape[1] >= BACKWARD_GROUP_SIZE \
                 else batched_grad
-            grads = gradient(self.params, inputs_padded[rows], labels_padded[rows], weights_padded[rows])
+            real = rows.clamp_max(last)
+            grads = gradient(self.params, inputs[real], labels[real], weights_padded[rows])
             flat = self.space.flatten(grads)
             return flat if projector is None else projector.project(flat)
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import GDAError, first_line
 from ..io import atomic_write_bytes, file_lock, packaged_file
-from .datasets import Dataset
+from .datasets import TEXT_BATCH, Dataset
 from .safety import UploadLimits, checked_zip, one_line, read_entry, read_upload, refuse_pickle
 from .zoo import TrainedModel, check_finite_weights
 
@@ -103,19 +103,11 @@ class SequenceClassifier(nn.Module):
         ids = ids.long()
         encoder = getattr(self.model, self._encoder_name)
         outputs = encoder(input_ids=ids, attention_mask=self._mask(ids))
-        if self.model_type == "bert":
-            pooled = outputs.pooler_output
-            return outputs.last_hidden_state[:, 0] if pooled is None else pooled
-        first = outputs[0][:, 0]
-        if self.model_type == "distilbert":
-            return torch.relu(self.model.pre_classifier(first))
-        classifier = self.model.classifier  # roberta: dense, tanh, then out_proj
-        return torch.tanh(classifier.dense(first))
+        return _pooled(self.model, self.model_type, outputs[0])
 
     @property
     def head(self) -> nn.Linear:
-        classifier = self.model.classifier
-        return classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+        return _head(self.model)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(ids))
@@ -125,11 +117,50 @@ class SequenceClassifier(nn.Module):
         return self.model(input_ids=ids, attention_mask=(ids != self.pad_id).long()).logits
 
     @property
-    def n_layers(self) -> int:
+    def layers(self) -> nn.ModuleList:
+        """The encoder's layers, in order."""
         layers: Any = getattr(self.model, self._encoder_name)
         for part in self._layers_path.split("."):
             layers = getattr(layers, part)
-        return len(layers)
+        return layers
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def _layer_prefix(self, index: int) -> str:
+        return f"model.{self._encoder_name}.{self._layers_path}.{index}."
+
+    def frozen_split(self, names: list[str]) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module, str] | None:
+        """Split the model where the parameters ``names`` start, for attribution that
+        differentiates only them: ``(prefix, suffix, description)`` with ``suffix(prefix(ids))``
+        equal to the model's logits. ``prefix`` (run without gradients) takes token ids to the
+        hidden states entering the first encoder layer that holds one of ``names`` (the
+        encoder's output when only the head is chosen), with a last channel marking padding;
+        ``suffix`` runs the remaining layers, the pooling and the head, and names its
+        parameters as this module does. None when a chosen parameter is in the embeddings
+        (nothing is frozen before it), or when the split does not reproduce the logits on a
+        probe (an unsupported variant)."""
+        chosen = set(names)
+        layered = [index for index in range(self.n_layers)
+                   if any(name.startswith(self._layer_prefix(index)) for name in chosen)]
+        start = layered[0] if layered else self.n_layers
+        inside = {self._layer_prefix(i) for i in range(start, self.n_layers)}
+        if any(not name.removeprefix("model.").startswith(self._head_prefixes)
+               and not name.startswith(tuple(inside)) for name in chosen):
+            return None  # a chosen parameter before the first layer chosen (the embeddings)
+        suffix = _Suffix(self, start)
+        prefix = _Prefix(self, start)
+        probe = torch.full((2, 5), self.pad_id, device=self.model.device)
+        probe[:, :3] = torch.arange(3, device=probe.device) + (self.pad_id + 1)
+        probe[1, 3] = self.pad_id + 4
+        probe = probe.clamp_max(self.model.config.vocab_size - 1)
+        with torch.no_grad():
+            if not torch.allclose(suffix(prefix(probe)), self(probe), atol=1e-5):
+                return None
+        frozen = "the embeddings" + (f" and encoder layers 0-{start - 1}" if start > 1 else
+                                     " and encoder layer 0" if start == 1 else "")
+        return prefix, suffix, frozen
 
     def parameter_subset(self, spec: str) -> list[str]:
         """Names (as ``named_parameters`` gives them) of a parameter subset: ``head`` (every
@@ -156,6 +187,73 @@ class SequenceClassifier(nn.Module):
             return [n for n in names if n.startswith(prefixes)] + head
         raise GDAError(f"unknown parameter subset {one_line(spec, 30)}; choose all, head, last-K (K encoder layers "
                        f"and the head, e.g. last-1) or lora")
+
+
+def _head(model: nn.Module) -> nn.Linear:
+    classifier = model.classifier
+    return classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+
+
+def _pooled(model: nn.Module, model_type: str, hidden: torch.Tensor) -> torch.Tensor:
+    """The pooled sentence embedding from the encoder's last hidden states."""
+    if model_type == "bert":
+        pooler = model.bert.pooler
+        return hidden[:, 0] if pooler is None else pooler(hidden)
+    first = hidden[:, 0]
+    if model_type == "distilbert":
+        return torch.relu(model.pre_classifier(first))
+    return torch.tanh(model.classifier.dense(first))  # roberta: dense, tanh, then out_proj
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end an encoder's forward pass at a layer."""
+
+
+class _Prefix:
+    """Token ids -> (hidden states entering encoder layer ``start``, a padding channel)."""
+
+    def __init__(self, owner: SequenceClassifier, start: int):
+        self.owner, self.start = owner, start
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        owner, ids = self.owner, ids.long()
+        encoder = getattr(owner.model, owner._encoder_name)
+        captured: list[torch.Tensor] = []
+        if self.start < owner.n_layers:
+            def stop(_module, args, kwargs):
+                captured.append(args[0] if args else kwargs["hidden_states"])
+                raise _StopForward
+
+            hook = owner.layers[self.start].register_forward_pre_hook(stop, with_kwargs=True)
+            try:
+                encoder(input_ids=ids, attention_mask=owner._mask(ids))
+            except _StopForward:
+                pass
+            finally:
+                hook.remove()
+            hidden = captured[0]
+        else:
+            hidden = encoder(input_ids=ids, attention_mask=owner._mask(ids))[0]
+        padding = (ids == owner.pad_id).to(hidden.dtype)[..., None]
+        return torch.cat([hidden, padding], dim=-1)
+
+
+class _Suffix(nn.Module):
+    """:class:`_Prefix`'s output -> logits: encoder layers ``start`` onwards, the pooling and
+    the head. It holds the wrapped model as ``model``, so its parameters keep their names."""
+
+    def __init__(self, owner: SequenceClassifier, start: int):
+        super().__init__()
+        self.model = owner.model
+        self.model_type, self.start = owner.model_type, start
+        self._layers = list(owner.layers)[start:]  # a plain list: not registered twice
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        hidden, padding = packed[..., :-1], packed[..., -1]
+        mask = (padding * torch.finfo(hidden.dtype).min)[:, None, None, :].expand(-1, 1, hidden.shape[1], -1)
+        for layer in self._layers:
+            hidden = _hidden(layer(hidden, attention_mask=mask))
+        return _head(self.model)(_pooled(self.model, self.model_type, hidden))
 
 
 @dataclass
@@ -348,22 +446,18 @@ def _hidden(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def frozen_prefix(module: SequenceClassifier, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A BERT's hidden states before its last encoder layer, and the attention mask: what
-    training only the last layer and head needs, computed once."""
-    model = module.model
+def last_layer_split(module: SequenceClassifier, ids: torch.Tensor, batch: int = TEXT_BATCH
+                     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """What training only the last encoder layer and the head needs: the frozen layers'
+    output for ``ids`` (computed once, :meth:`SequenceClassifier.frozen_split`) and the
+    function from rows of it to logits."""
+    split = module.frozen_split(module.parameter_subset("last-1"))
+    if split is None:
+        raise GDAError("this text model cannot be split before its last encoder layer")
+    prefix, suffix, _ = split
     with torch.no_grad():
-        mask = module._mask(ids)
-        hidden = model.bert.embeddings(input_ids=ids)
-        for layer in model.bert.encoder.layer[:-1]:
-            hidden = _hidden(layer(hidden, attention_mask=mask))
-    return hidden, mask
-
-
-def last_layer_logits(module: SequenceClassifier, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A BERT's logits from :func:`frozen_prefix`'s hidden states (last layer, pooler, classifier)."""
-    model = module.model
-    return model.classifier(model.bert.pooler(_hidden(model.bert.encoder.layer[-1](hidden, attention_mask=mask))))
+        frozen = torch.cat([prefix(ids[start:start + batch]) for start in range(0, len(ids), batch)])
+    return frozen, suffix
 
 
 def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0,
@@ -387,10 +481,10 @@ def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0
     model.eval()  # no dropout: the fine-tuned function is the one attributed
     # The frozen layers run once: the last layer, pooler and classifier train on their output.
     layers = model.bert.encoder.layer
-    hidden, mask = frozen_prefix(module, ids)
+    frozen, suffix = last_layer_split(module, ids)
 
     def logits(rows: torch.Tensor) -> torch.Tensor:
-        return last_layer_logits(module, hidden[rows], mask[rows])
+        return suffix(frozen[rows])
 
     head = list(model.bert.pooler.parameters()) + list(model.classifier.parameters())
     for parameter in [*layers[-1].parameters(), *head]:

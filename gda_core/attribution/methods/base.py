@@ -47,6 +47,10 @@ class MethodOptions:
     #: the parameters differentiated, the rest held fixed (``grads.parameter_subset``): all,
     #: head, last-K (a text model's last K encoder layers and head) or lora
     parameters: str = "all"
+    #: run the layers before the first differentiated parameter once per data set and
+    #: differentiate only the rest (``grads.frozen_split``); off: the whole model runs for
+    #: every gradient (the same scores, slower)
+    frozen_prefix: bool = True
     chunk_examples: int = 1024
     cache_bytes: int = 1 << 30
     seed: int = 0
@@ -216,7 +220,7 @@ class AttributionMethod:
                   if self._factored_scoring(None) else "test side @ training-side gradients")
         return {"test_side": path,
                 "train_side": path if per_example else "group sums (vmap, or one backward per large group)",
-                "scores": scores}
+                "scores": scores, "frozen_prefix": engine.prefix_description}
 
     def _train_factors(self, index: int, view: View) -> Iterator[tuple[np.ndarray, Factors]]:
         """The training side's per-example factors, kept in memory after the first pass when they fit."""
@@ -330,7 +334,8 @@ class AttributionMethod:
     def _engine(self, module: torch.nn.Module) -> GradientEngine:
         # Per-example passes use per-layer factors where the model allows it, vmap otherwise.
         return FactoredEngine(module, last_layer_only=self.options.last_layer_only,
-                              chunk_examples=self.options.chunk_examples, parameters=self.options.parameters)
+                              chunk_examples=self.options.chunk_examples, parameters=self.options.parameters,
+                              frozen_prefix=self.options.frozen_prefix)
 
     def _train_side(self, index: int, view: View) -> Iterator[GradientChunk]:
         """Transformed group gradients, kept in memory after the first pass when they fit."""

@@ -1,0 +1,76 @@
+"""The frozen prefix: with a parameter subset, the layers before the first differentiated
+parameter run once per data set and only the rest is differentiated; the scores are those of
+running the whole model for every gradient (tiny BERT from the test's fixtures)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gda_core.attribution.grads import GradientEngine, frozen_split
+from gda_core.attribution.grouping import make_grouping
+from gda_core.attribution.methods.base import make_method
+from gda_core.inputs.choices import accept_data_upload, load_inputs
+from gda_core.inputs.parsers import DataOptions
+from gda_core.requests import AttributionRequest
+
+from .tiny import save_tiny_bert, sentences, text_csv
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prefix")
+    texts, labels = sentences(40)
+    folder = save_tiny_bert(root / "tiny-bert", texts, labels, epochs=10)
+    data = accept_data_upload("reviews.csv", text_csv(texts, labels), root / "cache",
+                              DataOptions(text_column="sentence", max_length=12))
+    return load_inputs(AttributionRequest(data=data, model=str(folder), method="grad-dot", grouping="per-example"),
+                       root / "cache")
+
+
+@pytest.mark.parametrize("spec, frozen", [("head", "encoder layers 0-1"), ("last-1", "encoder layer 0"),
+                                          ("last-2", "the embeddings")])
+def test_the_split_reproduces_the_logits_and_keeps_parameter_names(loaded, spec, frozen):
+    split, model = loaded
+    module, ids = model.module, split.train.features
+    names = module.parameter_subset(spec)
+    prefix, suffix, description = frozen_split(module, names)
+    assert description.endswith(frozen)
+    with torch.no_grad():
+        torch.testing.assert_close(suffix(prefix(ids)), module(ids), rtol=0, atol=1e-6)
+    assert set(names) <= {name for name, _ in suffix.named_parameters()}
+    assert frozen_split(module, module.parameter_subset("all")) is None  # the embeddings are differentiated
+
+
+def test_the_prefix_runs_once_per_data_set(loaded):
+    split, model = loaded
+    engine = GradientEngine(model.module, parameters="last-1")
+    calls = []
+    prefix = engine.prefix
+    engine.prefix = lambda ids: calls.append(len(ids)) or prefix(ids)
+    first = engine.inputs(split.train)
+    again = engine.inputs(split.train.subset(np.arange(len(split.train))))  # the same content, a new tensor
+    assert again is first and calls == [len(split.train)]
+    assert first.shape == (*split.train.features.shape, model.module.model.config.hidden_size + 1)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("grad-dot", {}), ("trak", {"projection_dim": 16}), ("if-arnoldi", {"rank": 4, "iterations": 8}),
+    ("if-ekfac", {}),
+])
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-example", "grouped"])
+def test_scores_with_the_frozen_prefix_equal_those_without(loaded, method, options, grouped):
+    split, model = loaded
+    groups = (make_grouping("repr-kmeans", 4, seed=0) if grouped else make_grouping("per-example", None)) \
+        .fit(split.train, model.module)
+    test = split.test.subset(slice(0, 4))
+    scores = {}
+    for cached in (True, False):
+        fitted = make_method(method, model, parameters="last-1", frozen_prefix=cached, **options)
+        scores[cached] = fitted.fit(split.train, groups).attribute(test)
+        assert fitted.views_[0].engine.prefix_description.startswith(
+            "the embeddings and encoder layer 0: run once" if cached else "none: the whole model runs")
+    np.testing.assert_allclose(scores[True], scores[False], rtol=1e-4, atol=1e-6 * np.abs(scores[False]).max())

@@ -95,17 +95,27 @@ class KroneckerProjector:
     Gaussian ``P_out`` (out x k_out) and ``P_in`` (in x k_in) scaled so that inner products
     are kept in expectation; a factor whose k equals its side is the identity (exact). The
     output dimension, ``sum_l k_out k_in``, is shared out in proportion to the layers' sizes
-    and may differ slightly from the one asked for (:attr:`dim` is the actual one)."""
+    and may differ slightly from the one asked for (:attr:`dim` is the actual one). Parameters
+    outside the layers (a LayerNorm's or BatchNorm's affine weights, usually few) get a dense
+    Gaussian projection of their own, its share of ``dim`` in proportion to their count too
+    (exact when that share covers them); per-example factors then do not cover every
+    parameter, so only :meth:`project` of flat vectors applies."""
 
     def __init__(self, engine: GradientEngine, layers: list[Layer], dim: int, seed: int = 0):
         if dim < 1:
             raise GDAError(f"projection dimension must be >= 1, got {dim}")
         layout = LayerLayout(engine.space, layers)
-        if layout.uncovered:
-            raise GDAError(f"a Kronecker projection needs every parameter in a Linear or Conv2d layer; "
-                           f"not covered: {', '.join(layout.uncovered[:3])}")
         self.input_dim, self.seed = layout.dim, seed
-        total = sum(layer.out_dim * layer.in_dim for layer in layers)
+        rest = [layout.offsets[name] for name in layout.uncovered]
+        #: the columns of the parameters outside the layers, and their dense projection
+        #: (None: copied exactly)
+        self.rest_columns = torch.cat([torch.arange(r.start, r.stop) for r in rest]) if rest else None
+        n_rest = 0 if self.rest_columns is None else len(self.rest_columns)
+        total = sum(layer.out_dim * layer.in_dim for layer in layers) + n_rest
+        rest_share = max(1, round(dim * n_rest / total)) if n_rest else 0
+        self.rest = RandomProjector(n_rest, rest_share, seed=seed * 1_000_003 + len(layers)) \
+            if 0 < rest_share < n_rest else None
+        self.rest_dim = min(rest_share, n_rest)
         #: per layer: weight columns, bias column (or None), out, in, k_out, k_in
         self.blocks: list[tuple[slice, slice | None, int, int, int, int]] = []
         for layer in layers:
@@ -118,7 +128,7 @@ class KroneckerProjector:
                 k_in = min(layer.in_dim, max(1, math.ceil(share / k_out)))
             bias = layout.offsets[layer.bias] if layer.bias is not None else None
             self.blocks.append((layout.offsets[layer.weight], bias, layer.out_dim, layer.in_dim, k_out, k_in))
-        self.dim = sum(k_out * k_in for *_, k_out, k_in in self.blocks)
+        self.dim = sum(k_out * k_in for *_, k_out, k_in in self.blocks) + self.rest_dim
         self._factors: dict[tuple, list[tuple[torch.Tensor | None, ...]]] = {}
 
     def __getstate__(self) -> dict:
@@ -152,10 +162,20 @@ class KroneckerProjector:
             if p_in is not None:
                 block = block @ p_in
             parts.append(block.flatten(1))
+        if self.rest_columns is not None:
+            rest = vectors[:, self.rest_columns.to(vectors.device)]
+            parts.append(rest if self.rest is None else self.rest.project(rest))
         return torch.cat(parts, dim=1)
+
+    def info(self) -> dict:
+        """What the projection covers, for ``method_info``."""
+        rest = 0 if self.rest_columns is None else len(self.rest_columns)
+        return {"layers": len(self.blocks), "dense_parameters": rest, "dense_dim": self.rest_dim}
 
     def project_factors(self, factors: Factors) -> torch.Tensor:
         """(n, dim) projections of per-example gradients given as layer factors."""
+        if self.rest_columns is not None:
+            raise GDAError("layer factors do not cover the parameters outside the layers; project flat gradients")
         reference = factors[0][0]
         parts = []
         for (a, d), (p_out, p_in) in zip(factors, self.factors(reference.device, reference.dtype)):
@@ -172,6 +192,9 @@ class FactoredEngine(GradientEngine):
     def __init__(self, module: nn.Module, **options):
         super().__init__(module, **options)
         self.layers: list[Layer] = []
+        #: the Linear/Conv2d layers among the parameters, even where they do not cover all
+        #: (a Kronecker projection takes them, the rest projected densely)
+        self.projection_layers: list[Layer] = []
         self._checked = False
         self._reason = self._refusal()
 
@@ -188,6 +211,7 @@ class FactoredEngine(GradientEngine):
             return str(error)
         if not layers:
             return "no nn.Linear or nn.Conv2d layer (an exported .pt2 program keeps none)"
+        self.projection_layers = layers
         uncovered = LayerLayout(self.space, layers).uncovered
         if uncovered:
             return f"parameters outside Linear/Conv2d layers: {', '.join(uncovered[:3])}"
@@ -302,10 +326,11 @@ class FactoredEngine(GradientEngine):
 
 
 def make_projector(engine: GradientEngine, dim: int, seed: int) -> KroneckerProjector | RandomProjector:
-    """A Kronecker (LoGra) projection where the engine's layers cover every parameter, else a
-    dense Gaussian one; both keep inner products in expectation."""
-    if isinstance(engine, FactoredEngine) and engine.factored:
-        return KroneckerProjector(engine, engine.layers, dim, seed=seed)
+    """A Kronecker (LoGra) projection of the engine's Linear/Conv2d layers (any other
+    parameters projected densely beside them), else, with no such layer, a dense Gaussian
+    one; both keep inner products in expectation."""
+    if isinstance(engine, FactoredEngine) and engine.projection_layers:
+        return KroneckerProjector(engine, engine.projection_layers, dim, seed=seed)
     return RandomProjector(engine.space.dim, min(dim, engine.space.dim), seed=seed)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gda_core.attribution.factored import FactoredEngine, KroneckerProjector, make_projector
 from gda_core.attribution.grads import GradientEngine, frozen_split
 from gda_core.attribution.grouping import make_grouping
 from gda_core.attribution.methods.base import make_method
@@ -74,3 +75,28 @@ def test_scores_with_the_frozen_prefix_equal_those_without(loaded, method, optio
         assert fitted.views_[0].engine.prefix_description.startswith(
             "the embeddings and encoder layer 0: run once" if cached else "none: the whole model runs")
     np.testing.assert_allclose(scores[True], scores[False], rtol=1e-4, atol=1e-6 * np.abs(scores[False]).max())
+
+
+def test_a_kronecker_projection_takes_the_layers_and_projects_layernorm_densely(loaded):
+    split, model = loaded
+    engine = FactoredEngine(model.module, parameters="last-1")
+    assert not engine.factored and "LayerNorm" in engine.path  # per-example factors do not cover LayerNorm
+    gradients = engine.stacked(engine.per_example_gradients(split.train.subset(slice(0, 30))), 30).double()
+    layernorm = sum(p.numel() for name, p in engine.params.items() if "LayerNorm" in name)
+    full = make_projector(engine, engine.space.dim, seed=0)
+    assert isinstance(full, KroneckerProjector) and full.dim == engine.space.dim  # every factor the identity
+    assert full.info()["dense_parameters"] == layernorm == full.info()["dense_dim"]
+    torch.testing.assert_close(full.project(gradients) @ full.project(gradients).T, gradients @ gradients.T)
+    rest = gradients[:, full.rest_columns]
+    gram, errors = rest @ rest.T, []
+    for seed in range(4):
+        small = make_projector(engine, 1200, seed=seed)
+        assert 1000 <= small.dim <= 1400 and 0 < small.info()["dense_dim"] < layernorm
+        projected = small.project(gradients)[:, -small.rest_dim:]  # the dense part comes last
+        errors.append(float((projected @ projected.T - gram).norm() / gram.norm()))
+    assert np.mean(errors) < 0.5  # unbiased: roughly 1/sqrt(k) relative error
+    groups = make_grouping("per-example", None).fit(split.train, model.module)
+    trak = make_method("trak", model, parameters="last-1", projection_dim=64).fit(split.train, groups)
+    trak.attribute(split.test.subset(slice(0, 2)))
+    projection = trak.solver_info_[0]["projection"]
+    assert projection["kind"] == "kronecker" and projection["dense_parameters"] == layernorm

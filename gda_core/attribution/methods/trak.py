@@ -28,7 +28,7 @@ from ...inputs.datasets import Dataset
 from ...inputs.zoo import TrainConfig, train_model
 from ...progress import Progress, no_progress
 from ..executors import Executor, Transform
-from ..factored import make_projector
+from ..factored import KroneckerProjector, make_projector
 from .base import View
 from .influence import InverseCurvatureMethod, InverseOptions
 
@@ -113,6 +113,7 @@ class TRAK(InverseCurvatureMethod):
         super()._fit_view(index, view, train)
         self.solver_info_[index]["projection"] = {
             "kind": type(projector).__name__.replace("Projector", "").lower(),
+            **(projector.info() if isinstance(projector, KroneckerProjector) else {}),
             "dim": projector.dim, "parameters": view.engine.space.dim,
             "chosen": "given" if requested else f"from {view.engine.space.dim} parameters and ensemble "
                                                 f"{self.options.ensemble} (projection_dim_for)"}

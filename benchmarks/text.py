@@ -11,7 +11,11 @@
   ``--seeds``; cosine per test point between that change of the test loss (negated, so that
   positive means the group helped) and each grouped run's scores, mean over test points.
 
+- with and without the frozen prefix (``--without-prefix``, grad-dot by default): the five
+  frozen encoder layers run once per data set, or the whole BERT for every gradient.
+
 Usage: python benchmarks/text.py [--threads 2] [--test-size 60] [--steps 15] [--seeds 3] [--cache DIR]
+       [--methods grad-dot,trak,...] [--without-prefix grad-dot]
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epsilon", type=float, default=1.0)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--without-prefix", default="grad-dot",
+                        help="methods also run with frozen_prefix=false (the whole BERT for every gradient)")
     parser.add_argument("--cache", default=None, help="cache folder (default: a fresh temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,16 +129,32 @@ def main() -> None:
 
     rows = {}
     grouped_scores = {}
+    uncached = [m for m in args.without_prefix.split(",") if m]
     for method in args.methods.split(","):
         row = {}
         for grouping, k in (("per-example", None), ("repr-kmeans", n_groups)):
+            options = {"parameters": "last-1", **METHODS.get(method, {})}
             result = run_attribution(AttributionRequest(
                 data="reviews", model="minilm", method=method, grouping=grouping, n_groups=k,
-                test_size=args.test_size, method_options={"parameters": "last-1", **METHODS.get(method, {})}),
-                cache_dir=cache)
+                test_size=args.test_size, method_options=options), cache_dir=cache)
             row[grouping] = {"seconds": round(result.timings["grouping"] + result.timings["fit"]
                                               + result.timings["attribute"], 2),
                              "timings": {k: round(v, 2) for k, v in result.timings.items()}}
+            if method in uncached:  # the whole BERT for every gradient: the same scores, slower
+                plain = run_attribution(AttributionRequest(
+                    data="reviews", model="minilm", method=method, grouping=grouping, n_groups=k,
+                    test_size=args.test_size, method_options={**options, "frozen_prefix": False}), cache_dir=cache)
+                row[grouping]["without_frozen_prefix"] = {
+                    "seconds": round(plain.timings["grouping"] + plain.timings["fit"] + plain.timings["attribute"], 2),
+                    "max_relative_difference": float(np.abs(plain.scores - result.scores).max()
+                                                     / max(np.abs(result.scores).max(), 1e-30))}
+                row[grouping]["frozen_prefix_speed_up"] = round(
+                    row[grouping]["without_frozen_prefix"]["seconds"] / max(row[grouping]["seconds"], 1e-9), 2)
+            path = result.method_info.get("gradient_path", {})
+            row[grouping]["gradient_path"] = {key: path.get(key) for key in ("train_side", "frozen_prefix")}
+            projection = (result.method_info.get("solver_info") or [{}])[0].get("projection")
+            if projection:
+                row[grouping]["projection"] = projection
             if grouping == "per-example":
                 per_example = result.scores
             else:

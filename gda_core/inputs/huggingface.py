@@ -50,6 +50,8 @@ ARCHITECTURES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "roberta": ("RobertaForSequenceClassification", "roberta", "encoder.layer", ("classifier.",)),
     "xlm-roberta": ("XLMRobertaForSequenceClassification", "roberta", "encoder.layer", ("classifier.",)),
 }
+#: a peft adapter's config, saved beside the model by the adapter's ``save_pretrained``
+ADAPTER_CONFIG = "adapter_config.json"
 #: tokenizer files, one of which a model folder must hold
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 #: the built-in text demo model's name (a model choice, like the zoo's names)
@@ -316,7 +318,39 @@ def check_text_model_folder(folder: Path, limits: UploadLimits) -> tuple[str, di
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise GDAError(f"{folder.name} has no tokenizer (one of {', '.join(TOKENIZER_FILES)}); "
                        f"save the tokenizer with save_pretrained into the same folder")
+    if (folder / ADAPTER_CONFIG).is_file():
+        _check_adapter(folder, limits)
     return ARCHITECTURES[model_type][0], config
+
+
+def _check_adapter(folder: Path, limits: UploadLimits) -> None:
+    """A peft adapter saved beside the model (``adapter_config.json``, ``adapter_model.safetensors``):
+    LoRA only, safetensors only, and ``peft`` installed (without it transformers would load
+    the model without its adapter, silently)."""
+    adapter = _read_json(folder / ADAPTER_CONFIG, limits)
+    if adapter.get("peft_type") != "LORA":
+        raise GDAError(f"{ADAPTER_CONFIG} is a {one_line(adapter.get('peft_type'), 20)} adapter; only LoRA adapters "
+                       f"(peft_type LORA) are read")
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise GDAError(f"{folder.name} has {ADAPTER_CONFIG} but no adapter_model.safetensors; save the adapter "
+                       f"with save_pretrained(safe_serialization=True)")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise GDAError(f"{folder.name} carries a LoRA adapter, which needs the `peft` package: "
+                       f"pip install '.[text]'") from None
+
+
+def _unwrap_modules_to_save(model: nn.Module) -> None:
+    """Replace peft's wrappers of the modules an adapter retrains (the classifier, for a
+    sequence classifier) by the active retrained copy, so the head is a plain module again."""
+    for name, module in list(model.named_modules()):
+        if type(module).__name__ != "ModulesToSaveWrapper":
+            continue
+        active = module.active_adapter
+        active = active if isinstance(active, str) else active[0]
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module.modules_to_save[active])
 
 
 def load_text_model(folder: str | Path, *, device: torch.device | str = "cpu",
@@ -342,6 +376,21 @@ def load_text_model(folder: str | Path, *, device: torch.device | str = "cpu",
     if missing:
         raise GDAError(f"{folder.name}: the weights lack {one_line(', '.join(missing), 80)}, so that part would be "
                        f"random; save the trained classifier")
+    unused = sorted(key for key in info.get("unexpected_keys") or [] if "lora_" in key)
+    if unused:
+        raise GDAError(f"{folder.name}: model.safetensors holds LoRA weights ({one_line(unused[0], 60)}) that no "
+                       f"{ADAPTER_CONFIG} attaches; save the adapter with peft's save_pretrained beside the model")
+    if (folder / ADAPTER_CONFIG).is_file():  # transformers applied the adapter (info is then the adapter's)
+        unapplied = sorted(info.get("unexpected_keys") or [])
+        if unapplied or not any("lora_" in name for name, _ in model.named_parameters()):
+            raise GDAError(f"{folder.name}: the LoRA adapter in {ADAPTER_CONFIG} was not applied to the model"
+                           + (f" ({one_line(unapplied[0], 60)} matches no module)" if unapplied else ""))
+        ids = torch.tensor([[tokenizer.pad_token_id + 1] * 3]).clamp_max(model.config.vocab_size - 1)
+        with torch.no_grad():
+            before = model.eval()(input_ids=ids).logits
+            _unwrap_modules_to_save(model)
+            if not torch.allclose(model(input_ids=ids).logits, before):
+                raise GDAError(f"{folder.name}: the adapter's retrained modules cannot be unwrapped; unsupported")
     if tokenizer.pad_token_id is None:
         raise GDAError(f"{folder.name}: the tokenizer has no pad token; set one and save it again")
     model = model.float().eval().requires_grad_(False).to(device)

@@ -105,3 +105,21 @@ def test_group_members_partition():
     labels = np.array([2, 0, 2, 1, 0])
     members = group_members(labels, 3)
     assert [m.tolist() for m in members] == [[1, 4], [3], [0, 2]]
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-example", "grouped"])
+def test_the_head_subset_of_a_zoo_model_runs_its_features_once(zoo, small_digits, grouped):
+    """``--parameters head`` cuts a zoo model before its head (the frozen prefix is its
+    ``features``); the gradients are those of running the whole model for every gradient."""
+    train, _ = small_digits
+    model = zoo["cnn"].module
+    cut = GradientEngine(model, parameters="head", chunk_examples=64)
+    whole = GradientEngine(model, parameters="head", chunk_examples=64, frozen_prefix=False)
+    assert cut.prefix_description.startswith("the features") and whole.prefix is None
+    assert cut.space.names == whole.space.names == ["head.weight", "head.bias"]
+    labels = np.arange(len(train)) % 7 if grouped else np.arange(len(train))
+    n_groups = int(labels.max()) + 1
+    torch.testing.assert_close(cut.stacked(cut.group_gradients(train, labels, n_groups), n_groups),
+                               whole.stacked(whole.group_gradients(train, labels, n_groups), n_groups),
+                               rtol=1e-4, atol=1e-6)
+    assert cut.inputs(train).shape == (len(train), model.head.in_features)

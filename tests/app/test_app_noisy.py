@@ -77,7 +77,8 @@ def test_flag_then_review_with_undo_and_downloads(app, app_cache):
     table = app.dataframe[0].value
     assert table.loc[table["training point"] == first, "decision"].item() == "keep"
     downloads = app.get("download_button")
-    assert [d.proto.label for d in downloads] == ["Download decisions (CSV)", "Download cleaned labels (CSV)"]
+    assert [d.proto.label for d in downloads] == ["Download decisions (CSV)", "Download cleaned labels (CSV)",
+                                                 "Download cleaned data (CSV)", "Download cleaned data (NPZ)"]
     rows = list(csv.DictReader(io.StringIO(session(app_cache).decisions_csv())))
     assert [(int(r["train_index"]), r["decision"]) for r in rows] == [(first, "keep")]
 

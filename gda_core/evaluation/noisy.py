@@ -156,19 +156,16 @@ def final_model_probabilities(model: TrainedModel, data: Dataset) -> np.ndarray:
     return torch.softmax(model_outputs(model.module, data).double().cpu(), dim=1).numpy()
 
 
-def run_noisy(config: NoisyConfig, progress: Progress | None = None) -> dict:
-    """Inject label noise, retrain, flag, and compare with the baselines (JSON-ready). Every
-    ranking's ``seconds`` is its own time (Confident Learning's cross-validated one includes
-    its retraining); none counts the final model's training, which every one needs."""
-    progress = progress or no_progress
-    device = resolve_device(config.device)
-    inputs = noisy_inputs_of(config, "noisy-label evaluation", device, progress)
+def noisy_rankings(config: NoisyConfig, inputs: NoisyInputs, device: torch.device,
+                   progress: Progress = no_progress) -> dict[str, dict]:
+    """Each ranking's detection curve and time on ``inputs``: the request's own (its signal,
+    method and grouping; key ``influence``) and its baselines."""
     flags = flag_training_points(inputs.model, inputs.train, inputs.validation, config, progress)
     n_groups = flags.n_groups
     rankings = {"influence": {"label": _flag_label(config, n_groups),
                               **detection_curve(flags.order, inputs.flipped), "seconds": round(sum(flags.timings.values()), 4),
                               "timings": flags.summary()["timings"], "cpu_seconds": flags.summary()["cpu_seconds"],
-                              "n_refined": int(flags.refined.sum())}}
+                              "n_refined": int(flags.refined.sum()), "n_groups": n_groups}}
     labels = inputs.train.labels.cpu().numpy()
     if "loss" in config.baselines:
         started = time.perf_counter()
@@ -190,10 +187,21 @@ def run_noisy(config: NoisyConfig, progress: Progress | None = None) -> dict:
         rankings["confident-learning"] = _ranking(f"Confident Learning (cleanlab, {config.cl_folds}-fold, retrained)",
                                                   order, inputs.flipped, started, n_issues=n_issues)
     rankings["random"] = {"label": "random inspection (expected)", **random_curve(), "seconds": 0.0}
+    return rankings
+
+
+def run_noisy(config: NoisyConfig, progress: Progress | None = None) -> dict:
+    """Inject label noise, retrain, flag, and compare with the baselines (JSON-ready). Every
+    ranking's ``seconds`` is its own time (Confident Learning's cross-validated one includes
+    its retraining); none counts the final model's training, which every one needs."""
+    progress = progress or no_progress
+    device = resolve_device(config.device)
+    inputs = noisy_inputs_of(config, "noisy-label evaluation", device, progress)
+    rankings = noisy_rankings(config, inputs, device, progress)
     predicted, _ = predict(inputs.model.module, inputs.test)
     return {
         "config": config.to_json(), "n_train": len(inputs.train), "n_validation": len(inputs.validation),
-        "n_flipped": int(inputs.flipped.sum()), "n_groups": n_groups, "noise": config.noise,
+        "n_flipped": int(inputs.flipped.sum()), "n_groups": rankings["influence"]["n_groups"], "noise": config.noise,
         "model_test_accuracy": round(float((predicted == inputs.test.labels.cpu().numpy()).mean()), 4),
         "rankings": rankings, "torch_threads": torch.get_num_threads(),
     }

@@ -88,6 +88,13 @@ NEIGHBOUR_DIM = 256
 MODEL_ONLY_SIGNALS = frozenset({"neighbours"})
 
 
+def flag_label(request: FlagRequest, n_groups: int) -> str:
+    """How a flag run reads to a person: its signal, and the method and grouping when it uses them."""
+    if request.signal in MODEL_ONLY_SIGNALS:
+        return f"{request.signal} (final model)"
+    return f"{request.method} / {request.grouping} (K={n_groups}), {request.signal}"
+
+
 def layer_inputs(module: torch.nn.Module, data: Dataset, *, dim: int = NEIGHBOUR_DIM, seed: int = 0) -> torch.Tensor:
     """(n, d): every Linear and Conv2d layer's input for each point, averaged over positions
     (a convolution's pixels, a text model's tokens), L2-normalised per layer, projected to at
@@ -216,5 +223,5 @@ def run_flagging(request: FlagRequest, *, cache_dir: str | Path | None = None,
     split.train.require_classes("flagging for label review", "a reviewer keeps or relabels points into classes")
     flags = flag_training_points(model, split.train.to(device), split.test.to(device), request, progress)
     summary = {**flags.summary(), "config": request.to_json(), "data": request.data, "model": request.model,
-               "n_groups": flags.n_groups, "class_names": list(split.train.class_names)}
+               "n_groups": flags.n_groups, "label": flag_label(request, flags.n_groups), "class_names": list(split.train.class_names)}
     return flags, split.train, summary

@@ -20,8 +20,8 @@ from ..inputs.datasets import Dataset, DataSplit, stratified_split
 from ..inputs.noise import flip_labels
 from ..inputs.zoo import TrainedModel, default_train_config, model_config_for, model_outputs, predict, train_model
 from ..progress import Progress, no_progress
-from ..requests import FlagRequest, NoisyConfig, PruneConfig, resolve_device
-from .flagging import MODEL_ONLY_SIGNALS, flag_training_points, neighbour_suspicion
+from ..requests import NoisyConfig, PruneConfig, resolve_device
+from .flagging import flag_label, flag_training_points, neighbour_suspicion
 
 #: fractions of the training set inspected at which recall is reported
 REPORTED_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -140,12 +140,6 @@ def confident_learning_ranking(probabilities: np.ndarray, labels: np.ndarray) ->
     return order, int(issues.sum())
 
 
-def _flag_label(spec: FlagRequest, n_groups: int) -> str:
-    if spec.signal in MODEL_ONLY_SIGNALS:
-        return f"{spec.signal} (final model)"
-    return f"{spec.method} / {spec.grouping} (K={n_groups}), {spec.signal}"
-
-
 def _ranking(label: str, order: np.ndarray, flipped: np.ndarray, started: float, **extra) -> dict:
     return {"label": label, **detection_curve(order, flipped), "seconds": round(time.perf_counter() - started, 4),
             **extra}
@@ -162,7 +156,7 @@ def noisy_rankings(config: NoisyConfig, inputs: NoisyInputs, device: torch.devic
     method and grouping; key ``influence``) and its baselines."""
     flags = flag_training_points(inputs.model, inputs.train, inputs.validation, config, progress)
     n_groups = flags.n_groups
-    rankings = {"influence": {"label": _flag_label(config, n_groups),
+    rankings = {"influence": {"label": flag_label(config, n_groups),
                               **detection_curve(flags.order, inputs.flipped), "seconds": round(sum(flags.timings.values()), 4),
                               "timings": flags.summary()["timings"], "cpu_seconds": flags.summary()["cpu_seconds"],
                               "n_refined": int(flags.refined.sum()), "n_groups": n_groups}}

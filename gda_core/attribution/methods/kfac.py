@@ -40,6 +40,7 @@ from .influence import DEFAULT_DAMPING_FRACTION, InverseCurvatureMethod, Inverse
 
 #: bumped when what the cached factors hold changes
 FACTOR_FORMAT = 1
+DAMPING_RULES = ("top", "layer-mean")
 CURVATURE_NOTE = ("GGN: each example's output Hessian (the task's) factored and back-propagated exactly, "
                   "no sampled labels")
 
@@ -48,6 +49,14 @@ CURVATURE_NOTE = ("GGN: each example's output Hessian (the task's) factored and 
 class KFACOptions(InverseOptions):
     #: keep fitted factors in the cache folder (``factors/``) for later runs on the same model and data
     cache_factors: bool = True
+    #: default damping when ``damping`` is None: "top" = a tenth of the largest eigenvalue over all
+    #: layers (one lambda); "layer-mean" = a tenth of each layer's mean eigenvalue (kronfluence's heuristic)
+    damping_rule: str = "top"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.damping_rule not in DAMPING_RULES:
+            raise GDAError(f"damping_rule must be one of {', '.join(DAMPING_RULES)}, got {self.damping_rule!r}")
 
 
 def output_hessian_factor(task: Task, outputs: torch.Tensor) -> torch.Tensor:
@@ -84,10 +93,11 @@ class KroneckerFactors:
     def largest_eigenvalue(self) -> float:
         return max(float(values.max()) for values in self.eigenvalues)
 
-    def inverse(self, blocks: list[torch.Tensor], damping: float) -> list[torch.Tensor]:
-        """Each (b, out, in) block multiplied by its layer's (approximate curvature + damping)^-1."""
+    def inverse(self, blocks: list[torch.Tensor], damping: list[float]) -> list[torch.Tensor]:
+        """Each (b, out, in) block multiplied by its layer's (approximate curvature + its damping)^-1."""
         out = []
-        for block, (_, q_a), (_, q_s), values in zip(blocks, self.activation, self.gradient, self.eigenvalues):
+        for block, (_, q_a), (_, q_s), values, damping in zip(blocks, self.activation, self.gradient,
+                                                              self.eigenvalues, damping):
             q_a, q_s, values = q_a.to(block.device), q_s.to(block.device), values.to(block.device)
             rotated = q_s.T @ block @ q_a
             out.append(q_s @ (rotated / (values + damping)) @ q_a.T)
@@ -143,6 +153,9 @@ def fit_correction(engine: GradientEngine, sample: Dataset, factors: KroneckerFa
             q_a = factors.activation[i][1].to(a.device)
             q_s = factors.gradient[i][1].to(a.device)
             rotated_a, rotated_g = a.double() @ q_a, g.double() @ q_s
+            if a.shape[1] == 1:  # one position (Linear): (g a^T)^2 = g^2 (a^2)^T, summed by one product
+                corrections[i] += ((rotated_g[:, :, 0] ** 2).sum(0).T @ rotated_a[:, 0] ** 2).cpu()
+                continue
             # examples a piece at a time: (m, rows, out, in) stays about 16M numbers
             rows = max(1, (1 << 24) // (g.shape[0] * q_s.shape[0] * q_a.shape[0]))
             for start in range(0, a.shape[0], rows):
@@ -176,6 +189,7 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         if index == 0:
             self.factors_: list[KroneckerFactors] = []
             self.layouts_: list[LayerLayout] = []
+            self.layer_damping_: list[list[float]] = []
         engine = view.engine
         layers = find_layers(engine.function_module, engine.space.names)
         if not layers:
@@ -200,12 +214,22 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         self.factors_.append(factors)
         self.layouts_.append(layout)
         # Default: a tenth of the approximation's top eigenvalue, as for the other solvers
-        # (here it is free: the largest product of factor eigenvalues, or corrected value).
-        self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * factors.largest_eigenvalue())
+        # (here it is free: the largest product of factor eigenvalues, or corrected value);
+        # or, with damping_rule="layer-mean", a tenth of each layer's mean eigenvalue.
+        means = [float(values.mean()) for values in factors.eigenvalues]
+        if self.options.damping_rule == "layer-mean" and self.options.damping is None:
+            layer_damping = [self.options.damping_scale * DEFAULT_DAMPING_FRACTION * mean for mean in means]
+            self.damping_[index] = max(layer_damping)
+        else:
+            damping = self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * factors.largest_eigenvalue())
+            layer_damping = [damping] * len(layers)
+        self.layer_damping_.append(layer_damping)
         self.solver_info_[index] = {
             "curvature": CURVATURE_NOTE,
             "eigenvalue_correction": factors.corrected,
-            "layers": factors.diagnostics(),
+            "damping_rule": self.options.damping_rule if self.options.damping is None else "given",
+            "layers": [{**info, "damping": damping}
+                       for info, damping in zip(factors.diagnostics(), layer_damping)],
             "covered_parameters": layout.covered_dim,
             "total_parameters": layout.dim,
             "uncovered": layout.uncovered,
@@ -217,7 +241,7 @@ class _KroneckerInfluence(InverseCurvatureMethod):
 
     def _inverse(self, index: int, view: View, vectors: torch.Tensor) -> torch.Tensor:
         layout = self.layouts_[index]
-        blocks = self.factors_[index].inverse(layout.split(vectors.double()), self.damping_[index])
+        blocks = self.factors_[index].inverse(layout.split(vectors.double()), self.layer_damping_[index])
         return layout.merge(blocks).to(vectors.dtype)
 
 

@@ -237,12 +237,41 @@ def test_an_uploaded_program_without_layer_modules_is_a_one_line_refusal(mlp, tm
         make_method("if-kfac", load_model_file(path)).fit(train, make_grouping("random", 5).fit(train))
 
 
+def test_layer_mean_damping_is_a_tenth_of_each_layers_mean_eigenvalue(mlp):
+    """damping_rule="layer-mean" (kronfluence's heuristic): layer l's block is inverted as
+    (C_l + lambda_l I)^-1 with lambda_l = 0.1 x the mean of its eigenvalues; checked against a
+    dense solve of the block-diagonal matrix with those lambdas on its diagonal."""
+    model, train, test = mlp
+    _, method = _scores("if-ekfac", model, train, test, damping_rule="layer-mean", cache_factors=False)
+    layout, factors = method.layouts_[0], method.factors_[0]
+    expected = [0.1 * float(values.mean()) for values in factors.eigenvalues]
+    np.testing.assert_allclose(method.layer_damping_[0], expected, rtol=1e-12)
+    assert len(set(expected)) == len(expected) and method.damping_[0] == max(expected)
+    info = method.solver_info_[0]
+    assert info["damping_rule"] == "layer-mean" and [layer["damping"] for layer in info["layers"]] == expected
+    columns = layout.split(torch.eye(layout.dim, dtype=torch.float64))
+    curvature = layout.merge([q_s @ ((q_s.T @ block @ q_a) * v) @ q_a.T for block, (_, q_a), (_, q_s), v
+                              in zip(columns, factors.activation, factors.gradient, factors.eigenvalues)])
+    diagonal = layout.merge([torch.full((1, layer.out_dim, layer.in_dim), value, dtype=torch.float64)
+                             for layer, value in zip(layout.layers, expected)])[0]
+    vectors = torch.randn(3, layout.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dense = torch.linalg.solve(curvature + torch.diag(diagonal), vectors.T).T
+    np.testing.assert_allclose(method._inverse(0, method.views_[0], vectors).numpy(), dense.numpy(), rtol=1e-6,
+                               atol=1e-9 * float(dense.abs().max()))
+    given = make_method("if-ekfac", model, damping=DAMPING, damping_rule="layer-mean", cache_factors=False)
+    given.fit(train, make_grouping("per-example").fit(train))
+    assert given.layer_damping_[0] == [DAMPING] * len(layout.layers)  # a given damping is one lambda for all
+    assert given.solver_info_[0]["damping_rule"] == "given"
+
+
 def test_kronecker_options_are_checked(mlp):
     model, _, _ = mlp
     with pytest.raises(GDAError, match="damping must be > 0"):
         make_method("if-kfac", model, damping=0.0)
     with pytest.raises(GDAError, match="has no option curvature"):
         make_method("if-ekfac", model, curvature="hessian")
+    with pytest.raises(GDAError, match="damping_rule must be one of top, layer-mean"):
+        make_method("if-kfac", model, damping_rule="mean")
 
 
 @pytest.fixture(scope="module")

@@ -264,6 +264,28 @@ def test_layer_mean_damping_is_a_tenth_of_each_layers_mean_eigenvalue(mlp):
     assert given.solver_info_[0]["damping_rule"] == "given"
 
 
+def test_sampled_ggn_converges_to_the_exact_ggn_and_is_seeded(mlp):
+    """ggn_samples=k back-propagates k Gaussian combinations of each example's output-Hessian
+    columns: A is untouched, S is the exact one in expectation (close at k = 256) and the
+    same seed gives the same factors, another seed others."""
+    model, train, test = mlp
+
+    def fitted(**options):
+        return _scores("if-kfac", model, train, test, damping=DAMPING, cache_factors=False, **options)[1]
+
+    exact, sampled = fitted(), fitted(ggn_samples=256)
+    for (a_exact, s_exact), (a_sampled, s_sampled) in zip(
+            zip(exact.factors_[0].activation, exact.factors_[0].gradient),
+            zip(sampled.factors_[0].activation, sampled.factors_[0].gradient)):
+        np.testing.assert_allclose(a_sampled[0].numpy(), a_exact[0].numpy(), rtol=1e-10)
+        matrix = [(v * values) @ v.T for values, v in (s_exact, s_sampled)]
+        assert float((matrix[1] - matrix[0]).norm() / matrix[0].norm()) < 0.15
+    one, same, other = fitted(ggn_samples=1), fitted(ggn_samples=1), fitted(ggn_samples=1, seed=1)
+    values = [method.factors_[0].gradient[0][0] for method in (one, same, other)]
+    assert torch.equal(values[0], values[1]) and not torch.allclose(values[0], values[2])
+    assert "Monte Carlo" in one.solver_info_[0]["curvature"] and "no sampled" in exact.solver_info_[0]["curvature"]
+
+
 def test_kronecker_options_are_checked(mlp):
     model, _, _ = mlp
     with pytest.raises(GDAError, match="damping must be > 0"):
@@ -272,6 +294,8 @@ def test_kronecker_options_are_checked(mlp):
         make_method("if-ekfac", model, curvature="hessian")
     with pytest.raises(GDAError, match="damping_rule must be one of top, layer-mean"):
         make_method("if-kfac", model, damping_rule="mean")
+    with pytest.raises(GDAError, match="ggn_samples must be >= 1"):
+        make_method("if-ekfac", model, ggn_samples=0)
 
 
 @pytest.fixture(scope="module")

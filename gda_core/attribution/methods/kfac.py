@@ -52,9 +52,15 @@ class KFACOptions(InverseOptions):
     #: default damping when ``damping`` is None: "top" = a tenth of the largest eigenvalue over all
     #: layers (one lambda); "layer-mean" = a tenth of each layer's mean eigenvalue (kronfluence's heuristic)
     damping_rule: str = "top"
+    #: None = the exact GGN expectation (every output-Hessian column back-propagated); k = k random
+    #: Gaussian combinations of the columns per example (a Monte Carlo GGN with the same expectation,
+    #: as sampling labels from the softmax is): k backward passes instead of one per output
+    ggn_samples: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.ggn_samples is not None and self.ggn_samples < 1:
+            raise GDAError(f"ggn_samples must be >= 1 (or None for the exact GGN), got {self.ggn_samples}")
         if self.damping_rule not in DAMPING_RULES:
             raise GDAError(f"damping_rule must be one of {', '.join(DAMPING_RULES)}, got {self.damping_rule!r}")
 
@@ -115,20 +121,37 @@ class KroneckerFactors:
                 for layer, a, s, values in zip(self.layers, self.activation, self.gradient, self.eigenvalues)]
 
 
-def _batches(engine: GradientEngine, sample: Dataset, layers: list[Layer], chunk: int):
+@dataclass(frozen=True)
+class GGNSampling:
+    """How the output Hessian's factor is back-propagated: all its columns (``samples`` None,
+    the exact GGN) or ``samples`` Gaussian combinations of them per example, seeded."""
+
+    samples: int | None = None
+    seed: int = 0
+
+    def columns(self, factor: torch.Tensor, start: int) -> torch.Tensor:
+        """(m, n, out) columns B -> (k, n, out) columns B z / sqrt(k), z ~ N(0, I): E[.(.)^T] = B B^T."""
+        if self.samples is None:
+            return factor
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + start)  # the same z in every pass
+        z = torch.randn(self.samples, factor.shape[0], factor.shape[1], generator=generator, dtype=factor.dtype)
+        return torch.einsum("kmn,mno->kno", z.to(factor.device), factor) / self.samples ** 0.5
+
+
+def _batches(engine: GradientEngine, sample: Dataset, layers: list[Layer], chunk: int, sampling: GGNSampling):
     """The curvature sample's captured pairs, chunk by chunk (bounded memory)."""
     inputs = engine.inputs(sample)
     for start in range(0, len(inputs), chunk):
         yield capture(engine.function_module, engine.params, layers, inputs[start:start + chunk],
-                      lambda outputs: output_hessian_factor(sample.task, outputs))
+                      lambda outputs: sampling.columns(output_hessian_factor(sample.task, outputs), start))
 
 
 def fit_kronecker_factors(engine: GradientEngine, sample: Dataset, layers: list[Layer],
-                          chunk: int) -> dict[str, np.ndarray]:
+                          chunk: int, sampling: GGNSampling = GGNSampling()) -> dict[str, np.ndarray]:
     """A and S of every layer over the sample, eigendecomposed (float64)."""
     activation = [torch.zeros(layer.in_dim, layer.in_dim, dtype=torch.float64) for layer in layers]
     gradient = [torch.zeros(layer.out_dim, layer.out_dim, dtype=torch.float64) for layer in layers]
-    for batch in _batches(engine, sample, layers, chunk):
+    for batch in _batches(engine, sample, layers, chunk, sampling):
         for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
             a = a.double().reshape(-1, a.shape[-1])
             positions = g.shape[2]
@@ -145,10 +168,10 @@ def fit_kronecker_factors(engine: GradientEngine, sample: Dataset, layers: list[
 
 
 def fit_correction(engine: GradientEngine, sample: Dataset, factors: KroneckerFactors,
-                   chunk: int) -> dict[str, np.ndarray]:
+                   chunk: int, sampling: GGNSampling = GGNSampling()) -> dict[str, np.ndarray]:
     """EK-FAC: E[(Q_S^T G Q_A)^2] per layer over the per-example (per output-Hessian column) gradients G."""
     corrections = [torch.zeros(layer.out_dim, layer.in_dim, dtype=torch.float64) for layer in factors.layers]
-    for batch in _batches(engine, sample, factors.layers, chunk):
+    for batch in _batches(engine, sample, factors.layers, chunk, sampling):
         for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
             q_a = factors.activation[i][1].to(a.device)
             q_s = factors.gradient[i][1].to(a.device)
@@ -201,14 +224,17 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         identity = {"model": self.model.fingerprint(), "data": sample.fingerprint(), "format": FACTOR_FORMAT,
                     "last_layer_only": self.options.last_layer_only, "dtype": str(engine.dtype),
                     "layers": [(layer.name, layer.in_dim, layer.out_dim) for layer in layers]}
+        sampling = GGNSampling(self.options.ggn_samples, self.options.seed)
+        if sampling.samples is not None:
+            identity["ggn_samples"], identity["seed"] = sampling.samples, sampling.seed
         key = content_key("kfac-factors", identity)
         arrays, status = _cached(key, self.options.cache_factors,
-                                 lambda: fit_kronecker_factors(engine, sample, layers, chunk))
+                                 lambda: fit_kronecker_factors(engine, sample, layers, chunk, sampling))
         if self.corrected:
             base = KroneckerFactors(layers, arrays)
             correction, status = _cached(content_key("ekfac-correction", {**identity, "factors": key}),
                                          self.options.cache_factors,
-                                         lambda: fit_correction(engine, sample, base, chunk))
+                                         lambda: fit_correction(engine, sample, base, chunk, sampling))
             arrays = {**arrays, **correction}
         factors = KroneckerFactors(layers, arrays)
         self.factors_.append(factors)
@@ -225,7 +251,9 @@ class _KroneckerInfluence(InverseCurvatureMethod):
             layer_damping = [damping] * len(layers)
         self.layer_damping_.append(layer_damping)
         self.solver_info_[index] = {
-            "curvature": CURVATURE_NOTE,
+            "curvature": CURVATURE_NOTE if sampling.samples is None else (
+                f"GGN, Monte Carlo: {sampling.samples} seeded Gaussian combination(s) of each example's output-Hessian "
+                f"factor back-propagated (the exact GGN in expectation)"),
             "eigenvalue_correction": factors.corrected,
             "damping_rule": self.options.damping_rule if self.options.damping is None else "given",
             "layers": [{**info, "damping": damping}

@@ -13,6 +13,13 @@ inverse of a layer's block is ``(Q_S (x) Q_A) diag(1 / (L_S L_A^T + lambda)) (Q_
 ``if-ekfac`` replaces ``L_S L_A^T`` by the GGN's own diagonal in that eigenbasis,
 ``E[(Q_S^T G Q_A)^2]`` over per-example gradients G (George et al. 2018).
 
+Damping defaults to a tenth of the largest eigenvalue over all layers (``damping_rule="top"``,
+one lambda, as for the other solvers) or, with ``damping_rule="layer-mean"``, a tenth of each
+layer's mean eigenvalue (kronfluence's heuristic, one lambda per layer). ``ggn_samples=k``
+back-propagates k seeded Gaussian combinations of each example's output-Hessian columns
+instead of all of them: a Monte Carlo GGN with the same expectation (as sampling labels from
+the softmax is), k backward passes per example instead of one per output.
+
 The blocks are independent layers (block-diagonal); parameters of other modules (BatchNorm's
 affine weights) are left out: their test-side components are zero, so a score is an inner
 product over the covered parameters, and ``method_info`` names what is covered. Factors

@@ -236,6 +236,8 @@ def measure(spec: dict, clock, memory) -> dict:
     from gda_core.inputs.zoo import load_model
 
     train, test = setting_data(spec["setting"])
+    if spec.get("test_limit"):
+        test = test.subset(slice(0, spec["test_limit"]))
     folder = Path(spec["work_dir"]) / spec["setting"]
     model = load_model(folder / "model")
     model.module.eval()
@@ -254,7 +256,8 @@ def measure(spec: dict, clock, memory) -> dict:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(test), len(train)):
         raise RuntimeError(f"{spec['side']} {spec['family']} gave scores of shape {scores.shape}")
-    path = folder / f"scores-{spec['family']}-{spec['side']}-{spec['threads']}.npy"
+    limit = f"-test{spec['test_limit']}" if spec.get("test_limit") else ""
+    path = folder / f"scores-{spec['family']}-{spec['side']}-{spec['threads']}{limit}.npy"
     np.save(path, scores)
     from harness import json_safe
 
@@ -274,8 +277,9 @@ def lds_of(scores_file: str, work_dir: Path) -> dict | None:
     if not path.exists():
         return None
     stored = np.load(path)
-    ensemble = LDSEnsemble(stored["masks"], stored["outputs"], 0.5, {})
     scores = np.load(scores_file)
+    # the first len(scores) test points: all of them unless --peer-test-limit
+    ensemble = LDSEnsemble(stored["masks"], stored["outputs"][:, :len(scores)], 0.5, {})
     if not np.isfinite(scores).all():
         return {"lds": None, "note": "non-finite scores"}
     native = lds(scores, ensemble)
@@ -318,7 +322,8 @@ def main(args, runner_for, log, timeout: float) -> dict:
             runner = runner_for(threads)
             for family in families:
                 sides = ["ours"] + [p for p in PEERS[family] if p not in missing]
-                row: dict = {"setting": setting, "threads": threads, "family": family, "sides": {}}
+                row: dict = {"setting": setting, "threads": threads, "family": family, "sides": {},
+                             "n_test": min(prepared["n_test"], args.peer_test_limit or prepared["n_test"])}
                 for peer in PEERS[family]:
                     if peer in missing:
                         row["sides"][peer] = {"status": "skipped", "note": missing[peer]}
@@ -327,14 +332,15 @@ def main(args, runner_for, log, timeout: float) -> dict:
                         row["sides"][side] = {"status": "skipped", "note": skip_note}
                         continue
                     log(f"[peers] {setting} {threads} thread(s) {family} {side} ...")
-                    stored = Path(args.work_dir_path) / setting / f"result-{family}-{side}-{threads}.json"
+                    limit = f"-test{args.peer_test_limit}" if args.peer_test_limit else ""
+                    stored = Path(args.work_dir_path) / setting / f"result-{family}-{side}-{threads}{limit}.json"
                     if args.reuse_results and stored.exists():
                         runs = json.loads(stored.read_text())
                     else:
                         runs = []
                         for _ in range(args.repeats):
                             result = runner.run({"job": "peer-measure", "setting": setting, "family": family,
-                                                 "side": side}, timeout)
+                                                 "side": side, "test_limit": args.peer_test_limit}, timeout)
                             runs.append(result)
                             if result["status"] != "ok":
                                 break

@@ -151,7 +151,9 @@ def _dattri(family: str, model, train, test):
             kind = {"if-lissa": dif.IFAttributorLiSSA, "if-cg": dif.IFAttributorCG,
                     "if-arnoldi": dif.IFAttributorArnoldi, "datainf": dif.IFAttributorDataInf}[family]
             # regularization: dattri's default 0 gives non-finite Arnoldi and DataInf scores here
-            extra = {} if family == "if-lissa" else {"regularization": PEER_REGULARIZATION}
+            extra = {"regularization": PEER_REGULARIZATION}
+            if family == "if-lissa":  # its defaults, but for a shorter recursion where asked (--peer-lissa-depth)
+                extra = {"recursion_depth": spec["lissa_depth"]} if spec.get("lissa_depth") else {}
             attributor = kind(task=task, device="cpu", **extra)
         train_loader, test_loader = _loaders(train_part, test_part)
         if family in ("grad-dot", "grad-cos", "tracin"):
@@ -257,6 +259,7 @@ def measure(spec: dict, clock, memory) -> dict:
     if scores.shape != (len(test), len(train)):
         raise RuntimeError(f"{spec['side']} {spec['family']} gave scores of shape {scores.shape}")
     limit = f"-test{spec['test_limit']}" if spec.get("test_limit") else ""
+    limit += f"-depth{spec['lissa_depth']}" if spec.get("lissa_depth") and spec["family"] == "if-lissa" else ""
     path = folder / f"scores-{spec['family']}-{spec['side']}-{spec['threads']}{limit}.npy"
     np.save(path, scores)
     from harness import json_safe
@@ -324,6 +327,8 @@ def main(args, runner_for, log, timeout: float) -> dict:
                 sides = ["ours"] + [p for p in PEERS[family] if p not in missing]
                 row: dict = {"setting": setting, "threads": threads, "family": family, "sides": {},
                              "n_test": min(prepared["n_test"], args.peer_test_limit or prepared["n_test"])}
+                if family == "if-lissa" and args.peer_lissa_depth:
+                    row["dattri_lissa_depth"] = args.peer_lissa_depth
                 for peer in PEERS[family]:
                     if peer in missing:
                         row["sides"][peer] = {"status": "skipped", "note": missing[peer]}
@@ -333,6 +338,7 @@ def main(args, runner_for, log, timeout: float) -> dict:
                         continue
                     log(f"[peers] {setting} {threads} thread(s) {family} {side} ...")
                     limit = f"-test{args.peer_test_limit}" if args.peer_test_limit else ""
+                    limit += f"-depth{args.peer_lissa_depth}" if args.peer_lissa_depth and family == "if-lissa" else ""
                     stored = Path(args.work_dir_path) / setting / f"result-{family}-{side}-{threads}{limit}.json"
                     if args.reuse_results and stored.exists():
                         runs = json.loads(stored.read_text())
@@ -340,7 +346,8 @@ def main(args, runner_for, log, timeout: float) -> dict:
                         runs = []
                         for _ in range(args.repeats):
                             result = runner.run({"job": "peer-measure", "setting": setting, "family": family,
-                                                 "side": side, "test_limit": args.peer_test_limit}, timeout)
+                                                 "side": side, "test_limit": args.peer_test_limit,
+                                                 "lissa_depth": args.peer_lissa_depth}, timeout)
                             runs.append(result)
                             if result["status"] != "ok":
                                 break

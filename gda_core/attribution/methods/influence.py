@@ -284,6 +284,7 @@ class InfluenceArnoldi(_Influence):
     name = "if-arnoldi"
     description = "influence function, Arnoldi/Lanczos top eigenpairs (+ 1/damping on the rest)"
     Options = ArnoldiOptions
+    factored_product = "dot+low-rank"
 
     def _top_eigenvalue(self, operator: CurvatureOperator) -> float:
         self._lanczos_ = self._lanczos(operator)
@@ -332,10 +333,14 @@ class InfluenceArnoldi(_Influence):
         keep = torch.argsort(values.abs(), descending=True)[:self.options.rank]
         return values[keep], ritz[:, keep].T.to(device=device, dtype=dtype) @ basis, size
 
-    def _inverse(self, index, view, vectors):
-        # g / lambda + sum_k (1 / (v_k + lambda) - 1 / lambda) (u_k . g) u_k: two products with the basis
+    def _low_rank_parts(self, index, view):
+        # (C + lambda I)^-1 g = g / lambda + sum_k (1 / (v_k + lambda) - 1 / lambda) (u_k . g) u_k
         values, basis = self.eigen_[index]
         damping = self.damping_[index]
-        basis = basis.to(vectors.dtype)
-        gain = (1.0 / (values.to(basis.device) + damping) - 1.0 / damping).to(vectors.dtype)
-        return vectors / damping + ((vectors @ basis.T) * gain) @ basis
+        gain = 1.0 / (values.to(basis.device) + damping) - 1.0 / damping
+        return 1.0 / damping, basis, gain.to(basis.dtype)
+
+    def _inverse(self, index, view, vectors):
+        scale, basis, gain = self._low_rank_parts(index, view)
+        basis, gain = basis.to(vectors.dtype), gain.to(vectors.dtype)
+        return vectors * scale + ((vectors @ basis.T) * gain) @ basis

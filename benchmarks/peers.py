@@ -114,7 +114,7 @@ def _loaders(train_part, test_part, batch: int = 256):
             DataLoader(TensorDataset(test_part.features, test_part.labels), batch_size=batch, shuffle=False))
 
 
-def _dattri(family: str, model, train, test):
+def _dattri(family: str, model, train, test, lissa_depth: int | None = None):
     import torch
     from dattri.task import AttributionTask
     from torch import nn
@@ -153,7 +153,7 @@ def _dattri(family: str, model, train, test):
             # regularization: dattri's default 0 gives non-finite Arnoldi and DataInf scores here
             extra = {"regularization": PEER_REGULARIZATION}
             if family == "if-lissa":  # its defaults, but for a shorter recursion where asked (--peer-lissa-depth)
-                extra = {"recursion_depth": spec["lissa_depth"]} if spec.get("lissa_depth") else {}
+                extra = {"recursion_depth": lissa_depth} if lissa_depth else {}
             attributor = kind(task=task, device="cpu", **extra)
         train_loader, test_loader = _loaders(train_part, test_part)
         if family in ("grad-dot", "grad-cos", "tracin"):
@@ -243,7 +243,8 @@ def measure(spec: dict, clock, memory) -> dict:
     folder = Path(spec["work_dir"]) / spec["setting"]
     model = load_model(folder / "model")
     model.module.eval()
-    run = RUNNERS[spec["side"]](spec["family"], model, train, test)
+    extra = {"lissa_depth": spec.get("lissa_depth")} if spec["side"] == "dattri" else {}
+    run = RUNNERS[spec["side"]](spec["family"], model, train, test, **extra)
     warmup = 0.0
     if spec["warmup"]:
         clock.start()

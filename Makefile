@@ -14,7 +14,7 @@ STAMP := $(VENV)/.gda-installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: app test install benchmark benchmark-peers benchmark-images benchmark-ggda benchmark-text clean
+.PHONY: app test install benchmark benchmark-peers benchmark-kfac-peers benchmark-images benchmark-ggda benchmark-text clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ benchmark: install
 benchmark-peers: install
 	$(BIN)/pip install --no-deps dattri==0.3.0 captum==0.9.0 traker==0.3.2
 	$(BIN)/python benchmarks/speed.py --peers --peer-threads 1,2
+
+# if-ekfac / if-kfac / if-arnoldi beside kronfluence's EK-FAC and K-FAC and dattri's EK-FAC on
+# digits / MLP: time, peak memory and LDS on the same model and retrained subsets (the peers
+# and kronfluence's own dependencies installed here for the benchmark only, without touching torch).
+benchmark-kfac-peers: install
+	$(BIN)/pip install --no-deps dattri==0.3.0 kronfluence==1.0.1 einops==0.8.2 einconv==0.1.0 opt_einsum==3.4.0 \
+		accelerate==1.15.0 psutil==7.2.2
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/kfac_peers.py
 
 # mnist / ResNet-9: time, peak memory and LDS of four methods per-example, last-layer and grouped.
 benchmark-images: install

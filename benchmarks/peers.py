@@ -114,7 +114,7 @@ def _loaders(train_part, test_part, batch: int = 256):
             DataLoader(TensorDataset(test_part.features, test_part.labels), batch_size=batch, shuffle=False))
 
 
-def _dattri(family: str, model, train, test):
+def _dattri(family: str, model, train, test, lissa_depth: int | None = None):
     import torch
     from dattri.task import AttributionTask
     from torch import nn
@@ -151,7 +151,9 @@ def _dattri(family: str, model, train, test):
             kind = {"if-lissa": dif.IFAttributorLiSSA, "if-cg": dif.IFAttributorCG,
                     "if-arnoldi": dif.IFAttributorArnoldi, "datainf": dif.IFAttributorDataInf}[family]
             # regularization: dattri's default 0 gives non-finite Arnoldi and DataInf scores here
-            extra = {} if family == "if-lissa" else {"regularization": PEER_REGULARIZATION}
+            extra = {"regularization": PEER_REGULARIZATION}
+            if family == "if-lissa":  # its defaults, but for a shorter recursion where asked (--peer-lissa-depth)
+                extra = {"recursion_depth": lissa_depth} if lissa_depth else {}
             attributor = kind(task=task, device="cpu", **extra)
         train_loader, test_loader = _loaders(train_part, test_part)
         if family in ("grad-dot", "grad-cos", "tracin"):
@@ -236,10 +238,13 @@ def measure(spec: dict, clock, memory) -> dict:
     from gda_core.inputs.zoo import load_model
 
     train, test = setting_data(spec["setting"])
+    if spec.get("test_limit"):
+        test = test.subset(slice(0, spec["test_limit"]))
     folder = Path(spec["work_dir"]) / spec["setting"]
     model = load_model(folder / "model")
     model.module.eval()
-    run = RUNNERS[spec["side"]](spec["family"], model, train, test)
+    extra = {"lissa_depth": spec.get("lissa_depth")} if spec["side"] == "dattri" else {}
+    run = RUNNERS[spec["side"]](spec["family"], model, train, test, **extra)
     warmup = 0.0
     if spec["warmup"]:
         clock.start()
@@ -254,7 +259,9 @@ def measure(spec: dict, clock, memory) -> dict:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(test), len(train)):
         raise RuntimeError(f"{spec['side']} {spec['family']} gave scores of shape {scores.shape}")
-    path = folder / f"scores-{spec['family']}-{spec['side']}-{spec['threads']}.npy"
+    limit = f"-test{spec['test_limit']}" if spec.get("test_limit") else ""
+    limit += f"-depth{spec['lissa_depth']}" if spec.get("lissa_depth") and spec["family"] == "if-lissa" else ""
+    path = folder / f"scores-{spec['family']}-{spec['side']}-{spec['threads']}{limit}.npy"
     np.save(path, scores)
     from harness import json_safe
 
@@ -274,8 +281,9 @@ def lds_of(scores_file: str, work_dir: Path) -> dict | None:
     if not path.exists():
         return None
     stored = np.load(path)
-    ensemble = LDSEnsemble(stored["masks"], stored["outputs"], 0.5, {})
     scores = np.load(scores_file)
+    # the first len(scores) test points: all of them unless --peer-test-limit
+    ensemble = LDSEnsemble(stored["masks"], stored["outputs"][:, :len(scores)], 0.5, {})
     if not np.isfinite(scores).all():
         return {"lds": None, "note": "non-finite scores"}
     native = lds(scores, ensemble)
@@ -318,7 +326,10 @@ def main(args, runner_for, log, timeout: float) -> dict:
             runner = runner_for(threads)
             for family in families:
                 sides = ["ours"] + [p for p in PEERS[family] if p not in missing]
-                row: dict = {"setting": setting, "threads": threads, "family": family, "sides": {}}
+                row: dict = {"setting": setting, "threads": threads, "family": family, "sides": {},
+                             "n_test": min(prepared["n_test"], args.peer_test_limit or prepared["n_test"])}
+                if family == "if-lissa" and args.peer_lissa_depth:
+                    row["dattri_lissa_depth"] = args.peer_lissa_depth
                 for peer in PEERS[family]:
                     if peer in missing:
                         row["sides"][peer] = {"status": "skipped", "note": missing[peer]}
@@ -327,14 +338,17 @@ def main(args, runner_for, log, timeout: float) -> dict:
                         row["sides"][side] = {"status": "skipped", "note": skip_note}
                         continue
                     log(f"[peers] {setting} {threads} thread(s) {family} {side} ...")
-                    stored = Path(args.work_dir_path) / setting / f"result-{family}-{side}-{threads}.json"
+                    limit = f"-test{args.peer_test_limit}" if args.peer_test_limit else ""
+                    limit += f"-depth{args.peer_lissa_depth}" if args.peer_lissa_depth and family == "if-lissa" else ""
+                    stored = Path(args.work_dir_path) / setting / f"result-{family}-{side}-{threads}{limit}.json"
                     if args.reuse_results and stored.exists():
                         runs = json.loads(stored.read_text())
                     else:
                         runs = []
                         for _ in range(args.repeats):
                             result = runner.run({"job": "peer-measure", "setting": setting, "family": family,
-                                                 "side": side}, timeout)
+                                                 "side": side, "test_limit": args.peer_test_limit,
+                                                 "lissa_depth": args.peer_lissa_depth}, timeout)
                             runs.append(result)
                             if result["status"] != "ok":
                                 break

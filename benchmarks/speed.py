@@ -46,7 +46,7 @@ its report under ``"peers"``.
 Usage: python benchmarks/speed.py [--threads 2] [--device auto|cpu|cuda] [--repeats 1]
        [--methods grad-dot,trak,...] [--quick] [--max-seconds 600] [--work-dir DIR]
        python benchmarks/speed.py --peers [--settings digits,mlp18k] [--families grad-dot,...]
-       [--peer-threads 1,2]
+       [--peer-threads 1,2] [--peer-test-limit N] [--peer-lissa-depth N]
 """
 
 from __future__ import annotations
@@ -249,6 +249,10 @@ def parse_args(argv=None):
     parser.add_argument("--peer-epochs", type=int, default=5, help="--peers: epochs of the attributed model")
     parser.add_argument("--peer-skip", default=None, help="--peers: comma list of family:side to leave out")
     parser.add_argument("--peer-skip-note", default=None, help="--peers: the reason recorded for --peer-skip")
+    parser.add_argument("--peer-test-limit", type=int, default=None,
+                        help="--peers: score only the first N test points (for peers too slow for all of them)")
+    parser.add_argument("--peer-lissa-depth", type=int, default=None,
+                        help="--peers: dattri's LiSSA recursion depth (default: its own, 5000)")
     parser.add_argument("--reuse-results", action="store_true",
                         help="--peers: reuse the model and results saved in --work-dir by an earlier run")
     args = parser.parse_args(argv)

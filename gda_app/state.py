@@ -19,9 +19,11 @@ from gda_core.inputs.choices import (
     is_builtin_model,
     load_data_choice,
     load_inputs,
+    raw_data,
 )
 from gda_core.inputs.datasets import DataSplit
 from gda_core.inputs.examples import example_files
+from gda_core.inputs.parsers import UploadedData
 from gda_core.inputs.zoo import TrainedModel, predict
 from gda_core.io import default_cache_dir
 from gda_core.requests import resolve_device
@@ -72,6 +74,16 @@ def _or_stop(load):
 def data_split() -> DataSplit:
     """The chosen data set (without its model): a built-in name or a stored upload."""
     return _or_stop(lambda: _split(st.session_state["data"]))
+
+
+@st.cache_resource(show_spinner="Reading the data set's rows...")
+def _raw_data(data: str) -> UploadedData:
+    return raw_data(data)
+
+
+def raw_rows() -> UploadedData:
+    """The chosen data set's raw rows (what a cleaned export rewrites)."""
+    return _or_stop(lambda: _raw_data(st.session_state["data"]))
 
 
 def describe(choice: str) -> str:

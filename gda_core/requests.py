@@ -28,6 +28,7 @@ import torch
 from .errors import GDAError, check_choice
 from .inputs.choices import check_data_choice, check_model_choice, input_fingerprints, is_zoo_model
 from .inputs.datasets import BUILTIN_DATASETS, DataSplit
+from .inputs.noise import NOISE_KINDS
 from .inputs.zoo import ARCHITECTURES, TrainedModel
 from .io import content_key
 from .registry import EXECUTORS, GROUPINGS, METHODS
@@ -36,8 +37,10 @@ DEVICES = ("auto", "cpu", "cuda")
 #: request fields that say where a run is computed, not what: they never change the results
 PLACEMENT_FIELDS = ("device", "executor", "ray_address")
 GOLDS = ("lds", "further-training", "leave-group-out")
-SIGNALS = ("self-influence", "validation")
-BASELINES = ("loss", "confident-learning")
+SIGNALS = ("neighbours", "self-influence", "validation")
+#: rankings a noisy-label evaluation compares with the request's own: the loss, the neighbours
+#: signal, and Confident Learning on the final model's probabilities and cross-validated
+BASELINES = ("loss", "neighbours", "confident-learning-final", "confident-learning")
 EMBEDDERS = ("umap", "pca")
 EMBEDDING_SPACES = ("features", "inputs")
 GOLD_OPTIMIZERS = ("sgd", "adam")
@@ -234,8 +237,10 @@ class FlagRequest(ScoringSpec):
 
     result_kind: ClassVar[str] = "flags"
 
-    signal: str = documented("self-influence", choices=SIGNALS,
-                             help="self-influence, or influence on a held-out validation loss")
+    signal: str = documented("neighbours", choices=SIGNALS,
+                             help="neighbours (label disagreement among a point's nearest training points in the "
+                                  "model's layer inputs; no attribution method), self-influence, or influence on "
+                                  "a held-out validation loss")
     refine_fraction: float = documented(0.3, flag="--refine", metavar="FRACTION",
                                         help="grouped runs: re-score per example the top groups covering this "
                                              "fraction of the points")
@@ -262,6 +267,8 @@ class NoisyConfig(FlagRequest):
     result_kind: ClassVar[str] = "noisy"
 
     flip: float = documented(0.1, help="fraction of the training labels flipped")
+    noise: str = documented("uniform", choices=NOISE_KINDS,
+                            help="uniform (to any other class) or pairs (to a confusable partner class)")
     validation_fraction: float = documented(0.1, flag="--validation", metavar="FRACTION",
                                             help="held-out stratified part of the training split")
     baselines: tuple[str, ...] = documented(BASELINES, choices=BASELINES, help="rankings compared with the method's")
@@ -271,6 +278,7 @@ class NoisyConfig(FlagRequest):
         super().__post_init__()
         self.baselines = tuple(self.baselines)
         check_interval("flip fraction", self.flip, 0.0, 1.0)
+        check_choice("noise", self.noise, NOISE_KINDS)
         check_interval("validation fraction", self.validation_fraction, 0.0, 0.5)
         _check_retrainable(self.model, "noisy")
         unknown = sorted(set(self.baselines) - set(BASELINES))
@@ -294,6 +302,7 @@ class PruneConfig(ScoringSpec):
     validation_fraction: float = documented(0.1, flag="--validation", metavar="FRACTION",
                                             help="held-out stratified part of the training split")
     flip: float = documented(0.0, help="flip this fraction of labels first (0: the clean data)")
+    noise: str = documented("uniform", choices=NOISE_KINDS, help="how labels are flipped (uniform or pairs)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -305,6 +314,7 @@ class PruneConfig(ScoringSpec):
         if self.seeds < 1:
             raise GDAError(f"seeds must be >= 1, got {self.seeds}")
         check_interval("flip fraction", self.flip, 0.0, 1.0, low_closed=True)
+        check_choice("noise", self.noise, NOISE_KINDS)
         check_interval("validation fraction", self.validation_fraction, 0.0, 0.5)
         _check_retrainable(self.model, "prune")
 

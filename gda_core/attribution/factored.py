@@ -284,6 +284,10 @@ class FactoredEngine(GradientEngine):
             yield (np.arange(start, start + len(batch.outputs)),
                    [(a, g[0]) for a, g in zip(batch.activations, batch.gradients)])
 
+    def gradients_of(self, factors: Factors) -> torch.Tensor:
+        """(n, P) per-example gradients from their factors."""
+        return self._materialise(factors)
+
     def _materialise(self, factors: Factors) -> torch.Tensor:
         """(n, P) per-example gradients, each layer written straight into its columns."""
         n = len(factors[0][0])

@@ -17,10 +17,11 @@ import torch
 from ..errors import GDAError
 from ..inputs.choices import load_data_choice
 from ..inputs.datasets import Dataset, DataSplit, stratified_split
-from ..inputs.zoo import TrainedModel, default_train_config, model_config_for, predict, train_model
+from ..inputs.noise import flip_labels
+from ..inputs.zoo import TrainedModel, default_train_config, model_config_for, model_outputs, predict, train_model
 from ..progress import Progress, no_progress
-from ..requests import NoisyConfig, PruneConfig, ScoringSpec, resolve_device
-from .flagging import flag_training_points
+from ..requests import NoisyConfig, PruneConfig, resolve_device
+from .flagging import flag_label, flag_training_points, neighbour_suspicion
 
 #: fractions of the training set inspected at which recall is reported
 REPORTED_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -44,18 +45,6 @@ class NoisyInputs:
     model: TrainedModel
 
 
-def flip_labels(labels: np.ndarray, fraction: float, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded ``fraction`` of the labels moved to a uniformly chosen *other* class.
-    Returns the new labels and the mask of flipped points."""
-    labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    flipped = np.zeros(len(labels), dtype=bool)
-    flipped[rng.choice(len(labels), int(round(fraction * len(labels))), replace=False)] = True
-    noisy = labels.copy()
-    noisy[flipped] = (labels[flipped] + rng.integers(1, n_classes, flipped.sum())) % n_classes
-    return noisy, flipped
-
-
 def with_labels(data: Dataset, labels: np.ndarray) -> Dataset:
     return dataclasses.replace(data, labels=torch.as_tensor(labels, dtype=torch.long),
                                class_names=list(data.class_names))
@@ -67,21 +56,23 @@ def noisy_inputs_of(config: NoisyConfig | PruneConfig, purpose: str, device: tor
     of regression targets)."""
     split = load_data_choice(config.data, seed=config.seed)
     split.train.require_classes(purpose, NEEDS_CLASSES[purpose])
-    return noisy_inputs(split, config.model, flip=config.flip, validation_fraction=config.validation_fraction,
-                        seed=config.seed, device=device, progress=progress)
+    return noisy_inputs(split, config.model, flip=config.flip, noise=config.noise,
+                        validation_fraction=config.validation_fraction, seed=config.seed, device=device, progress=progress)
 
 
 def noisy_inputs(split: DataSplit, arch: str, *, flip: float, validation_fraction: float, seed: int,
-                 device: torch.device, progress: Progress = no_progress) -> NoisyInputs:
+                 device: torch.device, noise: str = "uniform", progress: Progress = no_progress) -> NoisyInputs:
     """Hold out a stratified, seeded validation part of the training split (labels clean),
-    flip ``flip`` of the remaining labels, and retrain the zoo model on them."""
+    flip ``flip`` of the remaining labels (``noise``: see :mod:`gda_core.inputs.noise`), and
+    retrain the zoo model on them."""
     clean = split.train.labels.numpy()
     fit_rows, validation_rows = stratified_split(clean, validation_fraction, seed)
     train = split.train.subset(fit_rows)
     clean_labels = train.labels.numpy()
     flipped = np.zeros(len(train), dtype=bool)
     if flip > 0:
-        noisy_labels, flipped = flip_labels(clean_labels, flip, train.n_classes, seed)
+        noisy_labels, flipped = flip_labels(clean_labels, flip, train.n_classes, seed, kind=noise,
+                                             class_names=train.class_names)
         train = with_labels(train, noisy_labels)
     progress("train model", 0.0)
     model = train_model(model_config_for(arch, train), train, default_train_config(arch, seed=seed), device=device,
@@ -149,39 +140,62 @@ def confident_learning_ranking(probabilities: np.ndarray, labels: np.ndarray) ->
     return order, int(issues.sum())
 
 
-def _flag_label(spec: ScoringSpec, n_groups: int) -> str:
-    return f"{spec.method} / {spec.grouping} (K={n_groups})"
+def _ranking(label: str, order: np.ndarray, flipped: np.ndarray, started: float, **extra) -> dict:
+    return {"label": label, **detection_curve(order, flipped), "seconds": round(time.perf_counter() - started, 4),
+            **extra}
 
 
-def run_noisy(config: NoisyConfig, progress: Progress | None = None) -> dict:
-    """Inject label noise, retrain, flag, and compare with the baselines (JSON-ready)."""
-    progress = progress or no_progress
-    device = resolve_device(config.device)
-    inputs = noisy_inputs_of(config, "noisy-label evaluation", device, progress)
+def final_model_probabilities(model: TrainedModel, data: Dataset) -> np.ndarray:
+    """The final model's class probabilities of every point."""
+    return torch.softmax(model_outputs(model.module, data).double().cpu(), dim=1).numpy()
+
+
+def noisy_rankings(config: NoisyConfig, inputs: NoisyInputs, device: torch.device,
+                   progress: Progress = no_progress) -> dict[str, dict]:
+    """Each ranking's detection curve and time on ``inputs``: the request's own (its signal,
+    method and grouping; key ``influence``) and its baselines."""
     flags = flag_training_points(inputs.model, inputs.train, inputs.validation, config, progress)
     n_groups = flags.n_groups
-    rankings = {"influence": {"label": f"{_flag_label(config, n_groups)}, {config.signal}",
+    rankings = {"influence": {"label": flag_label(config, n_groups),
                               **detection_curve(flags.order, inputs.flipped), "seconds": round(sum(flags.timings.values()), 4),
                               "timings": flags.summary()["timings"], "cpu_seconds": flags.summary()["cpu_seconds"],
-                              "n_refined": int(flags.refined.sum())}}
+                              "n_refined": int(flags.refined.sum()), "n_groups": n_groups}}
+    labels = inputs.train.labels.cpu().numpy()
     if "loss" in config.baselines:
         started = time.perf_counter()
-        order = loss_ranking(inputs.model, inputs.train)
-        rankings["loss"] = {"label": "loss ranking", **detection_curve(order, inputs.flipped),
-                            "seconds": round(time.perf_counter() - started, 4)}
+        rankings["loss"] = _ranking("loss ranking", loss_ranking(inputs.model, inputs.train), inputs.flipped, started)
+    if "neighbours" in config.baselines and config.signal != "neighbours":
+        started = time.perf_counter()
+        order = np.argsort(-neighbour_suspicion(inputs.model, inputs.train), kind="stable")
+        rankings["neighbours"] = _ranking("neighbours (final model)", order, inputs.flipped, started)
+    if "confident-learning-final" in config.baselines:
+        started = time.perf_counter()
+        order, n_issues = confident_learning_ranking(final_model_probabilities(inputs.model, inputs.train), labels)
+        rankings["confident-learning-final"] = _ranking("Confident Learning (cleanlab) on the final model", order,
+                                                        inputs.flipped, started, n_issues=n_issues)
     if "confident-learning" in config.baselines:
         started = time.perf_counter()
         probabilities = cross_validated_probabilities(config.model, inputs.train, config.cl_folds, config.seed,
                                                       device, progress)
-        order, n_issues = confident_learning_ranking(probabilities, inputs.train.labels.cpu().numpy())
-        rankings["confident-learning"] = {"label": f"Confident Learning (cleanlab, {config.cl_folds}-fold)",
-                                          **detection_curve(order, inputs.flipped),
-                                          "seconds": round(time.perf_counter() - started, 4), "n_issues": n_issues}
+        order, n_issues = confident_learning_ranking(probabilities, labels)
+        rankings["confident-learning"] = _ranking(f"Confident Learning (cleanlab, {config.cl_folds}-fold, retrained)",
+                                                  order, inputs.flipped, started, n_issues=n_issues)
     rankings["random"] = {"label": "random inspection (expected)", **random_curve(), "seconds": 0.0}
+    return rankings
+
+
+def run_noisy(config: NoisyConfig, progress: Progress | None = None) -> dict:
+    """Inject label noise, retrain, flag, and compare with the baselines (JSON-ready). Every
+    ranking's ``seconds`` is its own time (Confident Learning's cross-validated one includes
+    its retraining); none counts the final model's training, which every one needs."""
+    progress = progress or no_progress
+    device = resolve_device(config.device)
+    inputs = noisy_inputs_of(config, "noisy-label evaluation", device, progress)
+    rankings = noisy_rankings(config, inputs, device, progress)
     predicted, _ = predict(inputs.model.module, inputs.test)
     return {
         "config": config.to_json(), "n_train": len(inputs.train), "n_validation": len(inputs.validation),
-        "n_flipped": int(inputs.flipped.sum()), "n_groups": n_groups,
+        "n_flipped": int(inputs.flipped.sum()), "n_groups": rankings["influence"]["n_groups"], "noise": config.noise,
         "model_test_accuracy": round(float((predicted == inputs.test.labels.cpu().numpy()).mean()), 4),
         "rankings": rankings, "torch_threads": torch.get_num_threads(),
     }

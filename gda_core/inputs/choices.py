@@ -17,12 +17,22 @@ import hashlib
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import GDAError
 from ..io import atomic_write_bytes
 from ..progress import Progress
-from .datasets import BUILTIN_DATASETS, Dataset, DataSplit, load_builtin
+from .datasets import (
+    BUILTIN_DATASETS,
+    BUILTIN_TEXT_MAX_LENGTH,
+    BUILTIN_TEXTS,
+    NOISY_DEMOS,
+    Dataset,
+    DataSplit,
+    load_builtin,
+    raw_builtin,
+)
 from .huggingface import (
     DEMO_TEXT_MODEL,
     demo_text_model,
@@ -208,6 +218,29 @@ def load_data_choice(choice: str, *, seed: int = 0, options: DataOptions = DataO
     if choice in BUILTIN_DATASETS:
         return load_builtin(choice, seed=seed)
     return parse_data_file(choice, options).split(seed=seed)
+
+
+def raw_data(choice: str, options: DataOptions = DataOptions()) -> UploadedData:
+    """A data choice's raw (unstandardised) rows as the project reads them: a data file's own
+    arrays, or a built-in set's (the noisy demo's with the labels it gives its training points).
+    Its rows are what a :class:`Dataset`'s ``indices`` (a review's source rows) point at."""
+    check_data_choice(choice)
+    if choice not in BUILTIN_DATASETS:
+        return parse_data_file(choice, options)
+    base = NOISY_DEMOS[choice].base if choice in NOISY_DEMOS else choice
+    if base in BUILTIN_TEXTS:
+        texts, labels, class_names = BUILTIN_TEXTS[base]()
+        raw = UploadedData(np.zeros((len(texts), 0)), labels, class_names, name=choice, texts=texts,
+                           max_length=BUILTIN_TEXT_MAX_LENGTH)
+    else:
+        features, labels, class_names, image_shape = raw_builtin(base)
+        raw = UploadedData(features, labels, class_names, name=choice, image_shape=image_shape)
+    if choice in NOISY_DEMOS:
+        train = load_builtin(choice).train
+        labels = raw.labels.copy()
+        labels[train.indices] = train.labels.numpy()
+        raw = dataclasses.replace(raw, labels=labels)
+    return raw
 
 
 def load_model_choice(choice: str, train: Dataset, cache_dir: str | Path, *, seed: int = 0,

@@ -16,6 +16,7 @@ import torch
 from ..errors import GDAError
 from ..io import default_cache_dir, packaged_file, read_npz, write_npz
 from ..task import CLASSIFICATION, REGRESSION, Task
+from .noise import flip_labels
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class Dataset:
     standardisation: str = "per-feature"
     texts: np.ndarray | None = field(default=None, repr=False)
     max_length: int | None = None
+    #: the labels before noise was flipped in on purpose (the built-in noisy demo), else None
+    true_labels: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.texts is not None:
@@ -154,6 +157,7 @@ class Dataset:
             standardisation=self.standardisation,
             texts=None if self.texts is None else self.texts[rows],
             max_length=self.max_length,
+            true_labels=None if self.true_labels is None else self.true_labels[rows],
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Dataset":
@@ -294,6 +298,25 @@ BUILTIN_DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str]
 }
 
 
+@dataclass(frozen=True)
+class NoisyDemo:
+    """A built-in set with a seeded share of its training labels flipped on purpose (the
+    test labels stay clean); the true labels are kept, so a review can be scored."""
+
+    base: str
+    noise: str
+    rate: float
+    seed: int
+
+    def describe(self) -> str:
+        return (f"{self.base} with {self.rate:.0%} of its training labels flipped on purpose ({self.noise} noise, "
+                f"seed {self.seed}); the test labels are clean")
+
+
+NOISY_DEMOS = {"digits-noisy": NoisyDemo("digits", "uniform", 0.1, 2026)}
+BUILTIN_DATASETS.update({name: BUILTIN_DATASETS[demo.base] for name, demo in NOISY_DEMOS.items()})
+
+
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split keeping each class's share in both parts (sorted row indices)."""
     rng = np.random.default_rng(seed)
@@ -404,7 +427,7 @@ def split_and_standardise(
     return DataSplit(train=part(train_rows), test=part(test_rows))
 
 
-def _raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
+def raw_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...] | None]:
     """The raw arrays of a built-in set, kept as .npz in the cache folder after the first load:
     importing scikit-learn's loaders costs more than a cached attribution lookup."""
     path = default_cache_dir() / "data" / f"{name}.npz"
@@ -426,16 +449,29 @@ def load_builtin(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> Dat
     ``diabetes`` for regression; ``reviews``, sentences for a text model), split and standardised."""
     if name not in BUILTIN_DATASETS:
         raise GDAError(f"unknown data set {name!r}; choose from: {', '.join(BUILTIN_DATASETS)}")
+    if name in NOISY_DEMOS:
+        return _noisy_demo(name, test_fraction=test_fraction, seed=seed)
     if name in BUILTIN_TEXTS:
         texts, labels, class_names = BUILTIN_TEXTS[name]()
         return split_and_standardise(np.zeros((len(texts), 0)), labels, class_names, name=name,
                                      test_fraction=test_fraction, seed=seed, texts=texts,
                                      max_length=BUILTIN_TEXT_MAX_LENGTH)
-    features, labels, class_names, image_shape = _raw_builtin(name)
+    features, labels, class_names, image_shape = raw_builtin(name)
     return split_and_standardise(
         features, labels, class_names, name=name, test_fraction=test_fraction, seed=seed,
         image_shape=image_shape, standardisation="per-feature" if name in PER_FEATURE_IMAGE_SETS else None,
     )
+
+
+def _noisy_demo(name: str, *, test_fraction: float, seed: int) -> DataSplit:
+    demo = NOISY_DEMOS[name]
+    split = load_builtin(demo.base, test_fraction=test_fraction, seed=seed)
+    clean = split.train.labels.numpy()
+    noisy, _ = flip_labels(clean, demo.rate, split.train.n_classes, demo.seed, kind=demo.noise,
+                           class_names=split.train.class_names)
+    train = dataclasses.replace(split.train, labels=torch.as_tensor(noisy), name=name, true_labels=clean,
+                                class_names=list(split.train.class_names))
+    return DataSplit(train=train, test=dataclasses.replace(split.test, name=name, class_names=list(split.test.class_names)))
 
 
 def make_synthetic(

@@ -389,7 +389,8 @@ class TrainedModel:
         return self
 
 
-def _outputs(module: nn.Module, data: Dataset, chunk: int = 4096) -> torch.Tensor:
+def model_outputs(module: nn.Module, data: Dataset, chunk: int = 4096) -> torch.Tensor:
+    """The model's outputs (logits) for every point, without gradients."""
     # In chunks: one forward of 100k images would hold every activation at once (sentences in smaller ones).
     reference = next(module.parameters())
     batch = TEXT_BATCH if not data.features.is_floating_point() else chunk
@@ -401,19 +402,19 @@ def _outputs(module: nn.Module, data: Dataset, chunk: int = 4096) -> torch.Tenso
 def model_score(module: nn.Module, data: Dataset) -> float:
     """The model's score on the data: accuracy for classes, R^2 for regression targets (the
     data's task names it, ``data.task.score_name``)."""
-    return data.task.score(_outputs(module, data), data.labels)
+    return data.task.score(model_outputs(module, data), data.labels)
 
 
 def predict(module: nn.Module, data: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
     """The prediction for every point (a class, or a value) and, for classes, the model's
     probability of it."""
-    predicted, confidence = data.task.predict(_outputs(module, data).cpu())
+    predicted, confidence = data.task.predict(model_outputs(module, data).cpu())
     return predicted.numpy(), None if confidence is None else confidence.numpy()
 
 
 def point_losses(module: nn.Module, data: Dataset) -> np.ndarray:
     """Each point's loss under the model (the data task's per-example training loss)."""
-    outputs = _outputs(module, data).cpu()
+    outputs = model_outputs(module, data).cpu()
     return data.task.objective("loss")(outputs, data.labels.cpu()).double().numpy()
 
 

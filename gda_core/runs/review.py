@@ -11,9 +11,11 @@ write is refused with a one-line :class:`GDAError` instead of silently overrulin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GDAError
+from ..inputs.parsers import UploadedData
 from ..io import atomic_write_bytes, spreadsheet_safe
 from .store import ScoreStore
 
@@ -42,11 +45,30 @@ CREATE TABLE IF NOT EXISTS review_decisions (
     action TEXT NOT NULL,       -- keep | relabel | skip | undo
     item INTEGER,               -- training index (NULL for undo)
     new_label INTEGER,          -- relabel only
-    target INTEGER,             -- undo only: the seq it cancels
+    target INTEGER,             -- undo only: the batch it cancels
     created REAL NOT NULL,
+    batch INTEGER,              -- the first seq of a bulk action's rows (NULL: a single decision)
     PRIMARY KEY (session, seq)
 );
 """
+
+
+def _ensure_schema(connection) -> None:
+    """Create the review tables, and add the ``batch`` column to a store made before it."""
+    connection.executescript(_SCHEMA)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(review_decisions)")}
+    if "batch" not in columns:
+        try:
+            connection.execute("ALTER TABLE review_decisions ADD COLUMN batch INTEGER")
+            connection.commit()
+        except sqlite3.OperationalError as error:  # another process added it first
+            if "duplicate column" not in str(error):
+                raise
+
+
+def _batch_of(row) -> int:
+    """The batch a decision row belongs to: its bulk action's, or its own seq."""
+    return row["batch"] if row["batch"] is not None else row["seq"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +91,7 @@ class ReviewSession:
     def __init__(self, store: ScoreStore, name: str):
         self.store, self.name = store, name
         with store.connection() as connection:
-            connection.executescript(_SCHEMA)
+            _ensure_schema(connection)
             row = connection.execute("SELECT * FROM review_sessions WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise GDAError(f"no review session {name!r}")
@@ -93,7 +115,7 @@ class ReviewSession:
             raise GDAError(f"flagged points must be training indices in 0..{len(labels) - 1}")
         source_rows = np.arange(len(labels)) if source_rows is None else np.asarray(source_rows, dtype=np.int64)
         with store.connection() as connection:
-            connection.executescript(_SCHEMA)
+            _ensure_schema(connection)
         with store.transaction() as connection:
             connection.execute(
                 "INSERT OR IGNORE INTO review_sessions (name, created, items, labels, source_rows, class_names, info)"
@@ -110,11 +132,12 @@ class ReviewSession:
 
     @staticmethod
     def _in_force(rows: list) -> list:
-        """Replay the log: decisions not cancelled by an undo, oldest first."""
+        """Replay the log: decisions not cancelled by an undo, oldest first (an undo cancels
+        a whole bulk action)."""
         stack: list = []
         for row in rows:
             if row["action"] == "undo":
-                stack = [kept for kept in stack if kept["seq"] != row["target"]]
+                stack = [kept for kept in stack if _batch_of(kept) != row["target"]]
             else:
                 stack.append(row)
         return stack
@@ -156,12 +179,20 @@ class ReviewSession:
         return self._decide("skip", train_index)
 
     def relabel(self, train_index: int, new_label: int) -> Decision:
-        if not 0 <= int(new_label) < len(self.class_names):
-            raise GDAError(f"new label must be a class index in 0..{len(self.class_names) - 1}, got {new_label}")
+        self._check_class(new_label)
         return self._decide("relabel", train_index, int(new_label))
 
+    def _check_class(self, label: int) -> None:
+        if not 0 <= int(label) < len(self.class_names):
+            raise GDAError(f"new label must be a class index in 0..{len(self.class_names) - 1}, got {label}")
+
+    def _check_item(self, train_index: int) -> None:
+        if int(train_index) not in self._flagged_set:
+            raise GDAError(f"training point {int(train_index)} is not in this review's flagged list")
+
     def undo(self) -> Decision:
-        """Cancel the latest decision still in force; returns it."""
+        """Cancel the latest decision still in force (all of it, for a bulk action); returns
+        it (a bulk action's last row)."""
         def append(connection, seq: int) -> Decision:
             in_force = self._in_force(connection.execute(
                 "SELECT * FROM review_decisions WHERE session = ? ORDER BY seq", (self.name,)).fetchall())
@@ -169,15 +200,41 @@ class ReviewSession:
                 raise GDAError("nothing to undo")
             last = in_force[-1]
             connection.execute("INSERT INTO review_decisions (session, seq, action, target, created)"
-                               " VALUES (?, ?, 'undo', ?, ?)", (self.name, seq, last["seq"], time.time()))
+                               " VALUES (?, ?, 'undo', ?, ?)", (self.name, seq, _batch_of(last), time.time()))
             return Decision(last["item"], last["action"], last["new_label"], last["seq"], last["created"])
 
         return self._write(append)
 
+    def relabel_many(self, new_labels: dict[int, int]) -> list[Decision]:
+        """Relabel several points in one bulk action (one row each, undone together)."""
+        if not new_labels:
+            raise GDAError("no points to relabel")
+        for train_index, label in new_labels.items():
+            self._check_item(train_index)
+            self._check_class(label)
+
+        def append(connection, seq: int) -> list[Decision]:
+            now, written = time.time(), []
+            for offset, (train_index, label) in enumerate(sorted(new_labels.items())):
+                connection.execute("INSERT INTO review_decisions (session, seq, action, item, new_label, created, batch)"
+                                   " VALUES (?, ?, 'relabel', ?, ?, ?, ?)",
+                                   (self.name, seq + offset, int(train_index), int(label), now, seq))
+                written.append(Decision(int(train_index), "relabel", int(label), seq + offset, now))
+            return written
+
+        return self._write(append)
+
+    def bulk_relabel_proposal(self, predicted: np.ndarray, confidence: np.ndarray, min_confidence: float) -> dict[int, int]:
+        """The undecided flagged points where the model predicts another class than the given
+        one with at least ``min_confidence``, each with the class it predicts."""
+        if not 0.0 <= min_confidence <= 1.0:
+            raise GDAError(f"confidence must lie in 0..1, got {min_confidence}")
+        return {index: int(predicted[index]) for index in self.undecided()
+                if int(predicted[index]) != int(self.labels[index]) and float(confidence[index]) >= min_confidence}
+
     def _decide(self, action: str, train_index: int, new_label: int | None = None) -> Decision:
         train_index = int(train_index)
-        if train_index not in self._flagged_set:
-            raise GDAError(f"training point {train_index} is not in this review's flagged list")
+        self._check_item(train_index)
 
         def append(connection, seq: int) -> Decision:
             now = time.time()
@@ -187,7 +244,7 @@ class ReviewSession:
 
         return self._write(append)
 
-    def _write(self, append) -> Decision:
+    def _write(self, append):
         """One transaction: check nobody wrote since ``version``, append, move ``version`` on."""
         with self.store.transaction() as connection:
             latest = connection.execute("SELECT MAX(seq) FROM review_decisions WHERE session = ?",
@@ -225,6 +282,72 @@ class ReviewSession:
             writer.writerow([index, int(self.source_rows[index]), self._class_cell(label), int(label != given)])
         return buffer.getvalue()
 
+    def cleaned_data(self, raw: UploadedData) -> UploadedData:
+        """``raw`` (the data's own rows, which the source rows point at) with every training
+        point's label replaced by its label after the review: the cleaned data set."""
+        if not raw.class_names or list(raw.class_names) != self.class_names:
+            raise GDAError("these rows are not the data this review was made on (other classes)")
+        n_rows = len(raw.labels)
+        labels = raw.labels.copy()
+        test_labels = None if raw.test_labels is None else raw.test_labels.copy()
+        for row, label in zip(self.source_rows, self.cleaned_labels()):
+            if row < n_rows:
+                labels[row] = label
+            elif test_labels is not None and row - n_rows < len(test_labels):
+                test_labels[row - n_rows] = label
+            else:
+                raise GDAError(f"source row {row} is outside the data ({n_rows} rows): not the data of this review")
+        return dataclasses.replace(raw, labels=labels, test_labels=test_labels)
+
+    def cleaned_npz(self, raw: UploadedData) -> bytes:
+        """The cleaned data set as an .npz in the layout this project reads (X, y, class_names, ...)."""
+        return self.cleaned_data(raw).to_npz_bytes()
+
+    def cleaned_csv(self, raw: UploadedData) -> str:
+        """The cleaned data set as a CSV this project reads back: the feature columns (or the
+        ``text`` column), ``label`` (class names) and, for data with a test part, ``split``
+        (train or test; read it back with ``--split-column split``)."""
+        cleaned = self.cleaned_data(raw)
+        parts = [(cleaned.features, cleaned.labels, cleaned.texts, "train")]
+        if cleaned.test_labels is not None:
+            parts.append((cleaned.test_features, cleaned.test_labels, cleaned.test_texts, "test"))
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        text = cleaned.texts is not None
+        n_columns = 0 if text else cleaned.features.shape[1]
+        split = [["split"]] if len(parts) > 1 else [[]]
+        writer.writerow((["text"] if text else [f"x{column}" for column in range(n_columns)]) + ["label"] + split[0])
+        for features, labels, texts, part in parts:
+            for index, label in enumerate(labels):
+                cells = [spreadsheet_safe(str(texts[index]))] if text else [repr(float(v)) for v in features[index]]
+                writer.writerow(cells + [self._class_cell(label)] + ([part] if len(parts) > 1 else []))
+        return buffer.getvalue()
+
+    def score(self, true_labels: np.ndarray) -> dict:
+        """How the review did where the truth is known (the built-in noisy demo): of the flagged
+        points, how many labels were wrong, and what each decision did with them."""
+        true_labels = np.asarray(true_labels, dtype=np.int64)
+        if len(true_labels) != len(self.labels):
+            raise GDAError(f"{len(true_labels)} true labels for a review of {len(self.labels)} training points")
+        wrong = self.labels != true_labels
+        counts = dict.fromkeys(("fixed", "relabelled to another wrong class", "relabelled a right label",
+                                "kept a wrong label", "kept a right label", "skipped"), 0)
+        for index, decision in self._decisions.items():
+            if decision.action == "relabel":
+                key = ("fixed" if decision.new_label == true_labels[index] else "relabelled to another wrong class") \
+                    if wrong[index] else "relabelled a right label"
+            elif decision.action == "keep":
+                key = "kept a wrong label" if wrong[index] else "kept a right label"
+            else:
+                key = "skipped"
+            counts[key] += 1
+        decided = len(self._decisions)
+        right = counts["fixed"] + counts["kept a right label"]
+        return {"wrong_labels": int(wrong.sum()), "flagged": len(self.flagged),
+                "wrong_among_flagged": int(wrong[self.flagged].sum()), "decided": decided, **counts,
+                "right_decisions": right, "accuracy": round(right / decided, 4) if decided else None,
+                "share_of_wrong_labels_fixed": round(counts["fixed"] / max(1, int(wrong.sum())), 4)}
+
     def _class_cell(self, label: int) -> str:
         """A class name for a CSV cell: class names come from uploaded data, and one starting
         like a formula (``=``, ``+``, ``-``, ``@``) would run when the CSV is opened in a spreadsheet."""
@@ -258,7 +381,7 @@ def review_sessions(store: ScoreStore, *, data: str | None = None, model: str | 
     """The review sessions in the store (name and ``info``), newest first, optionally only
     those of one data set and model."""
     with store.connection() as connection:
-        connection.executescript(_SCHEMA)
+        _ensure_schema(connection)
         rows = connection.execute("SELECT name, info FROM review_sessions ORDER BY created DESC").fetchall()
     sessions = [(row["name"], json.loads(row["info"] or "{}")) for row in rows]
     return [(name, info) for name, info in sessions

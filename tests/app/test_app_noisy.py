@@ -77,7 +77,8 @@ def test_flag_then_review_with_undo_and_downloads(app, app_cache):
     table = app.dataframe[0].value
     assert table.loc[table["training point"] == first, "decision"].item() == "keep"
     downloads = app.get("download_button")
-    assert [d.proto.label for d in downloads] == ["Download decisions (CSV)", "Download cleaned labels (CSV)"]
+    assert [d.proto.label for d in downloads] == ["Download decisions (CSV)", "Download cleaned labels (CSV)",
+                                                 "Download cleaned data (CSV)", "Download cleaned data (NPZ)"]
     rows = list(csv.DictReader(io.StringIO(session(app_cache).decisions_csv())))
     assert [(int(r["train_index"]), r["decision"]) for r in rows] == [(first, "keep")]
 
@@ -129,3 +130,36 @@ def test_runs_of_another_seed_are_not_listed(flagged, app, app_cache):
     assert not app.exception
     offered = app.selectbox(key="flag_run").options
     assert len(offered) == 1 and other.key not in str(offered)
+
+
+def test_the_noisy_demo_is_reviewed_in_bulk_and_scored(app_cache, open_app):
+    """digits-noisy: Home says what was flipped; the neighbours flags are relabelled in bulk
+    to the model's class, the review is scored against the truth, and one Undo takes it back."""
+    app = open_app(app_cache)
+    app.session_state["data"] = "digits-noisy"
+    app.run()
+    assert not app.exception
+    assert any("10% of its training labels flipped on purpose" in i.value for i in app.info)
+    app.switch_page(PAGE).run()
+    assert any("is a noisy demo" in i.value and "144 of its 1438" in i.value for i in app.info)
+    button(app, "Flag training points").click().run()
+    for _ in range(240):
+        if any(b.label == "Keep" for b in app.button):
+            break
+        time.sleep(0.5)
+        app.run()
+    assert not app.exception
+    metrics = {m.label: m.value for m in app.metric}
+    wrong, flagged = (int(n) for n in metrics["Wrong labels in this list"].split(" of "))
+    assert flagged == 144 and wrong >= 120  # the neighbours signal puts most flips in the top 10%
+    app.slider(key="bulk_confidence").set_value(0.6).run()
+    bulk = next(b for b in app.button if b.key == "bulk_relabel")
+    n_bulk = int(bulk.label.split()[1])
+    assert n_bulk >= 20
+    bulk.click().run()
+    assert not app.exception
+    metrics = {m.label: m.value for m in app.metric}
+    fixed, right = int(metrics["Fixed"]), int(metrics["Right decisions"].split(" of ")[0])
+    assert metrics["Right decisions"].endswith(f" of {n_bulk}") and fixed == right and fixed >= 0.9 * n_bulk
+    button(app, "Undo").click().run()
+    assert {m.label: m.value for m in app.metric}["Fixed"] == "0"

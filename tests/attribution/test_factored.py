@@ -106,7 +106,7 @@ def test_methods_on_the_factored_path_match_the_vmap_reference(zoo, small_digits
         assert np.linalg.norm(scores - reference) / np.linalg.norm(reference) < RTOL * 10
         if grouping == "per-example":
             assert fast.gradient_path_["train_side"].startswith("factored")
-            if method in ("grad-dot", "grad-cos", "tracin"):
+            if method in ("grad-dot", "grad-cos", "tracin", "if-arnoldi"):  # Arnoldi: plus its low-rank term
                 assert fast.gradient_path_["scores"].startswith("per-layer factored")
         else:
             assert fast.gradient_path_["train_side"].startswith("group sums")
@@ -157,3 +157,24 @@ def test_warm_up_is_paid_once_per_process():
     factored._WARM.clear()
     assert factored.warm_up() > 0.0
     assert factored.warm_up() == 0.0 and factored._WARM["seconds"] > 0.0
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_factored_ggn_products_match_vmap(modules, small_digits, monkeypatch, name):
+    from gda_core.attribution.methods import curvature
+
+    train, _ = small_digits
+    rows = np.arange(24)
+    fast = curvature.CurvatureOperator(FactoredEngine(modules[name]), train, rows)
+    reference = curvature.CurvatureOperator(GradientEngine(modules[name]), train, rows)
+    assert fast.path.startswith("factored") and reference.path.startswith("vmap")
+    vectors = torch.randn(3, fast.dim, generator=torch.Generator().manual_seed(0))
+    assert _relative(fast.matvec(vectors), reference.matvec(vectors)) < RTOL
+    subset = torch.tensor([1, 5, 7, 20])
+    assert _relative(fast.matvec_rows(vectors, subset), reference.matvec_rows(vectors, subset)) < RTOL
+    monkeypatch.setattr(curvature, "FACTORED_CHUNK_ELEMENTS", 1)  # one row per product: the same sums
+    assert _relative(fast.matvec(vectors), reference.matvec(vectors)) < RTOL
+    hessian = curvature.CurvatureOperator(FactoredEngine(modules[name]), train, rows, kind="hessian")
+    assert hessian.path.startswith("vmap (the Hessian")
+    monkeypatch.setattr(curvature, "FACTORED_GGN_BYTES", 1024)
+    assert "MB (>" in curvature.CurvatureOperator(FactoredEngine(modules[name]), train, rows).path

@@ -237,12 +237,65 @@ def test_an_uploaded_program_without_layer_modules_is_a_one_line_refusal(mlp, tm
         make_method("if-kfac", load_model_file(path)).fit(train, make_grouping("random", 5).fit(train))
 
 
+def test_layer_mean_damping_is_a_tenth_of_each_layers_mean_eigenvalue(mlp):
+    """damping_rule="layer-mean" (kronfluence's heuristic): layer l's block is inverted as
+    (C_l + lambda_l I)^-1 with lambda_l = 0.1 x the mean of its eigenvalues; checked against a
+    dense solve of the block-diagonal matrix with those lambdas on its diagonal."""
+    model, train, test = mlp
+    _, method = _scores("if-ekfac", model, train, test, damping_rule="layer-mean", cache_factors=False)
+    layout, factors = method.layouts_[0], method.factors_[0]
+    expected = [0.1 * float(values.mean()) for values in factors.eigenvalues]
+    np.testing.assert_allclose(method.layer_damping_[0], expected, rtol=1e-12)
+    assert len(set(expected)) == len(expected) and method.damping_[0] == max(expected)
+    info = method.solver_info_[0]
+    assert info["damping_rule"] == "layer-mean" and [layer["damping"] for layer in info["layers"]] == expected
+    columns = layout.split(torch.eye(layout.dim, dtype=torch.float64))
+    curvature = layout.merge([q_s @ ((q_s.T @ block @ q_a) * v) @ q_a.T for block, (_, q_a), (_, q_s), v
+                              in zip(columns, factors.activation, factors.gradient, factors.eigenvalues)])
+    diagonal = layout.merge([torch.full((1, layer.out_dim, layer.in_dim), value, dtype=torch.float64)
+                             for layer, value in zip(layout.layers, expected)])[0]
+    vectors = torch.randn(3, layout.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dense = torch.linalg.solve(curvature + torch.diag(diagonal), vectors.T).T
+    np.testing.assert_allclose(method._inverse(0, method.views_[0], vectors).numpy(), dense.numpy(), rtol=1e-6,
+                               atol=1e-9 * float(dense.abs().max()))
+    given = make_method("if-ekfac", model, damping=DAMPING, damping_rule="layer-mean", cache_factors=False)
+    given.fit(train, make_grouping("per-example").fit(train))
+    assert given.layer_damping_[0] == [DAMPING] * len(layout.layers)  # a given damping is one lambda for all
+    assert given.solver_info_[0]["damping_rule"] == "given"
+
+
+def test_sampled_ggn_converges_to_the_exact_ggn_and_is_seeded(mlp):
+    """ggn_samples=k back-propagates k Gaussian combinations of each example's output-Hessian
+    columns: A is untouched, S is the exact one in expectation (close at k = 256) and the
+    same seed gives the same factors, another seed others."""
+    model, train, test = mlp
+
+    def fitted(**options):
+        return _scores("if-kfac", model, train, test, damping=DAMPING, cache_factors=False, **options)[1]
+
+    exact, sampled = fitted(), fitted(ggn_samples=256)
+    for (a_exact, s_exact), (a_sampled, s_sampled) in zip(
+            zip(exact.factors_[0].activation, exact.factors_[0].gradient),
+            zip(sampled.factors_[0].activation, sampled.factors_[0].gradient)):
+        np.testing.assert_allclose(a_sampled[0].numpy(), a_exact[0].numpy(), rtol=1e-10)
+        matrix = [(v * values) @ v.T for values, v in (s_exact, s_sampled)]
+        assert float((matrix[1] - matrix[0]).norm() / matrix[0].norm()) < 0.15
+    one, same, other = fitted(ggn_samples=1), fitted(ggn_samples=1), fitted(ggn_samples=1, seed=1)
+    values = [method.factors_[0].gradient[0][0] for method in (one, same, other)]
+    assert torch.equal(values[0], values[1]) and not torch.allclose(values[0], values[2])
+    assert "Monte Carlo" in one.solver_info_[0]["curvature"] and "no sampled" in exact.solver_info_[0]["curvature"]
+
+
 def test_kronecker_options_are_checked(mlp):
     model, _, _ = mlp
     with pytest.raises(GDAError, match="damping must be > 0"):
         make_method("if-kfac", model, damping=0.0)
     with pytest.raises(GDAError, match="has no option curvature"):
         make_method("if-ekfac", model, curvature="hessian")
+    with pytest.raises(GDAError, match="damping_rule must be one of top, layer-mean"):
+        make_method("if-kfac", model, damping_rule="mean")
+    with pytest.raises(GDAError, match="ggn_samples must be >= 1"):
+        make_method("if-ekfac", model, ggn_samples=0)
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,8 @@ def test_flagging_finds_flipped_labels_far_better_than_random(grouping, n_groups
     """digits / MLP with 10% of the labels flipped. Measured with Grad-Dot self-influence
     (seeds 0, 1, 2): found at 20% inspected 0.954 / 0.923 / 0.915 per example and 0.931 /
     0.869 / 0.885 with gradient K-means at K = 150; random inspection finds 0.20."""
-    evaluation = run_noisy(NoisyConfig(method="grad-dot", grouping=grouping, n_groups=n_groups, baselines=()))
+    evaluation = run_noisy(NoisyConfig(method="grad-dot", grouping=grouping, n_groups=n_groups, signal="self-influence",
+                                       baselines=()))
     ranking = evaluation["rankings"]["influence"]
     assert evaluation["n_flipped"] == round(0.1 * evaluation["n_train"])
     assert ranking["recall_at"]["0.2"] >= floor
@@ -176,7 +177,7 @@ def test_a_stale_concurrent_write_is_refused(tmp_path):
 
 def test_flag_job_feeds_a_review(tmp_path):
     store = ScoreStore(tmp_path)
-    request = FlagRequest(method="grad-dot", grouping="per-example").to_json()
+    request = FlagRequest(method="grad-dot", grouping="per-example", signal="self-influence").to_json()
     outcome = run_in_foreground("flag", request, store)
     assert sorted(outcome.arrays["order"].tolist()) == list(range(1438))
     assert run_in_foreground("flag", request, store).cache_hit

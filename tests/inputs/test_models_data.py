@@ -50,7 +50,7 @@ def test_digits_keep_raw_images_for_display():
 def test_unknown_data_set():
     with pytest.raises(GDAError, match="unknown data set 'cifar10'; choose from: digits"):
         load_builtin("cifar10")
-    assert set(BUILTIN_DATASETS) == {"digits", "mnist", "breast_cancer", "wine", "diabetes", "reviews"}
+    assert set(BUILTIN_DATASETS) == {"digits", "mnist", "breast_cancer", "wine", "diabetes", "reviews", "digits-noisy"}
 
 
 @pytest.mark.parametrize("features,labels,message", [

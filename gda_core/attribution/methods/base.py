@@ -90,7 +90,9 @@ class AttributionMethod:
     #: whether a group's score equals the sum of its members' per-example scores
     gradient_linear: ClassVar[bool] = True
     #: "dot" or "cosine" when the score is a (normalised) plain gradient inner product per
-    #: view, which per-example mode computes from per-layer factors without gradients
+    #: view, which per-example mode computes from per-layer factors without gradients;
+    #: "dot+low-rank" when it is ``s g_t . g_i + (B g_t)^T diag(w) (B g_i)`` for a few rows B
+    #: (:meth:`_low_rank_parts`): the factored products plus the training gradients times B
     factored_product: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -216,8 +218,11 @@ class AttributionMethod:
         if isinstance(engine, FactoredEngine) and per_example:
             engine.check(self.train_, self._train_objective(0, self.views_[0])[0])
             path = engine.path
-        scores = ("per-layer factored inner products (d_t . d_i)(a_t . a_i), no per-example gradients"
-                  if self._factored_scoring(None) else "test side @ training-side gradients")
+        scores = "test side @ training-side gradients"
+        if self._factored_scoring(None):
+            scores = ("per-layer factored inner products (d_t . d_i)(a_t . a_i), no per-example gradients"
+                      if self.factored_product != "dot+low-rank" else
+                      "per-layer factored inner products plus a low-rank term (training gradients times its basis)")
         return {"test_side": path,
                 "train_side": path if per_example else "group sums (vmap, or one backward per large group)",
                 "scores": scores, "frozen_prefix": engine.prefix_description}
@@ -244,7 +249,7 @@ class AttributionMethod:
             self._factor_cache[index] = kept
 
     def _factored_scores(self, test: Dataset, progress: Progress) -> np.ndarray:
-        """sum over views of weight * g_t . g_i (or the cosine), from per-layer factors."""
+        """sum over views of weight * g_t . g_i (or the cosine, or plus a low-rank term), from per-layer factors."""
         started = time.perf_counter()
         scores = None
         labels = self.groups_.labels
@@ -255,11 +260,17 @@ class AttributionMethod:
                             for layer in range(len(pieces[0]))]
             cosine = self.factored_product == "cosine"
             test_norms = factor_sq_norms(test_factors).sqrt().clamp_min(1e-30) if cosine else None
+            low_rank = self._low_rank_parts(index, view) if self.factored_product == "dot+low-rank" else None
+            if low_rank is not None:
+                scale, basis, gain = low_rank
+                test_coordinates = (engine.gradients_of(test_factors) @ basis.T) * gain
             block = torch.zeros(len(test), len(labels), dtype=engine.dtype, device=engine.device)
             for rows, factors in self._train_factors(index, view):
                 dots = factor_dot(test_factors, factors)
                 if cosine:
                     dots = dots / test_norms[:, None] / factor_sq_norms(factors).sqrt().clamp_min(1e-30)[None]
+                if low_rank is not None:
+                    dots = scale * dots + test_coordinates @ (engine.gradients_of(factors) @ basis.T).T
                 block[:, torch.as_tensor(labels[rows], device=block.device)] = view.weight * dots
                 progress("attribute", (index + (rows[-1] + 1) / len(labels)) / len(self.views_))
             scores = block if scores is None else scores + block
@@ -329,6 +340,11 @@ class AttributionMethod:
     def _train_objective(self, index: int, view: View) -> tuple[str, torch.Tensor | None]:
         """The objective whose group gradients form the training side, and example weights."""
         return "loss", None
+
+    def _low_rank_parts(self, index: int, view: View) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """For ``factored_product = "dot+low-rank"``: (s, B (r x P), w (r,)) such that the test
+        side is ``s g_t + B^T diag(w) B g_t``."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- shared
     def _engine(self, module: torch.nn.Module) -> GradientEngine:

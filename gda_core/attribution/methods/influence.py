@@ -101,8 +101,13 @@ class _Influence(InverseCurvatureMethod):
         # Default: a tenth of the top curvature eigenvalue. The mean squared gradient entry
         # (a common suggestion) is 100-1000x too small on well-fit models, whose
         # per-example gradients nearly vanish; see the README for the LDS measurements.
-        self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * operator.largest_eigenvalue(seed=self.options.seed))
+        self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * self._top_eigenvalue(operator))
         self._prepare_solver(index, operator)
+        self.solver_info_[index]["curvature_product"] = operator.path
+
+    def _top_eigenvalue(self, operator: CurvatureOperator) -> float:
+        """The top curvature eigenvalue the default damping is a fraction of."""
+        return operator.largest_eigenvalue(seed=self.options.seed)
 
     def _prepare_solver(self, index: int, operator: CurvatureOperator) -> None:
         """Solver state that does not depend on the vectors (factorisations, bases)."""
@@ -173,11 +178,11 @@ class InfluenceCG(_Influence):
             direction = residual + ratio[:, None] * direction
             residual_sq = new_residual_sq
         relative = (residual_sq / (vectors * vectors).sum(1).clamp_min(1e-300)).sqrt()
-        self.solver_info_[index] = {
+        self.solver_info_[index].update({
             "iterations": iterations,
             "max_relative_residual": float(relative.max()) if len(relative) else 0.0,
             "converged": bool((relative <= self.options.tolerance).all()),
-        }
+        })
         return solution
 
 
@@ -250,10 +255,10 @@ class InfluenceLiSSA(_Influence):
             if relative_step * contraction / (1 - contraction) <= tolerance:
                 stopped = "relative step"  # the geometric tail of the remaining steps is below it
                 break
-        self.solver_info_[index] = {"depth": self.options.depth, "steps": steps, "stopped_by": stopped,
-                                    "scale": scale, "contraction": contraction,
-                                    "truncation_bound": contraction ** (steps + 1),
-                                    "last_relative_step": relative_step, "tolerance": tolerance}
+        self.solver_info_[index].update({"depth": self.options.depth, "steps": steps, "stopped_by": stopped,
+                                         "scale": scale, "contraction": contraction,
+                                         "truncation_bound": contraction ** (steps + 1),
+                                         "last_relative_step": relative_step, "tolerance": tolerance})
         return estimate / scale
 
 
@@ -273,25 +278,42 @@ class ArnoldiOptions(InfluenceOptions):
 class InfluenceArnoldi(_Influence):
     """Top eigenpairs of C by Lanczos with full re-orthogonalisation (Arnoldi for a symmetric
     matrix). Directions outside them are treated as flat (curvature 0), so they are scaled by
-    1 / lambda: the amount further training would move them, in the unified view."""
+    1 / lambda: the amount further training would move them, in the unified view. The default
+    damping's top eigenvalue is Lanczos's own (no separate power iteration)."""
 
     name = "if-arnoldi"
     description = "influence function, Arnoldi/Lanczos top eigenpairs (+ 1/damping on the rest)"
     Options = ArnoldiOptions
+    factored_product = "dot+low-rank"
+
+    def _top_eigenvalue(self, operator: CurvatureOperator) -> float:
+        self._lanczos_ = self._lanczos(operator)
+        return float(self._lanczos_[0].abs().max())
 
     def _prepare_solver(self, index, operator):
         if index == 0:
             self.eigen_: list[tuple[torch.Tensor, torch.Tensor]] = []
+        values, vectors, size = getattr(self, "_lanczos_", None) or self._lanczos(operator)
+        self._lanczos_ = None
+        self.eigen_.append((values, vectors))
+        self.solver_info_[index] = {"lanczos_steps": size, "rank": len(values),
+                                    "top_eigenvalue": float(values.abs().max())}
+
+    def _lanczos(self, operator: CurvatureOperator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The kept Ritz values (float64) and vectors (rank x P, in the products' precision:
+        the Krylov basis is held, and re-orthogonalised twice, in the engine's dtype) and the
+        steps run."""
         dim = operator.dim
         steps = min(dim, self.options.iterations or 2 * self.options.rank)
         generator = torch.Generator().manual_seed(self.options.seed)
-        basis = torch.zeros(steps, dim, dtype=torch.float64)
+        dtype, device = operator.engine.dtype, operator.engine.device
+        basis = torch.zeros(steps, dim, dtype=dtype, device=device)
         alphas, betas = [], []
-        vector = torch.randn(dim, generator=generator, dtype=torch.float64)
+        vector = torch.randn(dim, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
         vector /= vector.norm()
         for step in range(steps):
             basis[step] = vector
-            product = operator.matvec(vector[None].to(operator.engine.dtype))[0].double().cpu()
+            product = operator.matvec(vector[None])[0]
             alpha = float(product @ vector)
             product -= basis[:step + 1].T @ (basis[:step + 1] @ product)  # full re-orthogonalisation
             product -= basis[:step + 1].T @ (basis[:step + 1] @ product)
@@ -309,15 +331,16 @@ class InfluenceArnoldi(_Influence):
             tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
         values, ritz = torch.linalg.eigh(tridiagonal)
         keep = torch.argsort(values.abs(), descending=True)[:self.options.rank]
-        values, vectors = values[keep], (ritz[:, keep].T @ basis)
-        self.eigen_.append((values.to(operator.engine.device), vectors.to(operator.engine.device)))
-        self.solver_info_[index] = {"lanczos_steps": size, "rank": len(values),
-                                    "top_eigenvalue": float(values.abs().max())}
+        return values[keep], ritz[:, keep].T.to(device=device, dtype=dtype) @ basis, size
 
-    def _inverse(self, index, view, vectors):
+    def _low_rank_parts(self, index, view):
+        # (C + lambda I)^-1 g = g / lambda + sum_k (1 / (v_k + lambda) - 1 / lambda) (u_k . g) u_k
         values, basis = self.eigen_[index]
         damping = self.damping_[index]
-        coordinates = vectors.double() @ basis.T
-        inside = (coordinates / (values + damping)) @ basis
-        outside = (vectors.double() - coordinates @ basis) / damping
-        return (inside + outside).to(vectors.dtype)
+        gain = 1.0 / (values.to(basis.device) + damping) - 1.0 / damping
+        return 1.0 / damping, basis, gain.to(basis.dtype)
+
+    def _inverse(self, index, view, vectors):
+        scale, basis, gain = self._low_rank_parts(index, view)
+        basis, gain = basis.to(vectors.dtype), gain.to(vectors.dtype)
+        return vectors * scale + ((vectors @ basis.T) * gain) @ basis

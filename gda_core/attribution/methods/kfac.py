@@ -13,6 +13,13 @@ inverse of a layer's block is ``(Q_S (x) Q_A) diag(1 / (L_S L_A^T + lambda)) (Q_
 ``if-ekfac`` replaces ``L_S L_A^T`` by the GGN's own diagonal in that eigenbasis,
 ``E[(Q_S^T G Q_A)^2]`` over per-example gradients G (George et al. 2018).
 
+Damping defaults to a tenth of the largest eigenvalue over all layers (``damping_rule="top"``,
+one lambda, as for the other solvers) or, with ``damping_rule="layer-mean"``, a tenth of each
+layer's mean eigenvalue (kronfluence's heuristic, one lambda per layer). ``ggn_samples=k``
+back-propagates k seeded Gaussian combinations of each example's output-Hessian columns
+instead of all of them: a Monte Carlo GGN with the same expectation (as sampling labels from
+the softmax is), k backward passes per example instead of one per output.
+
 The blocks are independent layers (block-diagonal); parameters of other modules (BatchNorm's
 affine weights) are left out: their test-side components are zero, so a score is an inner
 product over the covered parameters, and ``method_info`` names what is covered. Factors
@@ -40,6 +47,7 @@ from .influence import DEFAULT_DAMPING_FRACTION, InverseCurvatureMethod, Inverse
 
 #: bumped when what the cached factors hold changes
 FACTOR_FORMAT = 1
+DAMPING_RULES = ("top", "layer-mean")
 CURVATURE_NOTE = ("GGN: each example's output Hessian (the task's) factored and back-propagated exactly, "
                   "no sampled labels")
 
@@ -48,6 +56,20 @@ CURVATURE_NOTE = ("GGN: each example's output Hessian (the task's) factored and 
 class KFACOptions(InverseOptions):
     #: keep fitted factors in the cache folder (``factors/``) for later runs on the same model and data
     cache_factors: bool = True
+    #: default damping when ``damping`` is None: "top" = a tenth of the largest eigenvalue over all
+    #: layers (one lambda); "layer-mean" = a tenth of each layer's mean eigenvalue (kronfluence's heuristic)
+    damping_rule: str = "top"
+    #: None = the exact GGN expectation (every output-Hessian column back-propagated); k = k random
+    #: Gaussian combinations of the columns per example (a Monte Carlo GGN with the same expectation,
+    #: as sampling labels from the softmax is): k backward passes instead of one per output
+    ggn_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ggn_samples is not None and self.ggn_samples < 1:
+            raise GDAError(f"ggn_samples must be >= 1 (or None for the exact GGN), got {self.ggn_samples}")
+        if self.damping_rule not in DAMPING_RULES:
+            raise GDAError(f"damping_rule must be one of {', '.join(DAMPING_RULES)}, got {self.damping_rule!r}")
 
 
 def output_hessian_factor(task: Task, outputs: torch.Tensor) -> torch.Tensor:
@@ -84,10 +106,11 @@ class KroneckerFactors:
     def largest_eigenvalue(self) -> float:
         return max(float(values.max()) for values in self.eigenvalues)
 
-    def inverse(self, blocks: list[torch.Tensor], damping: float) -> list[torch.Tensor]:
-        """Each (b, out, in) block multiplied by its layer's (approximate curvature + damping)^-1."""
+    def inverse(self, blocks: list[torch.Tensor], damping: list[float]) -> list[torch.Tensor]:
+        """Each (b, out, in) block multiplied by its layer's (approximate curvature + its damping)^-1."""
         out = []
-        for block, (_, q_a), (_, q_s), values in zip(blocks, self.activation, self.gradient, self.eigenvalues):
+        for block, (_, q_a), (_, q_s), values, damping in zip(blocks, self.activation, self.gradient,
+                                                              self.eigenvalues, damping):
             q_a, q_s, values = q_a.to(block.device), q_s.to(block.device), values.to(block.device)
             rotated = q_s.T @ block @ q_a
             out.append(q_s @ (rotated / (values + damping)) @ q_a.T)
@@ -105,20 +128,37 @@ class KroneckerFactors:
                 for layer, a, s, values in zip(self.layers, self.activation, self.gradient, self.eigenvalues)]
 
 
-def _batches(engine: GradientEngine, sample: Dataset, layers: list[Layer], chunk: int):
+@dataclass(frozen=True)
+class GGNSampling:
+    """How the output Hessian's factor is back-propagated: all its columns (``samples`` None,
+    the exact GGN) or ``samples`` Gaussian combinations of them per example, seeded."""
+
+    samples: int | None = None
+    seed: int = 0
+
+    def columns(self, factor: torch.Tensor, start: int) -> torch.Tensor:
+        """(m, n, out) columns B -> (k, n, out) columns B z / sqrt(k), z ~ N(0, I): E[.(.)^T] = B B^T."""
+        if self.samples is None:
+            return factor
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + start)  # the same z in every pass
+        z = torch.randn(self.samples, factor.shape[0], factor.shape[1], generator=generator, dtype=factor.dtype)
+        return torch.einsum("kmn,mno->kno", z.to(factor.device), factor) / self.samples ** 0.5
+
+
+def _batches(engine: GradientEngine, sample: Dataset, layers: list[Layer], chunk: int, sampling: GGNSampling):
     """The curvature sample's captured pairs, chunk by chunk (bounded memory)."""
     inputs = engine.inputs(sample)
     for start in range(0, len(inputs), chunk):
         yield capture(engine.function_module, engine.params, layers, inputs[start:start + chunk],
-                      lambda outputs: output_hessian_factor(sample.task, outputs))
+                      lambda outputs: sampling.columns(output_hessian_factor(sample.task, outputs), start))
 
 
 def fit_kronecker_factors(engine: GradientEngine, sample: Dataset, layers: list[Layer],
-                          chunk: int) -> dict[str, np.ndarray]:
+                          chunk: int, sampling: GGNSampling = GGNSampling()) -> dict[str, np.ndarray]:
     """A and S of every layer over the sample, eigendecomposed (float64)."""
     activation = [torch.zeros(layer.in_dim, layer.in_dim, dtype=torch.float64) for layer in layers]
     gradient = [torch.zeros(layer.out_dim, layer.out_dim, dtype=torch.float64) for layer in layers]
-    for batch in _batches(engine, sample, layers, chunk):
+    for batch in _batches(engine, sample, layers, chunk, sampling):
         for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
             a = a.double().reshape(-1, a.shape[-1])
             positions = g.shape[2]
@@ -135,14 +175,17 @@ def fit_kronecker_factors(engine: GradientEngine, sample: Dataset, layers: list[
 
 
 def fit_correction(engine: GradientEngine, sample: Dataset, factors: KroneckerFactors,
-                   chunk: int) -> dict[str, np.ndarray]:
+                   chunk: int, sampling: GGNSampling = GGNSampling()) -> dict[str, np.ndarray]:
     """EK-FAC: E[(Q_S^T G Q_A)^2] per layer over the per-example (per output-Hessian column) gradients G."""
     corrections = [torch.zeros(layer.out_dim, layer.in_dim, dtype=torch.float64) for layer in factors.layers]
-    for batch in _batches(engine, sample, factors.layers, chunk):
+    for batch in _batches(engine, sample, factors.layers, chunk, sampling):
         for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
             q_a = factors.activation[i][1].to(a.device)
             q_s = factors.gradient[i][1].to(a.device)
             rotated_a, rotated_g = a.double() @ q_a, g.double() @ q_s
+            if a.shape[1] == 1:  # one position (Linear): (g a^T)^2 = g^2 (a^2)^T, summed by one product
+                corrections[i] += ((rotated_g[:, :, 0] ** 2).sum(0).T @ rotated_a[:, 0] ** 2).cpu()
+                continue
             # examples a piece at a time: (m, rows, out, in) stays about 16M numbers
             rows = max(1, (1 << 24) // (g.shape[0] * q_s.shape[0] * q_a.shape[0]))
             for start in range(0, a.shape[0], rows):
@@ -176,6 +219,7 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         if index == 0:
             self.factors_: list[KroneckerFactors] = []
             self.layouts_: list[LayerLayout] = []
+            self.layer_damping_: list[list[float]] = []
         engine = view.engine
         layers = find_layers(engine.function_module, engine.space.names)
         if not layers:
@@ -187,25 +231,40 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         identity = {"model": self.model.fingerprint(), "data": sample.fingerprint(), "format": FACTOR_FORMAT,
                     "last_layer_only": self.options.last_layer_only, "dtype": str(engine.dtype),
                     "layers": [(layer.name, layer.in_dim, layer.out_dim) for layer in layers]}
+        sampling = GGNSampling(self.options.ggn_samples, self.options.seed)
+        if sampling.samples is not None:
+            identity["ggn_samples"], identity["seed"] = sampling.samples, sampling.seed
         key = content_key("kfac-factors", identity)
         arrays, status = _cached(key, self.options.cache_factors,
-                                 lambda: fit_kronecker_factors(engine, sample, layers, chunk))
+                                 lambda: fit_kronecker_factors(engine, sample, layers, chunk, sampling))
         if self.corrected:
             base = KroneckerFactors(layers, arrays)
             correction, status = _cached(content_key("ekfac-correction", {**identity, "factors": key}),
                                          self.options.cache_factors,
-                                         lambda: fit_correction(engine, sample, base, chunk))
+                                         lambda: fit_correction(engine, sample, base, chunk, sampling))
             arrays = {**arrays, **correction}
         factors = KroneckerFactors(layers, arrays)
         self.factors_.append(factors)
         self.layouts_.append(layout)
         # Default: a tenth of the approximation's top eigenvalue, as for the other solvers
-        # (here it is free: the largest product of factor eigenvalues, or corrected value).
-        self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * factors.largest_eigenvalue())
+        # (here it is free: the largest product of factor eigenvalues, or corrected value);
+        # or, with damping_rule="layer-mean", a tenth of each layer's mean eigenvalue.
+        means = [float(values.mean()) for values in factors.eigenvalues]
+        if self.options.damping_rule == "layer-mean" and self.options.damping is None:
+            layer_damping = [self.options.damping_scale * DEFAULT_DAMPING_FRACTION * mean for mean in means]
+            self.damping_[index] = max(layer_damping)
+        else:
+            damping = self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * factors.largest_eigenvalue())
+            layer_damping = [damping] * len(layers)
+        self.layer_damping_.append(layer_damping)
         self.solver_info_[index] = {
-            "curvature": CURVATURE_NOTE,
+            "curvature": CURVATURE_NOTE if sampling.samples is None else (
+                f"GGN, Monte Carlo: {sampling.samples} seeded Gaussian combination(s) of each example's output-Hessian "
+                f"factor back-propagated (the exact GGN in expectation)"),
             "eigenvalue_correction": factors.corrected,
-            "layers": factors.diagnostics(),
+            "damping_rule": self.options.damping_rule if self.options.damping is None else "given",
+            "layers": [{**info, "damping": damping}
+                       for info, damping in zip(factors.diagnostics(), layer_damping)],
             "covered_parameters": layout.covered_dim,
             "total_parameters": layout.dim,
             "uncovered": layout.uncovered,
@@ -217,7 +276,7 @@ class _KroneckerInfluence(InverseCurvatureMethod):
 
     def _inverse(self, index: int, view: View, vectors: torch.Tensor) -> torch.Tensor:
         layout = self.layouts_[index]
-        blocks = self.factors_[index].inverse(layout.split(vectors.double()), self.damping_[index])
+        blocks = self.factors_[index].inverse(layout.split(vectors.double()), self.layer_damping_[index])
         return layout.merge(blocks).to(vectors.dtype)
 
 

@@ -36,6 +36,9 @@ class Flag(ScoringKind, name="flag", request_type=FlagRequest,
 
     @classmethod
     def describe(cls, result: dict) -> str:
-        return (f"{result['config']['method']} / {result['config']['grouping']} K={result['n_groups']}: "
+        # runs cached before labels were stored ran a method (the only signals then)
+        label = result.get("label") or (f"{result['config']['method']} / {result['config']['grouping']} "
+                                        f"K={result['n_groups']}, {result['config']['signal']}")
+        return (f"{label}: "
                 f"{result['n_train']} points ranked in {result['seconds']:.2f} s; most suspicious first: "
                 f"{' '.join(map(str, result['flagged']))}")

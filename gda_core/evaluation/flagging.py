@@ -138,7 +138,7 @@ def layer_inputs(module: torch.nn.Module, data: Dataset, *, dim: int = NEIGHBOUR
 
 
 def neighbour_disagreement(features: torch.Tensor, labels: np.ndarray, k: int = NEIGHBOURS,
-                           chunk: int = 2048) -> np.ndarray:
+                           chunk: int = 2048, progress: Progress = no_progress) -> np.ndarray:
     """For each point, the share of its ``k`` nearest other points (cosine of ``features``)
     whose label differs from its own. Chunked: memory is ``chunk`` x n, not n x n."""
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -153,13 +153,15 @@ def neighbour_disagreement(features: torch.Tensor, labels: np.ndarray, k: int = 
         similarity[torch.arange(len(rows)), rows] = -float("inf")  # not its own neighbour
         nearest = similarity.topk(k, dim=1).indices
         shares[rows] = (labels_t[nearest] != labels_t[rows, None]).float().mean(1)
+        progress("neighbours", float(rows[-1] + 1) / len(unit))
     return shares.double().numpy()
 
 
-def neighbour_suspicion(model: TrainedModel, train: Dataset) -> np.ndarray:
+def neighbour_suspicion(model: TrainedModel, train: Dataset, progress: Progress = no_progress) -> np.ndarray:
     """The ``neighbours`` signal: neighbour disagreement plus a tie-breaking share of the loss
     (below one vote's weight, 1 / k)."""
-    disagreement = neighbour_disagreement(layer_inputs(model.module, train), train.labels.cpu().numpy())
+    disagreement = neighbour_disagreement(layer_inputs(model.module, train), train.labels.cpu().numpy(),
+                                          progress=progress)
     losses = point_losses(model.module, train)
     tie_break = losses / (losses.max() + 1e-12) / (2 * NEIGHBOURS)
     return disagreement + tie_break
@@ -173,7 +175,7 @@ def flag_training_points(model: TrainedModel, train: Dataset, validation: Datase
     if request.signal in MODEL_ONLY_SIGNALS:
         started = time.perf_counter()
         progress("neighbours", 0.0)
-        scores = neighbour_suspicion(model, train)
+        scores = neighbour_suspicion(model, train, progress)
         timings["neighbours"] = time.perf_counter() - started
         return Flags(np.argsort(-scores, kind="stable"), scores, np.ones(len(train), dtype=bool),
                      np.arange(len(train)), timings, time.process_time() - cpu_started)

@@ -51,7 +51,10 @@ def test_neighbour_disagreement_equals_brute_force():
     rng = np.random.default_rng(0)
     features = torch.as_tensor(rng.normal(size=(60, 5)), dtype=torch.float32)
     labels = rng.integers(0, 3, 60)
-    shares = neighbour_disagreement(features, labels, k=7, chunk=16)  # chunks smaller than n
+    reported = []
+    shares = neighbour_disagreement(features, labels, k=7, chunk=16,  # chunks smaller than n
+                                    progress=lambda phase, f: reported.append(f))
+    assert reported == [16 / 60, 32 / 60, 48 / 60, 1.0]
     unit = features / features.norm(dim=1, keepdim=True)
     similarity = (unit @ unit.T).numpy()
     np.fill_diagonal(similarity, -np.inf)

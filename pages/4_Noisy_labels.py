@@ -15,7 +15,7 @@ from gda_app import state
 from gda_app.examples_view import show_points, show_sentence
 from gda_app.markup import escape
 from gda_core.errors import GDAError
-from gda_core.evaluation.flagging import MODEL_ONLY_SIGNALS
+from gda_core.evaluation.flagging import MODEL_ONLY_SIGNALS, flag_summary_label
 from gda_core.evaluation.noisy import NEEDS_CLASSES
 from gda_core.inputs.noise import NOISE_KINDS
 from gda_core.registry import GROUPINGS, METHODS
@@ -189,9 +189,7 @@ def show_review_score(score: dict) -> None:
 st.subheader("Review")
 flag_runs = state.finished_runs("flag")
 # Each finished flag run is a review of its top points; selections sent from the Explore map are reviews too.
-lists = {f"flags:{run.key}": (f"{run.params['signal']} (final model)" if run.params["signal"] in MODEL_ONLY_SIGNALS
-                             else f"{run.params['method']} / {run.params['grouping']} "
-                                  f"(K={run.summary.get('n_groups')}), {run.params['signal']}") for run in flag_runs}
+lists = {f"flags:{run.key}": flag_summary_label(run.summary) for run in flag_runs}
 lists |= {name: f"selection of {info.get('selected', '?')} points from the Explore map"
           for name, info in review_sessions(state.store(), data=data, model=arch) if name.startswith("selection:")}
 if not lists:

@@ -95,6 +95,14 @@ def flag_label(request: FlagRequest, n_groups: int) -> str:
     return f"{request.method} / {request.grouping} (K={n_groups}), {request.signal}"
 
 
+def flag_summary_label(summary: dict) -> str:
+    """A finished flag run's label, from its summary (runs cached before labels were stored
+    all ran a method, the only signals then)."""
+    config = summary["config"]
+    return summary.get("label") or (f"{config['method']} / {config['grouping']} (K={summary['n_groups']}), "
+                                    f"{config['signal']}")
+
+
 def layer_inputs(module: torch.nn.Module, data: Dataset, *, dim: int = NEIGHBOUR_DIM, seed: int = 0) -> torch.Tensor:
     """(n, d): every Linear and Conv2d layer's input for each point, averaged over positions
     (a convolution's pixels, a text model's tokens), L2-normalised per layer, projected to at

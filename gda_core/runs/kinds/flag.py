@@ -36,9 +36,9 @@ class Flag(ScoringKind, name="flag", request_type=FlagRequest,
 
     @classmethod
     def describe(cls, result: dict) -> str:
-        # runs cached before labels were stored ran a method (the only signals then)
-        label = result.get("label") or (f"{result['config']['method']} / {result['config']['grouping']} "
-                                        f"K={result['n_groups']}, {result['config']['signal']}")
+        from ...evaluation.flagging import flag_summary_label
+
+        label = flag_summary_label(result)
         return (f"{label}: "
                 f"{result['n_train']} points ranked in {result['seconds']:.2f} s; most suspicious first: "
                 f"{' '.join(map(str, result['flagged']))}")

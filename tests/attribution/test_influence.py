@@ -101,7 +101,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("name,reference,options,threshold", [
     ("if-cg", "exact_reference", {"max_iterations": 500, "tolerance": 1e-7}, 0.999),
     ("if-lissa", "exact_logreg_reference", {"depth": 1500, "batch_size": None}, 0.99),
-    ("if-arnoldi", "exact_logreg_reference", {"rank": 10**6, "iterations": 10**6}, 0.999),
+    ("if-arnoldi", "exact_logreg_reference", {"rank": 10**6, "iterations": 10**6, "keep_above": 0}, 0.999),
 ])
 def test_solvers_agree_with_the_exact_inverse(request, name, reference, options, threshold):
     model, train, test, groups, damping, exact = request.getfixturevalue(reference)
@@ -141,6 +141,36 @@ def test_low_rank_arnoldi_keeps_most_of_the_exact_scores(exact_reference):
     scores = make_method("if-arnoldi", model, damping=damping, rank=60, curvature_samples=None).fit(
         train, groups).attribute(test)
     assert _cosine(scores, exact) > 0.75
+
+
+def test_arnoldi_stops_once_the_eigenpairs_above_its_threshold_have_converged(exact_logreg_reference):
+    """The kept Ritz values are the exact GGN eigenvalues above keep_above x damping (each to
+    within its residual bound), found in fewer steps than the iteration cap, and the scores are
+    those of the exact inverse with the same eigenpairs kept."""
+    model, train, test, groups, _, _ = exact_logreg_reference
+    method = make_method("if-arnoldi", model, curvature_samples=None, rank=10**6, iterations=400).fit(train, groups)
+    info, damping = method.solver_info_[0], method.damping_[0]
+    assert info["stopped_by"] == "converged" and info["lanczos_steps"] < 400, info
+    exact_values, exact_vectors = torch.linalg.eigh(method.operators_[0].matrix().double())
+    above = exact_values[exact_values >= 0.25 * damping].flip(0)
+    values, basis = method.eigen_[0]
+    assert len(values) == len(above) == info["rank"], (len(values), len(above), info)
+    np.testing.assert_allclose(values.numpy(), above.numpy(), atol=0.01 * damping)
+    # exact inverse with the same truncation: 1/lambda outside the kept eigenspace
+    kept = exact_vectors[:, exact_values >= 0.25 * damping]
+    gain = 1 / (exact_values[exact_values >= 0.25 * damping] + damping) - 1 / damping
+    vectors = torch.randn(5, len(exact_values), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = vectors / damping + ((vectors @ kept) * gain) @ kept.T
+    got = method._inverse(0, None, vectors.float()).double()
+    assert _cosine(got.numpy(), expected.numpy()) > 0.9999
+
+
+def test_arnoldi_keeps_rank_pairs_and_runs_every_step_when_asked(exact_logreg_reference):
+    model, train, test, groups, damping, _ = exact_logreg_reference
+    method = make_method("if-arnoldi", model, damping=damping, rank=12, iterations=30, keep_above=0,
+                         curvature_samples=None).fit(train, groups)
+    assert method.solver_info_[0]["lanczos_steps"] == 30 and method.solver_info_[0]["stopped_by"] == "iterations"
+    assert len(method.eigen_[0][0]) == 12
 
 
 def test_hessian_curvature_matches_ggn_on_a_convex_model(convex_problem):

@@ -264,15 +264,35 @@ class InfluenceLiSSA(_Influence):
 
 @dataclass
 class ArnoldiOptions(InfluenceOptions):
-    #: number of top eigenpairs kept
+    #: the most top eigenpairs kept
     rank: int = 64
-    #: Lanczos iterations (None = min(P, 2 x rank))
+    #: the most Lanczos iterations (None = min(P, 2 x rank))
     iterations: int | None = None
+    #: eigenpairs below this fraction of the damping are treated as flat (0 = keep ``rank``):
+    #: they change the inverse by less than keep_above / (1 + keep_above) in their direction
+    keep_above: float = 0.25
+    #: Lanczos stops once every kept Ritz pair's residual is below this fraction of the damping
+    tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rank < 1 or (self.iterations is not None and self.iterations < 1):
             raise GDAError("rank and iterations must be >= 1")
+        if self.keep_above < 0 or self.tolerance <= 0:
+            raise GDAError(f"keep_above must be >= 0 and tolerance > 0, got {self.keep_above} and {self.tolerance}")
+
+
+#: Lanczos steps between convergence checks
+CONVERGENCE_CHECK_EVERY = 8
+
+
+def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    """Lanczos's symmetric tridiagonal matrix (float64)."""
+    matrix = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if betas:
+        off = torch.tensor(betas, dtype=torch.float64)
+        matrix += torch.diag(off, 1) + torch.diag(off, -1)
+    return matrix
 
 
 class InfluenceArnoldi(_Influence):
@@ -288,27 +308,45 @@ class InfluenceArnoldi(_Influence):
 
     def _top_eigenvalue(self, operator: CurvatureOperator) -> float:
         self._lanczos_ = self._lanczos(operator)
-        return float(self._lanczos_[0].abs().max())
+        return self._lanczos_[3]["top_eigenvalue"]
 
     def _prepare_solver(self, index, operator):
         if index == 0:
             self.eigen_: list[tuple[torch.Tensor, torch.Tensor]] = []
-        values, vectors, size = getattr(self, "_lanczos_", None) or self._lanczos(operator)
+        values, ritz, basis, info = getattr(self, "_lanczos_", None) or self._lanczos(operator)
         self._lanczos_ = None
-        self.eigen_.append((values, vectors))
-        self.solver_info_[index] = {"lanczos_steps": size, "rank": len(values),
-                                    "top_eigenvalue": float(values.abs().max())}
+        keep = self._kept(values, self.damping_[index])
+        self.eigen_.append((values[keep], ritz[:, keep].T.to(basis.dtype) @ basis))
+        self.solver_info_[index] = {**info, "rank": int(len(keep)), "keep_above": self.options.keep_above}
 
-    def _lanczos(self, operator: CurvatureOperator) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The kept Ritz values (float64) and vectors (rank x P, in the products' precision:
-        the Krylov basis is held, and re-orthogonalised twice, in the engine's dtype) and the
-        steps run."""
+    def _damping_of(self, top: float) -> float:
+        """The damping a top eigenvalue implies (the user's, if given), as _resolve_damping sets it."""
+        if self.options.damping is not None:
+            return self.options.damping
+        return self.options.damping_scale * DEFAULT_DAMPING_FRACTION * top
+
+    def _kept(self, values: torch.Tensor, damping: float) -> torch.Tensor:
+        """Indices of the Ritz values kept: the largest in magnitude, at most ``rank``, none
+        below ``keep_above`` x the damping."""
+        order = torch.argsort(values.abs(), descending=True)[:self.options.rank]
+        return order[values[order].abs() >= self.options.keep_above * damping]
+
+    def _lanczos(self, operator: CurvatureOperator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Lanczos with full re-orthogonalisation: the Ritz values (float64), their
+        coordinates in the Krylov basis, the basis (steps x P, in the products' precision:
+        re-orthogonalised twice in the engine's dtype) and what ran.
+
+        Every few steps the Ritz pairs that would be kept are checked: once each one's
+        residual ``beta |s_last|`` (a bound on its eigenvalue's error) is below ``tolerance``
+        x the damping, and more Ritz values than those have been found, further steps would
+        not change the inverse by more than that, so the iteration stops."""
         dim = operator.dim
         steps = min(dim, self.options.iterations or 2 * self.options.rank)
         generator = torch.Generator().manual_seed(self.options.seed)
         dtype, device = operator.engine.dtype, operator.engine.device
         basis = torch.zeros(steps, dim, dtype=dtype, device=device)
         alphas, betas = [], []
+        stopped = "iterations"
         vector = torch.randn(dim, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
         vector /= vector.norm()
         for step in range(steps):
@@ -319,19 +357,37 @@ class InfluenceArnoldi(_Influence):
             product -= basis[:step + 1].T @ (basis[:step + 1] @ product)
             alphas.append(alpha)
             beta = float(product.norm())
-            if step + 1 == steps or beta < 1e-10 * max(1.0, abs(alpha)):
-                basis = basis[:step + 1]
+            if beta < 1e-10 * max(1.0, abs(alpha)):
+                stopped = "invariant subspace"
                 break
             betas.append(beta)
+            if step + 1 == steps:
+                break
+            if (step + 1) % CONVERGENCE_CHECK_EVERY == 0 and self._converged(alphas, betas):
+                stopped = "converged"
+                break
             vector = product / beta
         size = len(alphas)
-        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if size > 1:
-            off = torch.tensor(betas[:size - 1], dtype=torch.float64)
-            tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
-        values, ritz = torch.linalg.eigh(tridiagonal)
-        keep = torch.argsort(values.abs(), descending=True)[:self.options.rank]
-        return values[keep], ritz[:, keep].T.to(device=device, dtype=dtype) @ basis, size
+        values, ritz = torch.linalg.eigh(_tridiagonal(alphas, betas[:size - 1]))
+        top = float(values.abs().max())
+        residuals = abs(betas[size - 1]) * ritz[-1].abs() if len(betas) >= size else torch.zeros_like(values)
+        damping = self._damping_of(top)
+        kept = self._kept(values, damping)
+        info = {"lanczos_steps": size, "stopped_by": stopped, "top_eigenvalue": top,
+                "max_residual_over_damping": float(residuals[kept].max()) / damping if len(kept) else 0.0}
+        return values, ritz.to(device=device), basis[:size], info
+
+    def _converged(self, alphas: list[float], betas: list[float]) -> bool:
+        """Whether the Ritz pairs that would be kept after these steps have converged."""
+        if self.options.keep_above == 0:
+            return False  # keep ``rank`` pairs: run every iteration, as asked
+        values, ritz = torch.linalg.eigh(_tridiagonal(alphas, betas[:-1]))
+        damping = self._damping_of(float(values.abs().max()))
+        kept = self._kept(values, damping)
+        if len(kept) >= len(values) - CONVERGENCE_CHECK_EVERY:
+            return False  # the pairs not yet found may lie above the threshold too
+        residuals = betas[-1] * ritz[-1, kept].abs()
+        return bool((residuals <= self.options.tolerance * damping).all())
 
     def _low_rank_parts(self, index, view):
         # (C + lambda I)^-1 g = g / lambda + sum_k (1 / (v_k + lambda) - 1 / lambda) (u_k . g) u_k

@@ -165,15 +165,16 @@ def worker(spec: dict) -> dict:
 
 # ====================================================================== point-level LDS
 def point_lds(scores, labels, masks, outputs) -> dict:
-    """Point-level LDS of (n_test, K) group scores: each point gets its group's equal share;
-    gold.lds on the (n_test, N) shares against (M, N) point masks. Local to this benchmark."""
+    """Point-level LDS of (n_test, K) group scores against (M, N) point masks: the core's
+    :func:`gda_core.evaluation.gold.point_lds` (each point gets its group's equal share)."""
     import numpy as np
 
-    from gda_core.evaluation.gold import LDSEnsemble, lds
+    from gda_core.attribution.grouping import Groups
+    from gda_core.evaluation.gold import LDSEnsemble
+    from gda_core.evaluation.gold import point_lds as core_point_lds
 
-    sizes = np.bincount(labels)
-    shares = scores[:, labels] / sizes[labels][None, :]
-    value = lds(shares, LDSEnsemble(masks.astype(bool), outputs, ALPHA, {}))
+    groups = Groups(np.asarray(labels), int(np.max(labels)) + 1)
+    value = core_point_lds(scores, groups, LDSEnsemble(masks.astype(bool), outputs, ALPHA, {}))
     return {"lds": rounded(value["lds"]), "lds_se": rounded(value["lds_se"])}
 
 

@@ -16,9 +16,8 @@ Fidelity: point-level LDS. One gold per setting: models retrained on random halv
 *points* (alpha 0.5), test loss per test point. Every run is scored against it by giving each
 point its group's equal share (point score = group score / group size; per-example runs keep
 their scores): a subset's predicted effect is the sum of its points' shares; Spearman with the
-retrained models' (negated) test loss per test point, averaged. This is gold.lds applied to the
-(n_test, N) matrix of shares with the (M, N) point masks -- kept local here on purpose (a
-point-level estimator is being added to the core separately).
+retrained models' (negated) test loss per test point, averaged: the core's gold.point_lds
+(gold.lds applied to the (n_test, N) matrix of shares with the (M, N) point masks).
 - ``resnet``: gold.BatchedTrainer refuses BatchNorm models, so the gold is plain retraining
   (train_model, the model's recipe) on a 1000-point training subset (``--lds-n-train``) with
   its own model, groupings (K = N/100 and max(2, N/1000): 10 and 2; one group would make every

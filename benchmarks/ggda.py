@@ -18,14 +18,14 @@ point its group's equal share (point score = group score / group size; per-examp
 their scores): a subset's predicted effect is the sum of its points' shares; Spearman with the
 retrained models' (negated) test loss per test point, averaged: the core's gold.point_lds
 (gold.lds applied to the (n_test, N) matrix of shares with the (M, N) point masks).
-- ``resnet``: gold.BatchedTrainer refuses BatchNorm models, so the gold is plain retraining
-  (train_model, the model's recipe) on a 1000-point training subset (``--lds-n-train``) with
-  its own model, groupings (K = N/100 and max(2, N/1000): 10 and 2; one group would make every
-  half-subset's prediction equal) and runs; ``--lds-subsets`` models (default 50), fewer if
-  ``--lds-gold-seconds`` runs out (``gold.n_subsets`` says how many).
-- ``mlp``: gold.lds_ensemble (the batched trainer) with per-example groups on all 18000 points,
-  in blocks of 10 copies until ``--lds-subsets`` or ``--lds-gold-seconds``; the timing runs'
-  own scores (random groupings are timed there too).
+- ``resnet``: a 1000-point training subset (``--lds-n-train``) with its own model, groupings
+  (K = N/100 and max(2, N/1000): 10 and 2; one group would make every half-subset's prediction
+  equal) and runs.
+- ``mlp``: all 18000 points; the timing runs' own scores (random groupings are timed there too).
+
+Both golds are gold.point_lds_ensemble (the batched trainer; for the resnet one copy at a time,
+so that its BatchNorm statistics see only the copy's own points) in blocks of 10 copies until
+``--lds-subsets`` (default 50) or ``--lds-gold-seconds`` (``gold.n_subsets`` says how many).
 
 Usage: python benchmarks/ggda.py [--threads 2] [--settings resnet,mlp] [--methods ...]
        [--max-seconds 600] [--lds-subsets 50] [--lds-n-train 1000] [--quick] [--work-dir DIR]
@@ -53,7 +53,7 @@ METHODS = ("grad-dot", "tracin", "trak", "if-ekfac", "if-arnoldi")
 SETTINGS = ("resnet", "mlp")
 ALPHA = 0.5
 SETUP_SECONDS = 90.0
-MLP_BLOCK = 10
+GOLD_BLOCK = 10
 FULL = {"resnet": {"n_train": 4000, "n_test": 200, "train_epochs": None},
         "mlp": {"n_samples": 20000, "n_test_pool": 2000, "n_test": 200, "train_epochs": 5}}
 QUICK = {"resnet": {"n_train": 300, "n_test": 8, "train_epochs": 1},
@@ -125,33 +125,18 @@ def worker(spec: dict) -> dict:
     if job == "gold":  # one gold per setting: random halves of the points
         memory.start()
         clock.start()
-        if spec["setting"] == "mlp":
-            from gda_core.attribution.grouping import Groups
-            from gda_core.evaluation.gold import lds_ensemble
+        from gda_core.evaluation.gold import point_lds_ensemble
 
-            # blocks of MLP_BLOCK copies (seeds 0, 1, ...) until n_subsets or the time budget
-            deadline, blocks = time.perf_counter() + spec["max_seconds"], []
-            while sum(len(b.masks) for b in blocks) < spec["n_subsets"] and time.perf_counter() < deadline:
-                count = min(MLP_BLOCK, spec["n_subsets"] - sum(len(b.masks) for b in blocks))
-                blocks.append(lds_ensemble(model, train, test, Groups(np.arange(len(train)), len(train)),
-                                           n_subsets=max(2, count), alpha=ALPHA, seed=len(blocks)))
-            masks = np.concatenate([b.masks for b in blocks])
-            outputs = np.concatenate([b.outputs for b in blocks])
-            how = f"gold.lds_ensemble (batched trainer), blocks of {MLP_BLOCK} copies"
-        else:
-            masks = images.subset_masks(spec["n_subsets"], len(train), seed=0)
-            objective = test.task.objective("loss")
-            outputs = np.full((len(masks), len(test)), np.nan)
-            deadline = time.perf_counter() + spec["max_seconds"]
-            for index, mask in enumerate(masks):
-                if time.perf_counter() > deadline:  # keep what fits: fewer subsets, said in the output
-                    break
-                retrained = train_model(model.config, train.subset(np.flatnonzero(mask)), model.train_config,
-                                        device=device)
-                with torch.no_grad():
-                    outputs[index] = objective(retrained.module(test.features), test.labels).double().cpu().numpy()
-            done = np.isfinite(outputs).all(axis=1)
-            masks, outputs, how = masks[done], outputs[done], "train_model on each subset (plain retraining)"
+        # blocks of GOLD_BLOCK copies (seeds 0, 1, ...) until n_subsets or the time budget; the
+        # resnet's copies train one at a time (BatchNorm: left-out points stay out of its statistics)
+        deadline, blocks = time.perf_counter() + spec["max_seconds"], []
+        while sum(len(b.masks) for b in blocks) < spec["n_subsets"] and time.perf_counter() < deadline:
+            count = min(GOLD_BLOCK, spec["n_subsets"] - sum(len(b.masks) for b in blocks))
+            blocks.append(point_lds_ensemble(model, train, test, n_subsets=max(2, count), alpha=ALPHA,
+                                             seed=len(blocks)))
+        masks = np.concatenate([b.masks for b in blocks])
+        outputs = np.concatenate([b.outputs for b in blocks])
+        how = f"gold.point_lds_ensemble (the batched trainer), blocks of {GOLD_BLOCK} copies"
         seconds, cpu = clock.stop()
         peak = memory.stop()
         np.savez(work / spec["gold_file"], masks=masks, outputs=outputs)
@@ -379,7 +364,7 @@ def run_setting(setting: str, args, runner, methods: list[str], deadline: float,
                table=table(timing, methods, ks))
     lds_out = {"gold": {k: v for k, v in (lds_part.gold or {}).items() if k not in ("gold_file",)},
                "n_train": lds_part.n if lds_part.model else None, "ks": lds_ks,
-               "alpha": ALPHA, "measurement": "test loss", "estimator": "point-level LDS, local to this benchmark"}
+               "alpha": ALPHA, "measurement": "test loss", "estimator": "point-level LDS (gold.point_lds)"}
     if lds_part is not timing:
         lds_out.update(model=_cell_model(lds_part.model),
                        groupings={f"{g}/K={k}": _grouping(r) for (g, k), r in lds_part.groupings.items()},

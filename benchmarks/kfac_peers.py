@@ -3,8 +3,11 @@ time (fit + scores), peak memory and LDS of every method on the same trained mod
 the same retrained subsets. kronfluence and dattri are not dependencies: run this with a
 Python that has them (``make benchmark-kfac-peers`` installs them with ``--no-deps``).
 
-digits with the MLP of ``benchmarks/kfac.py`` (64 -> 32 -> 16 -> 10, the demo recipe, 1437
-train), per example, ``--test-size`` test points, the point-level LDS gold standard
+``--setting digits`` (default): digits with the MLP of ``benchmarks/kfac.py`` (64 -> 32 -> 16
+-> 10, the demo recipe, 1437 train); ``--setting mnist-resnet``: the first ``--n-train`` (1000)
+mnist training digits with the zoo's ResNet-9 (width 8, its default recipe; BatchNorm's
+parameters are outside every K-FAC block, and dattri's EK-FAC covers its Linear head only).
+Per example, ``--test-size`` test points, the point-level LDS gold standard
 (``--subsets`` models retrained from scratch on random halves of the training points,
 :func:`gda_core.evaluation.gold.point_lds_ensemble`), the same ensemble for every method.
 
@@ -29,7 +32,8 @@ difference to if-ekfac's default [mean, standard error].
 Targets: if-ekfac's LDS >= the best peer setting's, at <= 1/2 the faster peer's seconds
 (each peer's best-LDS setting); if-ekfac's LDS >= if-arnoldi's.
 
-Usage: python benchmarks/kfac_peers.py [--test-size 50] [--subsets 100] [--repeats 5] [--threads 1]
+Usage: python benchmarks/kfac_peers.py [--setting digits|mnist-resnet] [--n-train 1000] [--test-size 50]
+       [--subsets 100] [--repeats 5] [--threads 1]
        [--ekfac-variants 'damping_rule="layer-mean";damping_scale=0.1']
 """
 
@@ -165,8 +169,22 @@ def _variant(text: str) -> dict:
     return options
 
 
+def _setting(args):
+    """(train, test, trained model) of ``--setting``."""
+    if args.setting == "digits":
+        split = load_builtin("digits", seed=0)
+        train, test = split.train, split.test.subset(slice(0, args.test_size))
+        return train, test, train_model(model_config_for("mlp", train, hidden=HIDDEN), train,
+                                        default_train_config("mlp"))
+    split = load_builtin("mnist", seed=0)
+    train, test = split.train.subset(slice(0, args.n_train)), split.test.subset(slice(0, args.test_size))
+    return train, test, train_model(model_config_for("resnet", train), train, default_train_config("resnet"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=("digits", "mnist-resnet"), default="digits")
+    parser.add_argument("--n-train", type=int, default=1000, help="mnist-resnet: training digits (default 1000)")
     parser.add_argument("--test-size", type=int, default=50)
     parser.add_argument("--subsets", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
@@ -185,9 +203,7 @@ def main() -> None:
         print(json.dumps({"skipped": f"not installed in this Python: {', '.join(missing)}"}))
         return
     started = time.perf_counter()
-    split = load_builtin("digits", seed=0)
-    train, test = split.train, split.test.subset(slice(0, args.test_size))
-    model = train_model(model_config_for("mlp", train, hidden=HIDDEN), train, default_train_config("mlp"))
+    train, test, model = _setting(args)
     gold_started = time.perf_counter()
     ensemble = point_lds_ensemble(model, train, test, n_subsets=args.subsets)
     gold_seconds = time.perf_counter() - gold_started
@@ -244,10 +260,10 @@ def main() -> None:
         difference = difference[np.isfinite(difference)]
         rows[name]["lds_minus_if-ekfac"] = [round(float(difference.mean()), 4),
                                             round(float(difference.std(ddof=1) / np.sqrt(len(difference))), 4)]
-    print(json.dumps(_summary(args, rows, len(train), len(test), gold_seconds, started), indent=2))
+    print(json.dumps(_summary(args, rows, len(train), len(test), gold_seconds, started, model), indent=2))
 
 
-def _summary(args, rows: dict, n_train: int, n_test: int, gold_seconds: float, started: float) -> dict:
+def _summary(args, rows: dict, n_train: int, n_test: int, gold_seconds: float, started: float, model) -> dict:
     """The table and the issue's targets, each peer at its best-LDS setting."""
     best = {peer: max((name for name in rows if name.startswith(peer)), key=lambda n: rows[n]["lds"])
             for peer in ("kronfluence", "dattri")}
@@ -255,7 +271,9 @@ def _summary(args, rows: dict, n_train: int, n_test: int, gold_seconds: float, s
     faster = min(rows[name]["seconds"] for name in best.values())
     ekfac = rows["if-ekfac"]
     return {
-        "data": "digits", "model": f"mlp {HIDDEN}", "n_train": n_train, "n_test": n_test, "per_example": True,
+        "data": "digits" if args.setting == "digits" else "mnist",
+        "model": f"mlp {HIDDEN}" if args.setting == "digits" else "resnet (width 8)",
+        "n_parameters": sum(p.numel() for p in model.module.parameters()), "n_train": n_train, "n_test": n_test, "per_example": True,
         "gold": "point-level LDS (retrained from scratch on random halves of the training points)",
         "lds_subsets": args.subsets, "gold_seconds": round(gold_seconds, 1), "torch_threads": torch.get_num_threads(),
         "load_average": load_average(), "cpus": os.cpu_count(), "methods": rows,

@@ -22,6 +22,7 @@ lowers the test point's loss (or raises its margin).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -62,47 +63,50 @@ class BatchedTrainer:
         self.model, self.recipe = model, recipe
         self.copies_per_chunk = max(1, copies_per_chunk)
         module = model.module
-        if any(isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) for layer in module.modules()):
-            # Copies train through torch.func with the module in eval mode: BatchNorm would keep
-            # the final model's running statistics, so the copies would be another model than
-            # the one train_model trains (and the scores would be compared with it).
-            raise GDAError("gold standards retrain copies of the model with torch.func, which cannot train "
-                           "BatchNorm as train_model does; this model has BatchNorm (the resnet), so its gold "
-                           "standard is not run; use a model without it (e.g. the cnn) for fidelity")
         reference = next(module.parameters())
         self.device, self.dtype = reference.device, reference.dtype
-        self._module = module
+        # A private copy: its train/eval mode is switched here, never the caller's module's.
+        self._module = copy.deepcopy(module).eval()
+        #: BatchNorm trains as train_model trains it: batch statistics in the steps, each
+        #: copy's own running statistics (its buffers, updated in place) when measured
+        self.batch_norm = any(isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) for layer in module.modules())
 
     def _batch_gradients(self, task: Task) -> Callable:
-        """Per-copy gradients of the task's weighted, regularised batch loss."""
+        """Per-copy gradients of the task's weighted, regularised batch loss (each copy's
+        BatchNorm buffers updated in place)."""
         module, recipe = self._module, self.recipe
 
-        def batch_loss(params, weights, inputs, labels):
-            denominator = weights.sum().clamp_min(1e-12) if recipe.normalize == "weights" else len(labels)
-            return task.weighted_loss(functional_call(module, params, (inputs,)), labels, weights, denominator,
-                                      params.values(), recipe.weight_decay)
+        def batch_loss(params, buffers, weights, denominator, inputs, labels):
+            return task.weighted_loss(functional_call(module, (params, buffers), (inputs,)), labels, weights,
+                                      denominator, params.values(), recipe.weight_decay)
 
-        return vmap(grad(batch_loss), in_dims=(0, 0, None, None))
+        return vmap(grad(batch_loss), in_dims=(0, 0, 0, 0, None, None))
 
-    def initial_parameters(self, seed: int | None) -> dict[str, torch.Tensor]:
-        """The model's final weights (``seed=None``) or a fresh seeded initialisation."""
+    def initial_state(self, seed: int | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The model's final parameters and buffers (``seed=None``) or a fresh seeded
+        initialisation's. Buffers (BatchNorm's running statistics) only for BatchNorm models."""
         if seed is None:
-            return {n: p.detach().clone() for n, p in self.model.module.named_parameters()}
-        torch.manual_seed(seed)
-        config = self.model.zoo_config("Retraining from scratch (LDS, leave-group-out)")
-        fresh = build_model(config).to(device=self.device, dtype=self.dtype)
-        return {n: p.detach().clone() for n, p in fresh.named_parameters()}
+            module = self.model.module
+        else:
+            torch.manual_seed(seed)
+            config = self.model.zoo_config("Retraining from scratch (LDS, leave-group-out)")
+            module = build_model(config).to(device=self.device, dtype=self.dtype)
+        params = {n: p.detach().clone() for n, p in module.named_parameters()}
+        buffers = {n: b.detach().clone() for n, b in module.named_buffers()} if self.batch_norm else {}
+        return params, buffers
 
     def _reference(self) -> torch.Tensor:
         """A tensor of the copies' device and dtype, which real-valued inputs are cast to."""
         return torch.empty(0, device=self.device, dtype=self.dtype)
 
-    def measure(self, params: dict[str, torch.Tensor], test: Dataset, measurement: str) -> torch.Tensor:
+    def measure(self, params: dict[str, torch.Tensor], test: Dataset, measurement: str,
+                buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(M, n_test) measurements (lower is better) of every copy on the test points."""
         objective = test.task.objective(measurement)
         inputs, labels = test.model_inputs(self._reference()), test.labels.to(self.device)
         with torch.no_grad():
-            return vmap(lambda p: objective(functional_call(self._module, p, (inputs,)), labels))(params)
+            return vmap(lambda p, b: objective(functional_call(self._module, (p, b), (inputs,)), labels))(
+                params, buffers or {})
 
     def run(self, weights: torch.Tensor, train: Dataset, test: Dataset, *, seed: int, init_seed: int | None,
             record_steps: list[int], measurement: str = "loss", progress: Progress = no_progress) -> torch.Tensor:
@@ -121,19 +125,27 @@ class BatchedTrainer:
         weights = weights.to(self.device, self.dtype)
         n_copies, total_steps = weights.shape[0], record_steps[-1]
         out = torch.empty(len(record_steps), n_copies, len(test), dtype=self.dtype, device=self.device)
-        start_params = self.initial_parameters(init_seed)
+        start_params, start_buffers = self.initial_state(init_seed)
+        # A left-out example (weight 0) must not enter a copy's BatchNorm statistics either, so
+        # such copies train one at a time on their own examples of each batch.
+        per_copy = self.batch_norm and bool((weights == 0).any())
+        chunk_size = 1 if per_copy else self.copies_per_chunk
         work = total_steps * n_copies
         steps_per_epoch = math.ceil(len(train) / self.recipe.batch_size)
         done = 0
-        for first in range(0, n_copies, self.copies_per_chunk):
-            chunk = weights[first:first + self.copies_per_chunk]
+        for first in range(0, n_copies, chunk_size):
+            chunk = weights[first:first + chunk_size]
             copies = len(chunk)
-            params = {n: p.unsqueeze(0).repeat(copies, *([1] * p.ndim)) for n, p in start_params.items()}
+
+            def stacked(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                return {n: t.unsqueeze(0).repeat(copies, *([1] * t.ndim)) for n, t in tensors.items()}
+
+            params, buffers = stacked(start_params), stacked(start_buffers)
             state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
             generator = torch.Generator().manual_seed(seed)
             record_index = 0
             if record_steps[0] == 0:
-                out[0, first:first + copies] = self.measure(params, test, measurement)
+                out[0, first:first + copies] = self.measure(params, test, measurement, buffers)
                 record_index = 1
             for step in range(1, total_steps + 1):
                 # Epochs of shuffled batches, the last one possibly short, as train_model does.
@@ -141,10 +153,19 @@ class BatchedTrainer:
                 if within_epoch == 0:
                     order = torch.randperm(len(train), generator=generator).to(self.device)
                 rows = order[within_epoch * self.recipe.batch_size:(within_epoch + 1) * self.recipe.batch_size]
-                gradients = gradients_of(params, chunk[:, rows], inputs[rows], labels[rows])
-                self._update(params, gradients, state, step)
+                batch_weights = chunk[:, rows]
+                denominator = (batch_weights.sum(dim=1).clamp_min(1e-12) if self.recipe.normalize == "weights"
+                               else torch.full((copies,), float(len(rows)), device=self.device, dtype=self.dtype))
+                if per_copy:
+                    kept = batch_weights[0] != 0
+                    rows, batch_weights = rows[kept], batch_weights[:, kept]
+                if len(rows) > 1 or (len(rows) == 1 and not self.batch_norm):
+                    self._module.train(self.batch_norm)
+                    gradients = gradients_of(params, buffers, batch_weights, denominator, inputs[rows], labels[rows])
+                    self._module.eval()
+                    self._update(params, gradients, state, step)
                 if record_index < len(record_steps) and step == record_steps[record_index]:
-                    out[record_index, first:first + copies] = self.measure(params, test, measurement)
+                    out[record_index, first:first + copies] = self.measure(params, test, measurement, buffers)
                     record_index += 1
                 done += copies
                 if step % 20 == 0 or step == total_steps:

@@ -257,10 +257,42 @@ def test_mnist_splits_are_not_ordered_by_class():
     assert len(np.unique(split.train.labels[:100].numpy())) == 10
 
 
-def test_gold_standards_refuse_batchnorm_models(tiny_resnet):
+def test_batched_trainer_reproduces_train_model_with_batchnorm():
+    """Copies of a ResNet train as train_model trains it: batch statistics in the steps, the
+    copy's own running statistics when measured."""
     from gda_core.evaluation.gold import BatchedTrainer
     from gda_core.requests import Recipe
 
-    trained, _, _ = tiny_resnet
-    with pytest.raises(GDAError, match="cannot train BatchNorm as train_model does; this model has BatchNorm"):
-        BatchedTrainer(trained, Recipe())
+    mnist = load_builtin("mnist")
+    train, test = mnist.train.subset(np.arange(0, 1300, 13)), mnist.test.subset(slice(0, 8))
+    config = ModelConfig(arch="resnet", n_features=784, n_classes=10, image_shape=(1, 28, 28), resnet_width=1)
+    trained = train_model(config, train, TrainConfig(epochs=1, lr=3e-3, batch_size=32, seed=7, n_checkpoints=1))
+    trainer = BatchedTrainer(trained, Recipe.of_model(trained))
+    measured = trainer.run(torch.ones(2, len(train)), train, test, seed=7, init_seed=7, record_steps=[4])
+    params, buffers = trainer.initial_state(None)
+    final = trainer.measure({n: p[None] for n, p in params.items()}, test, "loss",
+                            {n: b[None] for n, b in buffers.items()})
+    torch.testing.assert_close(measured[0, 0], final[0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(measured[0, 0], measured[0, 1])
+    assert not trained.module.training  # the caller's module is left in eval mode
+
+
+def test_left_out_points_do_not_enter_a_copys_batchnorm_statistics(tiny_resnet):
+    """A copy that gives points weight 0 is the same whatever those points hold: they are
+    kept out of its batch statistics, not only out of its loss."""
+    from gda_core.evaluation.gold import BatchedTrainer
+    from gda_core.requests import Recipe
+
+    trained, train, _ = tiny_resnet
+    train, test = train.subset(slice(0, 64)), train.subset(slice(64, 72))
+    weights = torch.ones(2, len(train))
+    weights[0, :20] = 0
+    weights[1, 40:] = 0
+    recipe = Recipe(optimizer="adam", lr=1e-3, batch_size=16, normalize="weights")
+    trainer = BatchedTrainer(trained, recipe)
+    measured = trainer.run(weights, train, test, seed=0, init_seed=None, record_steps=[4])
+    garbled = train.subset(np.arange(len(train)))
+    garbled.features[:20] = 50.0
+    measured_garbled = trainer.run(weights[:1], garbled, test, seed=0, init_seed=None, record_steps=[4])
+    torch.testing.assert_close(measured_garbled[0, 0], measured[0, 0])
+    assert not torch.allclose(measured[0, 0], measured[0, 1])

@@ -13,9 +13,12 @@ inverse of a layer's block is ``(Q_S (x) Q_A) diag(1 / (L_S L_A^T + lambda)) (Q_
 ``if-ekfac`` replaces ``L_S L_A^T`` by the GGN's own diagonal in that eigenbasis,
 ``E[(Q_S^T G Q_A)^2]`` over per-example gradients G (George et al. 2018).
 
-Damping defaults to a tenth of the largest eigenvalue over all layers (``damping_rule="top"``,
-one lambda, as for the other solvers) or, with ``damping_rule="layer-mean"``, a tenth of each
-layer's mean eigenvalue (kronfluence's heuristic, one lambda per layer). ``ggn_samples=k``
+Damping defaults to a tenth of each layer's mean eigenvalue (``damping_rule="layer-mean"``,
+kronfluence's heuristic, one lambda per layer) or, with ``damping_rule="top"``, a tenth of the
+largest eigenvalue over all layers (one lambda, as for the other solvers). A block's mean
+eigenvalue sets the scale of its own curvature, where one lambda from the largest block's top
+eigenvalue over-damps every other block: on a ResNet-9 over mnist "top" cost two thirds of the
+LDS (0.09 against 0.26), and on digits / MLP "layer-mean" was ahead too (0.550 against 0.532). ``ggn_samples=k``
 back-propagates k seeded Gaussian combinations of each example's output-Hessian columns
 instead of all of them: a Monte Carlo GGN with the same expectation (as sampling labels from
 the softmax is), k backward passes per example instead of one per output.
@@ -56,9 +59,9 @@ CURVATURE_NOTE = ("GGN: each example's output Hessian (the task's) factored and 
 class KFACOptions(InverseOptions):
     #: keep fitted factors in the cache folder (``factors/``) for later runs on the same model and data
     cache_factors: bool = True
-    #: default damping when ``damping`` is None: "top" = a tenth of the largest eigenvalue over all
-    #: layers (one lambda); "layer-mean" = a tenth of each layer's mean eigenvalue (kronfluence's heuristic)
-    damping_rule: str = "top"
+    #: default damping when ``damping`` is None: "layer-mean" = a tenth of each layer's mean eigenvalue
+    #: (kronfluence's heuristic); "top" = a tenth of the largest eigenvalue over all layers (one lambda)
+    damping_rule: str = "layer-mean"
     #: None = the exact GGN expectation (every output-Hessian column back-propagated); k = k random
     #: Gaussian combinations of the columns per example (a Monte Carlo GGN with the same expectation,
     #: as sampling labels from the softmax is): k backward passes instead of one per output
@@ -246,9 +249,9 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         factors = KroneckerFactors(layers, arrays)
         self.factors_.append(factors)
         self.layouts_.append(layout)
-        # Default: a tenth of the approximation's top eigenvalue, as for the other solvers
-        # (here it is free: the largest product of factor eigenvalues, or corrected value);
-        # or, with damping_rule="layer-mean", a tenth of each layer's mean eigenvalue.
+        # Default: a tenth of each layer's mean eigenvalue; or, with damping_rule="top", a tenth
+        # of the approximation's top eigenvalue, as for the other solvers (here it is free: the
+        # largest product of factor eigenvalues, or corrected value).
         means = [float(values.mean()) for values in factors.eigenvalues]
         if self.options.damping_rule == "layer-mean" and self.options.damping is None:
             layer_damping = [self.options.damping_scale * DEFAULT_DAMPING_FRACTION * mean for mean in means]

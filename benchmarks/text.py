@@ -21,10 +21,12 @@
   between that change of the test loss (negated, so that positive means the group helped) and
   each grouped run's scores, mean over test points;
 - with and without the frozen prefix (``--without-prefix``, empty by default; e.g. grad-dot):
-  the five frozen encoder layers run once per data set, or the whole BERT for every gradient.
+  the five frozen encoder layers run once per data set, or the whole BERT for every gradient;
+- ``--factored-vs-vmap grad-dot``: the per-example run on the factored path (the last layer's
+  Linear and LayerNorm factors) against the ``vmap`` path, alternating twice in one process.
 
 Usage: python benchmarks/text.py [--threads 1] [--test-size 60] [--lds 50] [--steps 15] [--seeds 3]
-       [--cache DIR] [--methods grad-dot,trak,...] [--without-prefix grad-dot]
+       [--cache DIR] [--methods grad-dot,trak,...] [--without-prefix grad-dot] [--factored-vs-vmap grad-dot]
 """
 
 from __future__ import annotations
@@ -106,6 +108,38 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0)))
 
 
+def factored_against_vmap(method: str, *, test_size: int, cache: Path, repeats: int = 2) -> dict:
+    """Per-example ``method`` with the factored per-example path (the default: the last
+    layer's Linear and LayerNorm factors) against the ``vmap`` path (the factored engine
+    swapped for one that refuses), alternating, in this process."""
+    from gda_core.attribution.factored import FactoredEngine
+    from gda_core.attribution.methods import base
+
+    class VmapOnly(FactoredEngine):
+        def _refusal(self) -> str:
+            return "the factored path switched off (benchmark reference)"
+
+    out: dict = {"vmap": [], "factored": []}
+    scores = {}
+    try:
+        for _ in range(repeats):
+            for label, engine in (("vmap", VmapOnly), ("factored", FactoredEngine)):
+                base.FactoredEngine = engine
+                result = run_attribution(AttributionRequest(
+                    data="reviews", model="minilm", method=method, grouping="per-example", test_size=test_size,
+                    method_options={"parameters": "last-1", **METHODS.get(method, {})}), cache_dir=cache)
+                out[label].append(round(result.timings["grouping"] + result.timings["fit"]
+                                        + result.timings["attribute"], 2))
+                out[f"{label}_train_side"] = result.method_info["gradient_path"]["train_side"][:80]
+                scores[label] = result.scores
+    finally:
+        base.FactoredEngine = FactoredEngine
+    out["speed_up"] = [round(v / f, 2) for v, f in zip(out["vmap"], out["factored"])]
+    out["max_relative_difference"] = float(np.abs(scores["factored"] - scores["vmap"]).max()
+                                           / max(np.abs(scores["vmap"]).max(), 1e-30))
+    return out
+
+
 def lds_ensembles(model, split, groups, *, n_subsets: int, test_size: int, cache: Path) -> tuple:
     """The point-level ensemble (subsets of points) and the grouping's group-level one, from
     the store under ``cache`` when an earlier run computed them; and their seconds."""
@@ -143,12 +177,14 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--without-prefix", default="",
                         help="methods also run with frozen_prefix=false (the whole BERT for every gradient)")
+    parser.add_argument("--factored-vs-vmap", default="",
+                        help="methods also timed per example on the vmap path against the factored one (e.g. grad-dot)")
     parser.add_argument("--cache", default=None, help="cache folder (default: a fresh temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(args.cache or tempfile.mkdtemp(prefix="gda-text-"))
     out: dict = {"data": "reviews", "model": "minilm", "parameters": "last-1", "threads": args.threads,
-                 "method_options": {m: METHODS.get(m, {}) for m in args.methods.split(",")},
+                 "method_options": {m: METHODS.get(m, {}) for m in args.methods.split(",") if m},
                  "test_size": args.test_size}
 
     started = time.perf_counter()
@@ -168,7 +204,7 @@ def main() -> None:
     n_groups = max(2, len(split.train) // 100)
     out["n_groups"] = n_groups
     # The grouping as every grouped run makes it (through the methods' frozen prefix at last-1).
-    engine = make_method(args.methods.split(",")[0], model, parameters="last-1").engine()
+    engine = make_method("grad-dot", model, parameters="last-1").engine()
     partition = make_grouping("repr-kmeans", n_groups, seed=0).fit(split.train, model.module, engine=engine)
     groups = partition.labels
     out["group_sizes"] = partition.size_summary()
@@ -184,7 +220,7 @@ def main() -> None:
     rows = {}
     grouped_scores = {}
     uncached = [m for m in args.without_prefix.split(",") if m]
-    for method in args.methods.split(","):
+    for method in [m for m in args.methods.split(",") if m]:
         row = {}
         for grouping, k in (("per-example", None), ("repr-kmeans", n_groups)):
             options = {"parameters": "last-1", **METHODS.get(method, {})}
@@ -224,6 +260,9 @@ def main() -> None:
         rows[method] = row
         print(json.dumps({method: row}), file=sys.stderr)
     out["methods"] = rows
+    if args.factored_vs_vmap:
+        out["factored_vs_vmap"] = {method: factored_against_vmap(method, test_size=args.test_size, cache=cache)
+                                   for method in args.factored_vs_vmap.split(",")}
 
     if args.steps:
         started = time.perf_counter()

@@ -102,16 +102,28 @@ def test_scores_with_the_frozen_prefix_equal_those_without(loaded, method, optio
     np.testing.assert_allclose(scores[True], scores[False], rtol=1e-4, atol=1e-6 * np.abs(scores[False]).max())
 
 
-def test_a_kronecker_projection_takes_the_layers_and_projects_layernorm_densely(loaded):
+def test_layernorm_is_factored_and_a_kronecker_projection_projects_it_densely(loaded):
     split, model = loaded
     engine = FactoredEngine(model.module, parameters="last-1")
-    assert not engine.factored and "LayerNorm" in engine.path  # per-example factors do not cover LayerNorm
-    gradients = engine.stacked(engine.per_example_gradients(split.train.subset(slice(0, 30))), 30).double()
+    sample = split.train.subset(slice(0, 30))
+    assert engine.factored and engine.has_layer_norms and engine.check(sample), engine.path
+    gradients = engine.stacked(engine.per_example_gradients(sample), 30).double()
+    # LayerNorm's factors (elementwise, summed over the tokens) and the layers' against vmap
+    reference = GradientEngine(model.module, parameters="last-1")
+    vmapped = reference.stacked(reference.per_example_gradients(sample), 30).double()
+    assert float((gradients - vmapped).norm() / vmapped.norm()) < 1e-5
+    layernorm_columns = torch.cat([torch.arange(sl.start, sl.stop) for name, sl in engine.layout.offsets.items()
+                                   if "LayerNorm" in name])
+    assert vmapped[:, layernorm_columns].abs().max() > 0
+    torch.testing.assert_close(gradients[:, layernorm_columns], vmapped[:, layernorm_columns], rtol=1e-4, atol=1e-7)
     layernorm = sum(p.numel() for name, p in engine.params.items() if "LayerNorm" in name)
     full = make_projector(engine, engine.space.dim, seed=0)
     assert isinstance(full, KroneckerProjector) and full.dim == engine.space.dim  # every factor the identity
     assert full.info()["dense_parameters"] == layernorm == full.info()["dense_dim"]
     torch.testing.assert_close(full.project(gradients) @ full.project(gradients).T, gradients @ gradients.T)
+    factors = [f for _, f in engine.factor_chunks(sample)]
+    torch.testing.assert_close(torch.cat([full.project_factors(f) for f in factors]).double(), full.project(gradients),
+                               rtol=1e-4, atol=1e-6)
     rest = gradients[:, full.rest_columns]
     gram, errors = rest @ rest.T, []
     for seed in range(4):

@@ -19,10 +19,11 @@ For a convolution the factored inner product costs ``T^2 (in + out)`` per pair a
 ``in x out`` for materialising, so each layer takes the cheaper of the two.
 
 :class:`FactoredEngine` is a :class:`GradientEngine` whose per-example passes (every group a
-single point) go this way when the model allows it, and otherwise through the parent's
+single point) go this way when the model allows it (a LayerNorm's elementwise gradient rides
+along as a dense factor, :func:`_elementwise_factor`), and otherwise through the parent's
 ``vmap`` path, which stays the reference: models with BatchNorm or Dropout in train mode,
-parameters outside Linear/Conv2d layers (BatchNorm's affine weights, an exported ``.pt2``
-program, which keeps no layer modules) or a layer that runs twice per forward fall back, and
+parameters outside Linear/Conv2d/LayerNorm layers (BatchNorm's affine weights, an exported
+``.pt2`` program, which keeps no layer modules) or a layer that runs twice per forward fall back, and
 :attr:`FactoredEngine.path` says which path ran and why. Before its first use the factored
 path is checked against ordinary backward passes on two examples; a mismatch also falls back. Grouped passes
 keep the group-sum path (a group's gradient is a sum of outer products, not one).
@@ -111,8 +112,8 @@ class KroneckerProjector:
     and may differ slightly from the one asked for (:attr:`dim` is the actual one). Parameters
     outside the layers (a LayerNorm's or BatchNorm's affine weights, usually few) get a dense
     Gaussian projection of their own, its share of ``dim`` in proportion to their count too
-    (exact when that share covers them); per-example factors then do not cover every
-    parameter, so only :meth:`project` of flat vectors applies."""
+    (exact when that share covers them); :meth:`project_factors` takes them from LayerNorms'
+    factors, and for parameters no factor covers only :meth:`project` of flat vectors applies."""
 
     def __init__(self, engine: GradientEngine, layers: list[Layer], dim: int, seed: int = 0):
         if dim < 1:

@@ -1,4 +1,5 @@
-"""Per-layer capture: the inputs and output gradients of every Linear and Conv2d layer, per example.
+"""Per-layer capture: the inputs and output gradients of every Linear and Conv2d layer (and,
+when asked, LayerNorm), per example.
 
 For one example, a Linear or Conv2d layer's weight gradient (the bias as one more input
 column that is always 1) is a sum over output positions t of ``g_t a_t^T``: ``a_t`` the
@@ -174,6 +175,8 @@ class LayerLayout:
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """(b, P) -> one (b, out, in_dim) matrix per layer (the bias as the last column)."""
+        if any(layer.kind == "layernorm" for layer in self.layers):
+            raise GDAError("a LayerNorm's parameters are no (out, in) matrix; split covers Linear/Conv2d layers")
         blocks = []
         for layer in self.layers:
             weight = flat[:, self.offsets[layer.weight]].reshape(len(flat), layer.out_dim, -1)

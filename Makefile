@@ -68,9 +68,9 @@ benchmark-images: install
 benchmark-ggda: install
 	$(BIN)/python benchmarks/ggda.py
 
-# The text demo (minilm on reviews): fine-tune time, per-example against grouped, further-training cosine.
+# The text demo (minilm on reviews): fine-tune time, per-example against grouped, LDS on 50 retrained subsets.
 benchmark-text: install
-	$(BIN)/python benchmarks/text.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/text.py --threads 1 --lds 50 --steps 0
 
 clean:
 	rm -rf $(VENV) cache/* build *.egg-info

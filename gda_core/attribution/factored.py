@@ -19,10 +19,11 @@ For a convolution the factored inner product costs ``T^2 (in + out)`` per pair a
 ``in x out`` for materialising, so each layer takes the cheaper of the two.
 
 :class:`FactoredEngine` is a :class:`GradientEngine` whose per-example passes (every group a
-single point) go this way when the model allows it, and otherwise through the parent's
+single point) go this way when the model allows it (a LayerNorm's elementwise gradient rides
+along as a dense factor, :func:`_elementwise_factor`), and otherwise through the parent's
 ``vmap`` path, which stays the reference: models with BatchNorm or Dropout in train mode,
-parameters outside Linear/Conv2d layers (BatchNorm's affine weights, an exported ``.pt2``
-program, which keeps no layer modules) or a layer that runs twice per forward fall back, and
+parameters outside Linear/Conv2d/LayerNorm layers (BatchNorm's affine weights, an exported
+``.pt2`` program, which keeps no layer modules) or a layer that runs twice per forward fall back, and
 :attr:`FactoredEngine.path` says which path ran and why. Before its first use the factored
 path is checked against ordinary backward passes on two examples; a mismatch also falls back. Grouped passes
 keep the group-sum path (a group's gradient is a sum of outer products, not one).
@@ -49,6 +50,19 @@ CHECK_TOLERANCE = 1e-4
 Factors = list[tuple[torch.Tensor, torch.Tensor]]
 
 _TRAIN_MODE_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _elementwise_factor(layer: Layer, normalised: torch.Tensor, gradients: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LayerNorm's per-example gradient as a one-position factor pair ``(g, 1)``: ``g`` the
+    weight's gradient ``sum_t d_t * xhat_t`` then the bias's ``sum_t d_t`` (n, 1, k or 2k),
+    and a unit output gradient (n, 1, 1), so that every product of factor pairs
+    (:func:`factor_dot`, :func:`factor_sq_norms`) gives ``g_t . g_i`` for it."""
+    parts = [(gradients * normalised).sum(1)]
+    if layer.bias is not None:
+        parts.append(gradients.sum(1))
+    gradient = torch.cat(parts, dim=1)[:, None, :]
+    return gradient, gradient.new_ones(len(gradient), 1, 1)
 
 
 def _materialise_cheaper(layer_t: int, other_t: int, in_dim: int, out_dim: int) -> bool:
@@ -98,12 +112,13 @@ class KroneckerProjector:
     and may differ slightly from the one asked for (:attr:`dim` is the actual one). Parameters
     outside the layers (a LayerNorm's or BatchNorm's affine weights, usually few) get a dense
     Gaussian projection of their own, its share of ``dim`` in proportion to their count too
-    (exact when that share covers them); per-example factors then do not cover every
-    parameter, so only :meth:`project` of flat vectors applies."""
+    (exact when that share covers them); :meth:`project_factors` takes them from LayerNorms'
+    factors, and for parameters no factor covers only :meth:`project` of flat vectors applies."""
 
     def __init__(self, engine: GradientEngine, layers: list[Layer], dim: int, seed: int = 0):
         if dim < 1:
             raise GDAError(f"projection dimension must be >= 1, got {dim}")
+        layers = [layer for layer in layers if layer.kind != "layernorm"]  # elementwise: projected densely
         layout = LayerLayout(engine.space, layers)
         self.input_dim, self.seed = layout.dim, seed
         rest = [layout.offsets[name] for name in layout.uncovered]
@@ -173,15 +188,23 @@ class KroneckerProjector:
         return {"layers": len(self.blocks), "dense_parameters": rest, "dense_dim": self.rest_dim}
 
     def project_factors(self, factors: Factors) -> torch.Tensor:
-        """(n, dim) projections of per-example gradients given as layer factors."""
-        if self.rest_columns is not None:
-            raise GDAError("layer factors do not cover the parameters outside the layers; project flat gradients")
+        """(n, dim) projections of per-example gradients given as layer factors: one pair per
+        layer, then any LayerNorms' (:func:`_elementwise_factor`), whose gradients are the
+        parameters outside the layers, in their order, projected densely."""
         reference = factors[0][0]
+        pairs = self.factors(reference.device, reference.dtype)
+        rest = [a[:, 0] for a, _ in factors[len(pairs):]]
+        n_rest = 0 if self.rest_columns is None else len(self.rest_columns)
+        if sum(part.shape[1] for part in rest) != n_rest:
+            raise GDAError("layer factors do not cover the parameters outside the layers; project flat gradients")
         parts = []
-        for (a, d), (p_out, p_in) in zip(factors, self.factors(reference.device, reference.dtype)):
+        for (a, d), (p_out, p_in) in zip(factors, pairs):
             d = d if p_out is None else d @ p_out
             a = a if p_in is None else a @ p_in
             parts.append(torch.einsum("nto,nti->noi", d, a).flatten(1))
+        if rest:
+            rest_part = torch.cat(rest, dim=1)
+            parts.append(rest_part if self.rest is None else self.rest.project(rest_part))
         return torch.cat(parts, dim=1)
 
 
@@ -206,18 +229,23 @@ class FactoredEngine(GradientEngine):
         if in_train_mode:
             return f"{in_train_mode[0]} is in train mode (its output depends on the whole batch or on chance)"
         try:
-            layers = find_layers(self.function_module, self.space.names)
+            layers = find_layers(self.function_module, self.space.names, layer_norms=True)
         except GDAError as error:
             return str(error)
-        if not layers:
+        self.projection_layers = [layer for layer in layers if layer.kind != "layernorm"]
+        if not self.projection_layers:
             return "no nn.Linear or nn.Conv2d layer (an exported .pt2 program keeps none)"
-        self.projection_layers = layers
         uncovered = LayerLayout(self.space, layers).uncovered
         if uncovered:
-            return f"parameters outside Linear/Conv2d layers: {', '.join(uncovered[:3])}"
+            return f"parameters outside Linear/Conv2d/LayerNorm layers: {', '.join(uncovered[:3])}"
         self.layers = layers
         self.layout = LayerLayout(self.space, layers)
         return None
+
+    @property
+    def has_layer_norms(self) -> bool:
+        """Whether some factors are LayerNorms' (elementwise, :func:`_elementwise_factor`)."""
+        return any(layer.kind == "layernorm" for layer in self.layers)
 
     @property
     def factored(self) -> bool:
@@ -282,7 +310,8 @@ class FactoredEngine(GradientEngine):
 
             batch = capture(self.function_module, self.params, self.layers, inputs[rows], cotangents)
             yield (np.arange(start, start + len(batch.outputs)),
-                   [(a, g[0]) for a, g in zip(batch.activations, batch.gradients)])
+                   [_elementwise_factor(layer, a, g[0]) if layer.kind == "layernorm" else (a, g[0])
+                    for layer, a, g in zip(self.layers, batch.activations, batch.gradients)])
 
     def gradients_of(self, factors: Factors) -> torch.Tensor:
         """(n, P) per-example gradients from their factors."""
@@ -293,6 +322,11 @@ class FactoredEngine(GradientEngine):
         n = len(factors[0][0])
         flat = factors[0][0].new_empty(n, self.space.dim)
         for layer, (a, d) in zip(self.layers, factors):
+            if layer.kind == "layernorm":  # a is the gradient itself (d is 1)
+                flat[:, self.layout.offsets[layer.weight]] = a[:, 0, :layer.in_dim]
+                if layer.bias is not None:
+                    flat[:, self.layout.offsets[layer.bias]] = a[:, 0, layer.in_dim:]
+                continue
             width = layer.in_dim - (layer.bias is not None)
             weight = flat[:, self.layout.offsets[layer.weight]].view(n, layer.out_dim, width)
             if a.shape[1] == 1:

@@ -17,6 +17,7 @@ positive dot product always means "helps".
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -166,14 +167,31 @@ def parameter_subset(module: nn.Module, spec: str) -> list[str]:
 
 
 class _HeadOnly(nn.Module):
-    """A model's ``head`` alone, its parameters named as in the model (``head.*``)."""
+    """A model's ``head`` alone, its parameters named as in the model (``head.*``); its
+    input is already the representation (``features`` is the identity)."""
 
     def __init__(self, head: nn.Module):
         super().__init__()
         self.head = head
 
+    def features(self, representation: torch.Tensor) -> torch.Tensor:
+        return representation
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
+
+
+def _prefix_cache(module: nn.Module) -> dict[tuple, torch.Tensor]:
+    """The frozen prefix outputs kept for ``module``, shared by every engine (and grouping)
+    on it, dropped with the module."""
+    cache = _PREFIX_OUTPUTS.get(module)
+    if cache is None:
+        cache = _PREFIX_OUTPUTS[module] = {}
+    return cache
+
+
+#: per module: (what the prefix holds, its parameters' versions, the data) -> the prefix's output
+_PREFIX_OUTPUTS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
 def frozen_split(module: nn.Module, names: list[str]
@@ -212,10 +230,12 @@ class GradientEngine:
     them): the same code path, a smaller gradient. Everything before the first chosen
     parameter is a frozen prefix (:func:`frozen_split`; in last-layer mode, the model's
     ``features``): :meth:`inputs` runs it once per data set, in chunks and without gradients,
-    and keeps its output in memory for the engine's life (``PREFIX_CACHE_BYTES``), so every
-    gradient pass (per-example, grouped, test side, curvature, factored) runs only the
-    suffix, :attr:`function_module`. ``frozen_prefix=False`` runs the whole model for every
-    gradient instead (the same scores, slower).
+    and keeps its output in memory with the module (``PREFIX_CACHE_BYTES``; every engine on
+    the same module with the same cut shares it, and a change to the prefix's weights is a
+    miss), so every gradient pass (per-example, grouped, test side, curvature, factored) and
+    the groupings' features (:meth:`representation`) run only the suffix,
+    :attr:`function_module`. ``frozen_prefix=False`` runs the whole model for every gradient
+    instead (the same scores, slower).
     """
 
     def __init__(
@@ -234,7 +254,6 @@ class GradientEngine:
         self.parameters = parameters
         #: the frozen part run once per data set (None: the whole model runs for each gradient)
         self.prefix: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._prefix_cache: dict[tuple, torch.Tensor] = {}
         if last_layer_only:
             if parameters != "all":
                 raise GDAError(f"last-layer mode already restricts gradients to the head; drop --parameters "
@@ -274,20 +293,41 @@ class GradientEngine:
         if self.prefix is None:
             return data.model_inputs(reference)
         source = data.features.detach().cpu().contiguous()
-        key = (tuple(source.shape), str(source.dtype), hashlib.blake2b(source.numpy().tobytes()).hexdigest())
-        if key in self._prefix_cache:
-            return self._prefix_cache[key]
+        # The cut (what the prefix holds), the state of the module's weights (an in-place
+        # change bumps a tensor's version) and the data name an entry.
+        versions = tuple((id(p), p._version) for p in self.module.parameters())
+        key = (self.prefix_description, str(reference.device), versions, tuple(source.shape), str(source.dtype),
+               hashlib.blake2b(source.numpy().tobytes()).hexdigest())
+        cache = _prefix_cache(self.module)
+        if key in cache:
+            return cache[key]
         features = data.model_inputs(reference)
         batch = 4096 if features.is_floating_point() else TEXT_BATCH
         with torch.no_grad():
             out = torch.cat([self.prefix(features[start:start + batch]) for start in range(0, len(features), batch)])
         size = out.element_size() * out.numel()
-        while self._prefix_cache and size + sum(t.element_size() * t.numel() for t in self._prefix_cache.values()) \
-                > PREFIX_CACHE_BYTES:
-            self._prefix_cache.pop(next(iter(self._prefix_cache)))  # the oldest goes first
+        while cache and size + sum(t.element_size() * t.numel() for t in cache.values()) > PREFIX_CACHE_BYTES:
+            cache.pop(next(iter(cache)))  # the oldest goes first
         if size <= PREFIX_CACHE_BYTES:
-            self._prefix_cache[key] = out
+            cache[key] = out
         return out
+
+    def representation(self, data: Dataset) -> torch.Tensor:
+        """(N, d): the input of the model's ``head`` (its penultimate representation, a text
+        model's pooled sentence embedding), through the frozen prefix where the engine has
+        one (its cached output, then the suffix's ``features``), else the model's
+        ``features`` in batches. What representation and gradient K-means cluster."""
+        if not has_last_layer(self.module):
+            raise GDAError("this model has no penultimate representation (`features` and a linear `head`)")
+        if self.last_layer_only:
+            return self.inputs(data)  # the prefix is the model's features
+        if self.prefix is not None and hasattr(self.function_module, "features"):
+            inputs, run = self.inputs(data), self.function_module.features
+        else:
+            inputs, run = data.model_inputs(next(iter(self.params.values()))), self.module.features
+        batch = 4096 if inputs.is_floating_point() and self.prefix is None else TEXT_BATCH
+        with torch.no_grad():
+            return torch.cat([run(inputs[start:start + batch]) for start in range(0, len(inputs), batch)])
 
     def logits(self, data: Dataset) -> torch.Tensor:
         with torch.no_grad():

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import GDAError
-from ..inputs.datasets import TEXT_BATCH, Dataset
+from ..inputs.datasets import Dataset
 from ..registry import GROUPINGS
+from .grads import GradientEngine, has_last_layer
 
 #: a group holding more than this share of the points is "giant": its score says little about
 #: any one member (a warning on the result; no rings for it on the map)
@@ -256,9 +257,18 @@ class GroupingStrategy:
         self.seed = seed
         self.options = options
 
-    def fit(self, train: Dataset, model: torch.nn.Module | None = None) -> Groups:
+    def fit(self, train: Dataset, model: torch.nn.Module | None = None, *, engine: GradientEngine | None = None
+            ) -> Groups:
+        """The partition of ``train``. ``engine`` (a gradient engine on ``model``, e.g. the
+        attribution method's, :meth:`AttributionMethod.engine`) is what model-based features
+        go through: its frozen prefix's output, cached with the model, is shared with the
+        method's gradient passes, so the frozen layers run once for both. Without it the
+        features run the whole model."""
         if self.needs_model and model is None:
             raise GDAError(f"grouping {self.name!r} needs the trained model")
+        if engine is not None and engine.module is not model:
+            raise GDAError("the grouping's gradient engine must be on the grouping's model")
+        self.engine = engine
         if self.needs_classes:
             train.require_classes(f"the {self.name} grouping", self.needs_classes)
         if self.fixed_group_count:
@@ -318,6 +328,11 @@ class _KMeansGrouping(GroupingStrategy):
 
     per_class: ClassVar[bool] = False
 
+    def _engine(self, model: torch.nn.Module) -> GradientEngine:
+        """The engine given to :meth:`fit`, else one over the whole model (no frozen prefix)."""
+        engine = getattr(self, "engine", None)
+        return engine if engine is not None else GradientEngine(model)
+
     def grouping_features(self, train: Dataset, model: torch.nn.Module | None) -> np.ndarray:
         raise NotImplementedError
 
@@ -356,14 +371,10 @@ class ReprKMeans(_KMeansGrouping):
     needs_model = True
 
     def grouping_features(self, train, model):
-        reference = next(model.parameters())
         if not hasattr(model, "features"):
             raise GDAError("representation K-means needs a model with a penultimate layer (a zoo model); "
                            "use grad-kmeans or inputs-kmeans for this one")
-        batch = max(1, len(train)) if train.features.is_floating_point() else TEXT_BATCH
-        with torch.no_grad():
-            return torch.cat([model.features(train.model_inputs(reference, slice(start, start + batch)))
-                              for start in range(0, len(train), batch)]).float().cpu().numpy()
+        return self._engine(model).representation(train).float().cpu().numpy()
 
 
 #: how grad-kmeans scales gradients before clustering: their directions (default) or as they are
@@ -396,8 +407,6 @@ class GradKMeans(_KMeansGrouping):
     max_dim = 64
 
     def grouping_features(self, train, model):
-        from .grads import has_last_layer
-
         # A model without features and a linear head (e.g. an uploaded program) gets projected
         # full gradients.
         space = self.options.get("gradient_features", "last-layer" if has_last_layer(model) else "projected")
@@ -406,8 +415,8 @@ class GradKMeans(_KMeansGrouping):
         scaling = self.options.get("gradient_scaling", "direction")
         if scaling not in SCALINGS:
             raise GDAError(f"gradient_scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
-        features = (last_layer_gradient_features(model, train, self.max_dim, self.seed) if space == "last-layer"
-                    else projected_gradients(model, train, self.max_dim, self.seed))
+        features = (last_layer_gradient_features(model, train, self.max_dim, self.seed, engine=self._engine(model))
+                    if space == "last-layer" else projected_gradients(model, train, self.max_dim, self.seed))
         if scaling == "raw":
             return features.float().cpu().numpy()
         norms = features.norm(dim=1, keepdim=True)
@@ -417,7 +426,7 @@ class GradKMeans(_KMeansGrouping):
 
 def projected_gradients(model: torch.nn.Module, train: Dataset, dim: int, seed: int) -> torch.Tensor:
     """Per-example loss gradients of all parameters, randomly projected to ``dim`` (at most)."""
-    from .grads import GradientEngine, RandomProjector
+    from .grads import RandomProjector
 
     engine = GradientEngine(model)
     projector = (RandomProjector(engine.space.dim, min(dim, engine.space.dim), seed=seed)
@@ -433,12 +442,14 @@ def kronecker_dims(n_outputs: int, n_inputs: int, dim: int) -> tuple[int, int]:
 
 
 def last_layer_gradient_features(model: torch.nn.Module, train: Dataset, dim: int, seed: int,
-                                 chunk: int = 4096) -> torch.Tensor:
+                                 chunk: int = 4096, *, engine: GradientEngine | None = None) -> torch.Tensor:
     """``(R r) (x) (H [h, 1])`` per training point: the last-layer loss gradient (weight and
     bias) projected by the Kronecker product of two seeded Gaussian matrices, from one forward
     pass. ``r`` is the loss's gradient with respect to the outputs (a backward through the
-    loss only), ``h`` the penultimate representation."""
+    loss only), ``h`` the penultimate representation (:meth:`GradientEngine.representation`
+    of ``engine``, through its frozen prefix; default: the whole model)."""
     reference = next(model.parameters())
+    representation = (engine or GradientEngine(model)).representation(train)
     head = model.head
     weight = head.weight
     n_outputs, n_inputs = weight.shape
@@ -449,12 +460,10 @@ def last_layer_gradient_features(model: torch.nn.Module, train: Dataset, dim: in
     out_projection, in_projection = out_projection.to(reference), in_projection.to(reference)
     objective = train.task.objective("loss")
     parts = []
-    chunk = chunk if train.features.is_floating_point() else min(chunk, TEXT_BATCH)
     with torch.no_grad():
         for start in range(0, len(train), chunk):
-            inputs = train.model_inputs(reference, slice(start, start + chunk))
             labels = train.labels[start:start + chunk].to(reference.device)
-            hidden = model.features(inputs)
+            hidden = representation[start:start + chunk]
             outputs = head(hidden).detach().requires_grad_(True)
             with torch.enable_grad():
                 # d(sum of per-point losses)/d(outputs) is each point's own output gradient
@@ -464,7 +473,7 @@ def last_layer_gradient_features(model: torch.nn.Module, train: Dataset, dim: in
             else:
                 hidden = torch.cat([hidden, torch.zeros_like(hidden[:, :1])], dim=1)
             projected = (residual @ out_projection)[:, :, None] * (hidden @ in_projection)[:, None, :]
-            parts.append(projected.reshape(len(inputs), -1))
+            parts.append(projected.reshape(len(hidden), -1))
     return torch.cat(parts)
 
 

@@ -1,4 +1,5 @@
-"""Per-layer capture: the inputs and output gradients of every Linear and Conv2d layer, per example.
+"""Per-layer capture: the inputs and output gradients of every Linear and Conv2d layer (and,
+when asked, LayerNorm), per example.
 
 For one example, a Linear or Conv2d layer's weight gradient (the bias as one more input
 column that is always 1) is a sum over output positions t of ``g_t a_t^T``: ``a_t`` the
@@ -43,15 +44,25 @@ class Layer:
     module: nn.Module = field(compare=False, repr=False)
 
 
-def find_layers(module: nn.Module, parameter_names: list[str]) -> list[Layer]:
+def find_layers(module: nn.Module, parameter_names: list[str], *, layer_norms: bool = False) -> list[Layer]:
     """The Linear and Conv2d layers of ``module`` whose weights are differentiated, in
-    module order; a one-line refusal for a convolution that cannot be unfolded."""
+    module order; a one-line refusal for a convolution that cannot be unfolded. With
+    ``layer_norms``, also its LayerNorms over one trailing dimension whose weight is
+    differentiated (kind ``layernorm``, after the other layers): their per-example gradient
+    is elementwise, ``sum_t d_t * xhat_t`` for the weight and ``sum_t d_t`` for the bias
+    (``xhat`` the normalised input), not a sum of outer products."""
     names = set(parameter_names)
-    layers = []
+    layers, norms = [], []
     for path, child in module.named_modules():
+        prefix = f"{path}." if path else ""
+        if (layer_norms and isinstance(child, nn.LayerNorm) and child.weight is not None
+                and len(child.normalized_shape) == 1 and prefix + "weight" in names):
+            bias = prefix + "bias" if child.bias is not None and prefix + "bias" in names else None
+            width = child.normalized_shape[0]
+            norms.append(Layer(path, "layernorm", prefix + "weight", bias, width, width, child))
+            continue
         if not isinstance(child, LAYER_TYPES):
             continue
-        prefix = f"{path}." if path else ""
         if prefix + "weight" not in names:
             continue
         bias = prefix + "bias" if child.bias is not None and prefix + "bias" in names else None
@@ -65,11 +76,15 @@ def find_layers(module: nn.Module, parameter_names: list[str]) -> list[Layer]:
         else:
             kind, width, out = "linear", child.in_features, child.out_features
         layers.append(Layer(path, kind, prefix + "weight", bias, width + (bias is not None), out, child))
-    return layers
+    return layers + norms
 
 
 def _activations(layer: Layer, inputs: torch.Tensor) -> torch.Tensor:
     """(n, T, in_dim): a layer's input at each of its T output positions, with the bias column."""
+    if layer.kind == "layernorm":  # the normalised input (the weight multiplies it elementwise)
+        norm = layer.module
+        return nn.functional.layer_norm(inputs, norm.normalized_shape, None, None, norm.eps).reshape(
+            len(inputs), -1, layer.in_dim)
     if layer.kind == "conv2d":
         conv = layer.module
         padding = 0 if conv.padding == "valid" else conv.padding
@@ -160,6 +175,8 @@ class LayerLayout:
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """(b, P) -> one (b, out, in_dim) matrix per layer (the bias as the last column)."""
+        if any(layer.kind == "layernorm" for layer in self.layers):
+            raise GDAError("a LayerNorm's parameters are no (out, in) matrix; split covers Linear/Conv2d layers")
         blocks = []
         for layer in self.layers:
             weight = flat[:, self.offsets[layer.weight]].reshape(len(flat), layer.out_dim, -1)

@@ -108,8 +108,9 @@ def run_attribution(request: AttributionRequest, *, cache_dir: str | Path | None
     split, model, train, test, method, timings = prepare_attribution(request, cache_dir, progress)
     progress("grouping", 0.0)
     started = time.perf_counter()
+    # The grouping's features go through the method's frozen prefix (computed once for both).
     groups = make_grouping(request.grouping, request.n_groups, seed=request.seed,
-                           **request.grouping_options).fit(train, model.module)
+                           **request.grouping_options).fit(train, model.module, engine=method.engine())
     timings["grouping"] = time.perf_counter() - started
     progress("grouping", 1.0)
 
@@ -204,7 +205,8 @@ def score_group_members(request: MembersRequest, *, group_labels: np.ndarray | N
     if group_labels is None:
         progress("grouping", 0.0)
         group_labels = make_grouping(request.grouping, request.n_groups, seed=request.seed,
-                                     **request.grouping_options).fit(train, model.module).labels
+                                     **request.grouping_options).fit(train, model.module,
+                                                                     engine=method.engine()).labels
     group_labels = np.asarray(group_labels, dtype=np.int64)
     if group_labels.shape != (len(train),):
         raise GDAError(f"the run's groups cover {len(group_labels)} points but the training set has {len(train)}")

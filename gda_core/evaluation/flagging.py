@@ -189,11 +189,13 @@ def flag_training_points(model: TrainedModel, train: Dataset, validation: Datase
                      np.arange(len(train)), timings, time.process_time() - cpu_started)
     started = time.perf_counter()
     progress("grouping", 0.0)
-    groups = make_grouping(request.grouping, request.n_groups, seed=request.seed, **request.grouping_options).fit(train, model.module)
+    method = make_method(request.method, model, **request.method_options)
+    groups = make_grouping(request.grouping, request.n_groups, seed=request.seed,
+                           **request.grouping_options).fit(train, model.module, engine=method.engine())
     timings["grouping"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    method = make_method(request.method, model, **request.method_options).fit(train, groups, progress=progress)
+    method.fit(train, groups, progress=progress)
     timings["fit"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -39,6 +39,7 @@ from ..attribution.executors import Executor, LocalExecutor
 from ..attribution.grouping import Groups
 from ..errors import GDAError
 from ..inputs.datasets import Dataset
+from ..inputs.huggingface import DEMO_RECIPE
 from ..inputs.zoo import ModelConfig, TrainConfig, TrainedModel, build_model, module_from_arrays, state_arrays
 from ..progress import Progress, both, no_progress
 from ..requests import GoldConfig, Recipe
@@ -363,14 +364,20 @@ def lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, groups: Gro
         raise GDAError(f"LDS needs at least 2 subsets, got {n_subsets}")
     if not 0 < alpha < 1:
         raise GDAError(f"alpha must lie strictly between 0 and 1, got {alpha}")
-    recipe = recipe or Recipe.of_model(model)
-    epochs = retraining_epochs(model) if epochs is None else epochs
-    steps = max(1, round(epochs * math.ceil(len(train) / recipe.batch_size)))
+    if len(groups.labels) != len(train):
+        raise GDAError(f"grouping covers {len(groups.labels)} points but the training set has {len(train)}")
     rng = np.random.default_rng(seed)
     keep = max(1, round(alpha * groups.n_groups))
     masks = np.zeros((n_subsets, groups.n_groups), dtype=bool)
     for row in masks:
         row[rng.choice(groups.n_groups, size=keep, replace=False)] = True
+    if model.text is not None:
+        return _text_lds_ensemble(model, train, test, masks, groups, alpha=alpha, epochs=epochs, seeds=seeds,
+                                  seed=seed, recipe=recipe, measurement=measurement, progress=progress,
+                                  executor=executor)
+    recipe = recipe or Recipe.of_model(model)
+    epochs = retraining_epochs(model) if epochs is None else epochs
+    steps = max(1, round(epochs * math.ceil(len(train) / recipe.batch_size)))
     # One item per seed and block of copies (the blocks the trainer would make itself).
     weights = functools.partial(_subset_weights, masks[:, groups.labels])
     runs = CopyRuns(model, recipe, train, test, [steps], measurement, copies_per_chunk, weights)
@@ -384,6 +391,31 @@ def lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, groups: Gro
         outputs[first:stop] += block_outputs[0] / seeds
     params = {"n_subsets": n_subsets, "alpha": alpha, "epochs": epochs, "seeds": seeds, "seed": seed,
               "recipe": dataclasses.asdict(recipe), "measurement": measurement}
+    return LDSEnsemble(masks, outputs, alpha, params)
+
+
+def _text_lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, masks: np.ndarray, groups: Groups, *,
+                       alpha: float, epochs: float | None, seeds: int, seed: int, recipe: Recipe | None,
+                       measurement: str, progress: Progress, executor: Executor | None) -> LDSEnsemble:
+    """:func:`lds_ensemble` for a Hugging Face text model that says how it is retrained
+    (``model.text.retraining``, the built-in demo): each subset's model is its fine-tuned part
+    (the last encoder layer and the head) trained again with its own recipe from the
+    pretrained encoder and a fresh classifier, on the frozen layers' output computed once."""
+    retraining = model.text.retraining
+    if retraining is None:
+        raise GDAError("LDS retrains the model on subsets, and an uploaded text model does not say how it was "
+                       "fine-tuned (from which encoder, with which recipe); it works for the built-in minilm "
+                       "demo; use the further-training gold standard here")
+    if recipe is not None:
+        raise GDAError("a text model's LDS retrains with the model's own fine-tuning recipe; drop the recipe")
+    if executor is not None and not isinstance(executor, LocalExecutor):
+        raise GDAError("a text model's LDS retrains in this process; the ray executor is for zoo models")
+    outputs = retraining.subset_outputs(model.module, train, test, masks[:, groups.labels], seeds=seeds, seed=seed,
+                                        epochs=epochs, measurement=measurement,
+                                        progress=lambda fraction: progress("lds ensemble", fraction))
+    params = {"n_subsets": len(masks), "alpha": alpha, "epochs": DEMO_RECIPE["epochs"] if epochs is None else epochs,
+              "seeds": seeds, "seed": seed, "recipe": {**DEMO_RECIPE, "start": "the pretrained encoder, a fresh head"},
+              "measurement": measurement}
     return LDSEnsemble(masks, outputs, alpha, params)
 
 

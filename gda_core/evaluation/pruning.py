@@ -58,8 +58,10 @@ def run_pruning(config: PruneConfig, progress: Progress | None = None) -> dict:
     inputs = noisy_inputs_of(config, "pruning", device, progress)
     train = inputs.train
     started = time.perf_counter()
-    groups = make_grouping(config.grouping, config.n_groups, seed=config.seed, **config.grouping_options).fit(train, inputs.model.module)
-    method = make_method(config.method, inputs.model, **config.method_options).fit(train, groups, progress=progress)
+    method = make_method(config.method, inputs.model, **config.method_options)
+    groups = make_grouping(config.grouping, config.n_groups, seed=config.seed,
+                           **config.grouping_options).fit(train, inputs.model.module, engine=method.engine())
+    method.fit(train, groups, progress=progress)
     # A group's value: its total influence on the validation loss (positive = it helps).
     values = method.attribute_total(inputs.validation, progress)
     scoring_seconds = time.perf_counter() - started

@@ -20,6 +20,7 @@ may be restricted to (``head``, ``last-K``, ``lora``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -250,12 +252,20 @@ class _Suffix(nn.Module):
         self.model_type, self.start = owner.model_type, start
         self._layers = list(owner.layers)[start:]  # a plain list: not registered twice
 
-    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+    def features(self, packed: torch.Tensor) -> torch.Tensor:
+        """The pooled sentence embedding (:meth:`SequenceClassifier.features`) from the prefix's output."""
         hidden, padding = packed[..., :-1], packed[..., -1]
         mask = (padding * torch.finfo(hidden.dtype).min)[:, None, None, :].expand(-1, 1, hidden.shape[1], -1)
         for layer in self._layers:
             hidden = _hidden(layer(hidden, attention_mask=mask))
-        return _head(self.model)(_pooled(self.model, self.model_type, hidden))
+        return _pooled(self.model, self.model_type, hidden)
+
+    @property
+    def head(self) -> nn.Linear:
+        return _head(self.model)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(packed))
 
 
 @dataclass
@@ -267,6 +277,8 @@ class TextModel:
     pad_id: int
     max_positions: int
     name: str = "text model"
+    #: how its fine-tuned part is retrained (LDS): the built-in demo has one, an upload none
+    retraining: TextRetraining | None = None
 
     def tokenise(self, data: Dataset) -> Dataset:
         """The data with token ids as features: each sentence tokenised, cut at the data's
@@ -478,15 +490,18 @@ def demo_text_model(train: Dataset, cache_dir: str | Path, *, seed: int = 0, dev
         raise GDAError(f"the {DEMO_TEXT_MODEL} text model needs text data (e.g. reviews), not {train.name}")
     train.require_classes(f"the {DEMO_TEXT_MODEL} demo", "it is a classifier")
     folder = demo_text_model_folder(train, cache_dir, seed=seed)
+    model = None
     with file_lock(folder.with_name(folder.name + ".lock")):
         if (folder / "config.json").is_file():
             try:
-                return load_text_model(folder, device=device)
+                model = load_text_model(folder, device=device)
             except GDAError as error:
                 logger.warning("cached text model %s is damaged (%s); fine-tuning it again", folder, first_line(error))
-        seconds = fine_tune_demo(minilm_encoder(cache_dir), train, folder, seed=seed, progress=progress)
-        logger.info("fine-tuned the %s demo on %d sentences in %.1f s", DEMO_TEXT_MODEL, len(train), seconds)
-    model = load_text_model(folder, device=device)
+        if model is None:
+            seconds = fine_tune_demo(minilm_encoder(cache_dir), train, folder, seed=seed, progress=progress)
+            logger.info("fine-tuned the %s demo on %d sentences in %.1f s", DEMO_TEXT_MODEL, len(train), seconds)
+    model = model or load_text_model(folder, device=device)
+    model.text.retraining = TextRetraining(functools.partial(minilm_encoder, cache_dir), list(train.class_names))
     return model
 
 
@@ -509,50 +524,81 @@ def last_layer_split(module: SequenceClassifier, ids: torch.Tensor, batch: int =
     return frozen, suffix
 
 
-def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0,
-                   progress: Callable[[float], None] | None = None) -> float:
-    """Fine-tune the head and last encoder layer of ``encoder`` with a new classification head
-    on ``train``, and save it (safetensors) with its tokenizer into ``folder``; the seconds."""
+def pretrained_classifier(encoder: Path, class_names: list[str], *, seed: int = 0) -> tuple[nn.Module, Any]:
+    """The encoder folder loaded as a ``BertForSequenceClassification`` for ``class_names``
+    with a fresh classification head (initialised under ``torch.manual_seed(seed)``), and its
+    tokenizer: where the demo's fine-tuning starts."""
     transformers = _transformers()
-    started = time.perf_counter()
     torch.manual_seed(seed)
-    names = list(train.class_names)
+    names = list(class_names)
     model = transformers.BertForSequenceClassification.from_pretrained(
         str(encoder), local_files_only=True, use_safetensors=True, trust_remote_code=False,
         attn_implementation="eager", num_labels=len(names),
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(encoder), local_files_only=True,
                                                            trust_remote_code=False)
-    module = SequenceClassifier(model.float(), tokenizer.pad_token_id)
-    text = TextModel(tokenizer, int(tokenizer.pad_token_id), int(model.config.max_position_embeddings))
-    ids, labels = text.tokenise(train).features, train.labels
     model.requires_grad_(False)
     model.eval()  # no dropout: the fine-tuned function is the one attributed
-    # The frozen layers run once: the last layer, pooler and classifier train on their output.
-    layers = model.bert.encoder.layer
-    frozen, suffix = last_layer_split(module, ids)
+    return model.float(), tokenizer
 
-    def logits(rows: torch.Tensor) -> torch.Tensor:
-        return suffix(frozen[rows])
 
-    head = list(model.bert.pooler.parameters()) + list(model.classifier.parameters())
-    for parameter in [*layers[-1].parameters(), *head]:
-        parameter.requires_grad_(True)
-    optimiser = torch.optim.AdamW([{"params": list(layers[-1].parameters()), "lr": DEMO_RECIPE["layer_lr"]},
-                                   {"params": head, "lr": DEMO_RECIPE["head_lr"]}],
-                                  weight_decay=DEMO_RECIPE["weight_decay"])
+def train_fine_tuned_part(module: SequenceClassifier, suffix: nn.Module, frozen: torch.Tensor, labels: torch.Tensor,
+                          start: dict[str, torch.Tensor], *, rows: torch.Tensor | None = None, seed: int = 0,
+                          epochs: float | None = None, progress: Callable[[float], None] | None = None
+                          ) -> dict[str, torch.Tensor]:
+    """The demo's fine-tuning (:data:`DEMO_RECIPE`) of the parameters ``start`` (the last
+    encoder layer and the head, by name, from their starting values) on the frozen layers'
+    output ``frozen`` (:func:`last_layer_split`), over the training points ``rows`` (default:
+    all): AdamW, the layer and the head at their own learning rates, ``epochs`` of shuffled
+    batches seeded by ``seed``, through ``suffix`` by ``functional_call`` (the module is not
+    changed). Returns the trained values. The demo's first use and the text LDS ensemble's
+    retrainings are this one loop."""
+    recipe = DEMO_RECIPE
+    params = {name: value.detach().clone().requires_grad_(True) for name, value in start.items()}
+    head = [value for name, value in params.items() if name.removeprefix("model.").startswith(module._head_prefixes)]
+    layer = [value for name, value in params.items()
+             if not name.removeprefix("model.").startswith(module._head_prefixes)]
+    optimiser = torch.optim.AdamW([{"params": layer, "lr": recipe["layer_lr"]},
+                                   {"params": head, "lr": recipe["head_lr"]}], weight_decay=recipe["weight_decay"])
+    rows = torch.arange(len(frozen)) if rows is None else torch.as_tensor(rows).cpu()
     generator = torch.Generator().manual_seed(seed)
-    epochs, batch = DEMO_RECIPE["epochs"], DEMO_RECIPE["batch_size"]
-    for epoch in range(epochs):
-        order = torch.randperm(len(ids), generator=generator)
-        for start in range(0, len(ids), batch):
-            rows = order[start:start + batch]
+    epochs, batch = recipe["epochs"] if epochs is None else epochs, recipe["batch_size"]
+    steps_per_epoch = -(-len(rows) // batch)
+    total = max(1, round(epochs * steps_per_epoch))
+    labels = labels.to(frozen.device)
+    with torch.enable_grad():
+        for step in range(total):
+            if step % steps_per_epoch == 0:
+                order = rows[torch.randperm(len(rows), generator=generator)].to(frozen.device)
+            chosen = order[(step % steps_per_epoch) * batch:(step % steps_per_epoch + 1) * batch]
             optimiser.zero_grad()
-            nn.functional.cross_entropy(logits(rows), labels[rows]).backward()
+            logits = torch.func.functional_call(suffix, params, (frozen[chosen],))
+            nn.functional.cross_entropy(logits, labels[chosen]).backward()
             optimiser.step()
-        if progress is not None:
-            progress((epoch + 1) / epochs)
-    model.requires_grad_(False)
+            if progress is not None and (step + 1) % steps_per_epoch == 0:
+                progress((step + 1) / total)
+    return {name: value.detach() for name, value in params.items()}
+
+
+def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0,
+                   progress: Callable[[float], None] | None = None) -> float:
+    """Fine-tune the head and last encoder layer of ``encoder`` with a new classification head
+    on ``train`` (:func:`train_fine_tuned_part`), and save it (safetensors) with its tokenizer
+    into ``folder``; the seconds."""
+    started = time.perf_counter()
+    model, tokenizer = pretrained_classifier(encoder, list(train.class_names), seed=seed)
+    module = SequenceClassifier(model, tokenizer.pad_token_id)
+    text = TextModel(tokenizer, int(tokenizer.pad_token_id), int(model.config.max_position_embeddings))
+    ids = text.tokenise(train).features
+    # The frozen layers run once: the last layer, pooler and classifier train on their output.
+    frozen, suffix = last_layer_split(module, ids)
+    named = dict(module.named_parameters())
+    chosen = module.parameter_subset(DEMO_RECIPE["parameters"])
+    trained = train_fine_tuned_part(module, suffix, frozen, train.labels, {n: named[n] for n in chosen},
+                                    seed=seed, progress=progress)
+    with torch.no_grad():
+        for name, value in trained.items():
+            named[name].copy_(value)
     model.config.architectures = ["BertForSequenceClassification"]
     staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(str(staging), safe_serialization=True)
@@ -564,3 +610,71 @@ def fine_tune_demo(encoder: Path, train: Dataset, folder: Path, *, seed: int = 0
     staging.rename(folder)
     return time.perf_counter() - started
 
+
+@dataclass
+class TextRetraining:
+    """How the demo's fine-tuned part (:data:`DEMO_RECIPE`'s parameters: the last encoder layer
+    and the head) is retrained on a subset of the training points, for LDS: from the
+    pretrained encoder's weights, with a fresh classifier seeded per model (weights drawn from
+    N(0, initializer_range^2), biases zero, as Hugging Face initialises a new head), by the
+    demo's own loop (:func:`train_fine_tuned_part`) on the frozen layers' output, which is
+    computed once (:func:`last_layer_split`)."""
+
+    #: the pretrained encoder's folder (unpacked on first call)
+    encoder: Callable[[], Path]
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        self._pretrained: dict[str, torch.Tensor] | None = None
+
+    def start(self, module: SequenceClassifier, seed: int) -> dict[str, torch.Tensor]:
+        """The starting values of the retrained parameters (named as ``module`` names them)."""
+        chosen = module.parameter_subset(DEMO_RECIPE["parameters"])
+        if self._pretrained is None:
+            model, _ = pretrained_classifier(self.encoder(), self.class_names)
+            pretrained = dict(SequenceClassifier(model, module.pad_id).named_parameters())
+            own = dict(module.named_parameters())
+            if set(pretrained) != set(own):
+                raise GDAError("the model's parameters are not the pretrained encoder's; it cannot be retrained")
+            frozen = [name for name in own if name not in set(chosen)]
+            if any(not torch.equal(pretrained[name].to(own[name]), own[name]) for name in frozen):
+                raise GDAError("the model's frozen layers differ from the pretrained encoder's; it cannot be "
+                               "retrained from it")
+            self._pretrained = {name: pretrained[name].detach().clone() for name in chosen}
+        reference = next(module.parameters())
+        start = {name: value.to(reference) for name, value in self._pretrained.items()}
+        generator = torch.Generator().manual_seed(seed)
+        std = float(module.model.config.initializer_range)
+        for name, parameter in module.head.named_parameters():
+            full = next(n for n in chosen if n.endswith(f"classifier.{name}") or n.endswith(f"out_proj.{name}"))
+            fresh = (torch.randn(parameter.shape, generator=generator) * std if name == "weight"
+                     else torch.zeros(parameter.shape))
+            start[full] = fresh.to(reference)
+        return start
+
+    def subset_outputs(self, module: SequenceClassifier, train: Dataset, test: Dataset, example_masks: np.ndarray,
+                       *, seeds: int = 1, seed: int = 0, epochs: float | None = None, measurement: str = "loss",
+                       progress: Callable[[float], None] | None = None) -> np.ndarray:
+        """(M, n_test): the test measurement (lower is better) of the model retrained on each
+        row of ``example_masks`` (M, N), averaged over ``seeds``; model m of run r is seeded
+        by ``seed + r M + m`` (its classifier's initialisation and its batch order)."""
+        masks = np.asarray(example_masks, dtype=bool)
+        if masks.ndim != 2 or masks.shape[1] != len(train):
+            raise GDAError(f"subset masks must have one column per training point ({len(train)})")
+        frozen, suffix = last_layer_split(module, train.features)
+        test_frozen, _ = last_layer_split(module, test.features)
+        objective = test.task.objective(measurement)
+        test_labels = test.labels.to(test_frozen.device)
+        outputs = np.zeros((len(masks), len(test)))
+        for run in range(seeds):
+            for index, mask in enumerate(masks):
+                model_seed = seed + run * len(masks) + index
+                trained = train_fine_tuned_part(module, suffix, frozen, train.labels, self.start(module, model_seed),
+                                                rows=torch.as_tensor(np.flatnonzero(mask)), seed=model_seed,
+                                                epochs=epochs)
+                with torch.no_grad():
+                    logits = torch.func.functional_call(suffix, trained, (test_frozen,))
+                    outputs[index] += objective(logits, test_labels).double().cpu().numpy() / seeds
+                if progress is not None:
+                    progress((run * len(masks) + index + 1) / (seeds * len(masks)))
+        return outputs

@@ -14,7 +14,7 @@ from gda_core.attribution.factored import FactoredEngine, KroneckerProjector, fa
 from gda_core.attribution.grads import GradientEngine
 from gda_core.attribution.grouping import Groups, make_grouping
 from gda_core.attribution.methods import make_method
-from gda_core.inputs.zoo import ZooModel
+from gda_core.inputs.zoo import TrainedModel, ZooModel
 
 RTOL = 1e-5
 
@@ -58,6 +58,41 @@ def test_factored_gradients_products_and_norms_match_vmap(modules, small_digits,
     assert _relative(norms, (gradients ** 2).sum(1)) < RTOL
     projector = KroneckerProjector(engine, engine.layers, 64, seed=3)
     assert _relative(torch.cat([projector.project_factors(f) for f in train_factors]), projector.project(gradients)) < RTOL
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layernorm_factors_match_vmap(small_digits, bias):
+    """A LayerNorm's per-example gradient is elementwise (weight: d * xhat, bias: d): the
+    factored path covers it and agrees with vmap, in gradients, products, norms and a
+    Kronecker projection (which projects it densely)."""
+    train, test = small_digits
+    train, test = train.subset(slice(0, 40)), test.subset(slice(0, 5))
+    torch.manual_seed(0)
+    width = train.features.shape[1]
+    norm = nn.LayerNorm(8, bias=bias)
+    module = ZooModel(nn.Sequential(nn.Linear(width, 8), norm, nn.Tanh()), nn.Linear(8, 10)).eval()
+    with torch.no_grad():  # not the identity affine map it starts as
+        norm.weight.normal_()
+        if bias:
+            norm.bias.normal_()
+    reference = GradientEngine(module, chunk_examples=16)
+    engine = FactoredEngine(module, chunk_examples=16)
+    assert engine.factored and engine.has_layer_norms and engine.check(train), engine.path
+    gradients = reference.stacked(reference.per_example_gradients(train), len(train))
+    assert _relative(engine.stacked(engine.per_example_gradients(train), len(train)), gradients) < RTOL
+    train_factors = [f for _, f in engine.factor_chunks(train)]
+    test_factors = next(engine.factor_chunks(test))[1]
+    dots = torch.cat([factor_dot(test_factors, f) for f in train_factors], dim=1)
+    assert _relative(dots, reference.test_gradients(test) @ gradients.T) < RTOL
+    assert _relative(torch.cat([factor_sq_norms(f) for f in train_factors]), (gradients ** 2).sum(1)) < RTOL
+    projector = KroneckerProjector(engine, engine.layers, 40, seed=1)
+    assert projector.info()["dense_parameters"] == 8 * (1 + bias)
+    assert _relative(torch.cat([projector.project_factors(f) for f in train_factors]),
+                     projector.project(gradients)) < RTOL
+    method = make_method("grad-dot", TrainedModel(module, None)).fit(train, Groups(np.arange(len(train)), len(train)))
+    assert method.gradient_path_["train_side"].startswith("factored")
+    np.testing.assert_allclose(method.attribute(test), (reference.test_gradients(test) @ gradients.T).numpy(),
+                               rtol=1e-4, atol=1e-7)
 
 
 def test_kronecker_projection_keeps_inner_products_and_is_exact_at_full_size(modules, small_digits):

@@ -83,3 +83,19 @@ def zipped(folder: Path, enclosing: str | None = "tiny-bert") -> bytes:
                 name = path.relative_to(folder).as_posix()
                 archive.write(path, f"{enclosing}/{name}" if enclosing else name)
     return buffer.getvalue()
+
+
+def tiny_inputs(root: Path, count: int = 40, epochs: int = 10):
+    """(split, model, folder): a tiny BERT trained and saved under ``root``, and its text CSV
+    uploaded and loaded as a request would (cut at 12 tokens)."""
+    from gda_core.inputs.choices import accept_data_upload, load_inputs
+    from gda_core.inputs.parsers import DataOptions
+    from gda_core.requests import AttributionRequest
+
+    texts, labels = sentences(count)
+    folder = save_tiny_bert(root / "tiny-bert", texts, labels, epochs=epochs)
+    data = accept_data_upload("reviews.csv", text_csv(texts, labels), root / "cache",
+                              DataOptions(text_column="sentence", max_length=12))
+    split, model = load_inputs(AttributionRequest(data=data, model=str(folder), method="grad-dot",
+                                                  grouping="per-example"), root / "cache")
+    return split, model, folder

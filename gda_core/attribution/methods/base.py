@@ -346,6 +346,14 @@ class AttributionMethod:
         side is ``s g_t + B^T diag(w) B g_t``."""
         raise NotImplementedError
 
+    def engine(self) -> GradientEngine:
+        """A gradient engine on the final model with this method's options (last-layer mode,
+        parameter subset, frozen prefix), as :meth:`fit` makes it. Engines on one module
+        share its frozen prefix's output, so a grouping whose features go through this one
+        (``grouping.fit(train, module, engine=method.engine())``) and the method's own passes
+        run the frozen layers once between them."""
+        return self._engine(self.model.module)
+
     # ----------------------------------------------------------------- shared
     def _engine(self, module: torch.nn.Module) -> GradientEngine:
         # Per-example passes use per-layer factors where the model allows it, vmap otherwise.

@@ -79,6 +79,8 @@ class CurvatureOperator:
             return "the engine has no factored path" if not isinstance(engine, FactoredEngine) else engine.path
         if not engine.check(data.subset(rows[:2].cpu().numpy())):
             return engine.path if not engine.factored else "the factored gradients failed their check"
+        if engine.has_layer_norms:
+            return "LayerNorm's parameters (the factored GGN covers Linear/Conv2d layers only)"
         probe = capture(engine.function_module, engine.params, engine.layers, self.inputs[:1],
                         lambda out: torch.zeros_like(out)[None])
         n_outputs = probe.outputs.shape[-1]

@@ -160,7 +160,7 @@ class BatchedTrainer:
                 if per_copy:
                     kept = batch_weights[0] != 0
                     rows, batch_weights = rows[kept], batch_weights[:, kept]
-                if len(rows) > 1 or (len(rows) == 1 and not self.batch_norm):
+                if len(rows) > (1 if self.batch_norm else 0):  # BatchNorm needs two rows
                     self._module.train(self.batch_norm)
                     gradients = gradients_of(params, buffers, batch_weights, denominator, inputs[rows], labels[rows])
                     self._module.eval()

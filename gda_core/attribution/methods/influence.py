@@ -62,12 +62,15 @@ class InverseCurvatureMethod(AttributionMethod):
         self._prepare(index, view, sample)
 
     def _resolve_damping(self, index: int, default: Callable[[], float]) -> float:
-        """The damping for one view: the user's, or ``damping_scale`` x the method's default."""
-        value = self.options.damping
-        if value is None:
-            value = self.options.damping_scale * default()
-        self.damping_[index] = float(value)
-        return float(value)
+        """The damping for one view (:meth:`_damping_value`), recorded in ``damping_``."""
+        self.damping_[index] = self._damping_value(default)
+        return self.damping_[index]
+
+    def _damping_value(self, default: Callable[[], float]) -> float:
+        """The user's damping, or ``damping_scale`` x the method's default."""
+        if self.options.damping is not None:
+            return float(self.options.damping)
+        return float(self.options.damping_scale * default())
 
     def _transform_test(self, index: int, view: View, gradients: torch.Tensor) -> torch.Tensor:
         return self._inverse(index, view, gradients)
@@ -319,12 +322,6 @@ class InfluenceArnoldi(_Influence):
         self.eigen_.append((values[keep], ritz[:, keep].T.to(basis.dtype) @ basis))
         self.solver_info_[index] = {**info, "rank": int(len(keep)), "keep_above": self.options.keep_above}
 
-    def _damping_of(self, top: float) -> float:
-        """The damping a top eigenvalue implies (the user's, if given), as _resolve_damping sets it."""
-        if self.options.damping is not None:
-            return self.options.damping
-        return self.options.damping_scale * DEFAULT_DAMPING_FRACTION * top
-
     def _kept(self, values: torch.Tensor, damping: float) -> torch.Tensor:
         """Indices of the Ritz values kept: the largest in magnitude, at most ``rank``, none
         below ``keep_above`` x the damping."""
@@ -368,26 +365,27 @@ class InfluenceArnoldi(_Influence):
                 break
             vector = product / beta
         size = len(alphas)
-        values, ritz = torch.linalg.eigh(_tridiagonal(alphas, betas[:size - 1]))
-        top = float(values.abs().max())
-        residuals = abs(betas[size - 1]) * ritz[-1].abs() if len(betas) >= size else torch.zeros_like(values)
-        damping = self._damping_of(top)
-        kept = self._kept(values, damping)
-        info = {"lanczos_steps": size, "stopped_by": stopped, "top_eigenvalue": top,
+        values, ritz, damping, kept, residuals = self._ritz(alphas, betas[:size - 1],
+                                                            betas[size - 1] if len(betas) >= size else 0.0)
+        info = {"lanczos_steps": size, "stopped_by": stopped, "top_eigenvalue": float(values.abs().max()),
                 "max_residual_over_damping": float(residuals[kept].max()) / damping if len(kept) else 0.0}
         return values, ritz.to(device=device), basis[:size], info
+
+    def _ritz(self, alphas: list[float], betas: list[float], last_beta: float):
+        """The Ritz values and coordinates of Lanczos's tridiagonal matrix, the damping its top
+        value implies, the indices of the pairs kept, and each pair's residual bound."""
+        values, ritz = torch.linalg.eigh(_tridiagonal(alphas, betas))
+        damping = self._damping_value(lambda: DEFAULT_DAMPING_FRACTION * float(values.abs().max()))
+        return values, ritz, damping, self._kept(values, damping), last_beta * ritz[-1].abs()
 
     def _converged(self, alphas: list[float], betas: list[float]) -> bool:
         """Whether the Ritz pairs that would be kept after these steps have converged."""
         if self.options.keep_above == 0:
             return False  # keep ``rank`` pairs: run every iteration, as asked
-        values, ritz = torch.linalg.eigh(_tridiagonal(alphas, betas[:-1]))
-        damping = self._damping_of(float(values.abs().max()))
-        kept = self._kept(values, damping)
+        values, _, damping, kept, residuals = self._ritz(alphas, betas[:-1], betas[-1])
         if len(kept) >= len(values) - CONVERGENCE_CHECK_EVERY:
             return False  # the pairs not yet found may lie above the threshold too
-        residuals = betas[-1] * ritz[-1, kept].abs()
-        return bool((residuals <= self.options.tolerance * damping).all())
+        return bool((residuals[kept] <= self.options.tolerance * damping).all())
 
     def _low_rank_parts(self, index, view):
         # (C + lambda I)^-1 g = g / lambda + sum_k (1 / (v_k + lambda) - 1 / lambda) (u_k . g) u_k

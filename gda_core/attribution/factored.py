@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import GDAError
 from ..inputs.datasets import Dataset
 from .grads import GradientChunk, GradientEngine, RandomProjector
-from .layers import Layer, LayerLayout, capture, find_layers, layer_gradients
+from .layers import Layer, LayerLayout, capture, find_layers, layer_gradients, objective_cotangent
 
 #: relative error above which the two-example check against vmap rejects the factored path
 CHECK_TOLERANCE = 1e-4
@@ -301,12 +301,7 @@ class FactoredEngine(GradientEngine):
             chunk_weights = None if weights is None else weights[rows]
 
             def cotangents(outputs, chunk_labels=chunk_labels, chunk_weights=chunk_weights):
-                with torch.enable_grad():
-                    live = outputs.detach().requires_grad_(True)
-                    values = task_objective(live, chunk_labels)
-                    if chunk_weights is not None:
-                        values = values * chunk_weights
-                    return torch.autograd.grad(values.sum(), live)[0][None]
+                return objective_cotangent(outputs, task_objective, chunk_labels, chunk_weights)
 
             batch = capture(self.function_module, self.params, self.layers, inputs[rows], cotangents)
             yield (np.arange(start, start + len(batch.outputs)),

@@ -17,6 +17,7 @@ affine weights) are not covered, and it names them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -153,6 +154,18 @@ def capture(module: nn.Module, params: dict[str, torch.Tensor], layers: list[Lay
     return LayerBatch(outputs.detach(), activations, gradients)
 
 
+def objective_cotangent(outputs: torch.Tensor, objective: Callable, labels: torch.Tensor,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(1, n, n_outputs): each example's d objective / d outputs (times its weight), the
+    cotangent whose captured pairs are the per-example objective gradients."""
+    with torch.enable_grad():
+        live = outputs.detach().requires_grad_(True)
+        values = objective(live, labels)
+        if weights is not None:
+            values = values * weights
+        return torch.autograd.grad(values.sum(), live)[0][None]
+
+
 def layer_gradients(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Per-example weight gradients ``sum_t g_t a_t^T``: (..., T, in) and (..., T, out) ->
     (..., out, in), the columns being the weight's (row-major) and then the bias."""
@@ -172,6 +185,13 @@ class LayerLayout:
         #: parameters of other modules (BatchNorm's affine weights), which no layer covers
         self.uncovered = [name for name in space.names if name not in covered]
         self.covered_dim = sum(offsets[name].stop - offsets[name].start for name in covered)
+
+    def portable(self) -> "LayerLayout":
+        """A copy without the layers' modules, to pickle (what :meth:`split` and :meth:`merge` need)."""
+        copy = LayerLayout.__new__(LayerLayout)
+        copy.__dict__.update(self.__dict__)
+        copy.layers = [dataclasses.replace(layer, module=None) for layer in self.layers]
+        return copy
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """(b, P) -> one (b, out, in_dim) matrix per layer (the bias as the last column)."""

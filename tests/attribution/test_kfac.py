@@ -17,6 +17,8 @@ from gda_core.inputs.datasets import load_builtin
 from gda_core.inputs.zoo import ModelConfig, TrainConfig, default_train_config, model_config_for, train_model
 
 DAMPING = 1e-3
+#: the exact GGN on every row (the defaults sample one output-Hessian column and fit A and S on 256 rows)
+EXACT = {"ggn_samples": None, "factor_samples": None}
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +78,7 @@ def test_kfac_equals_an_explicit_kronecker_matrix_on_a_linear_model(logreg):
     inputs = torch.cat([train.features.double(), torch.ones(len(train), 1, dtype=torch.float64)], 1)
     activation = inputs.T @ inputs / len(train)
     explicit = _to_parameter_order(torch.kron(hessian, activation), model)
-    scores, method = _scores("if-kfac", model, train, test, damping=DAMPING, curvature_samples=None)
+    scores, method = _scores("if-kfac", model, train, test, damping=DAMPING, curvature_samples=None, **EXACT)
     np.testing.assert_allclose(scores, _kernel_scores(model, train, test, explicit), rtol=1e-4,
                                atol=1e-6 * np.abs(scores).max())
     info = method.solver_info_[0]
@@ -89,7 +91,7 @@ def test_ekfac_is_the_exact_ggns_diagonal_in_the_kronecker_eigenbasis(logreg):
     diag(Q^T GGN Q) (George et al. 2018); checked against the exact GGN (CurvatureOperator)."""
     model, train, test = logreg
     test = test.subset(slice(0, 8))
-    scores, method = _scores("if-ekfac", model, train, test, damping=DAMPING, curvature_samples=None)
+    scores, method = _scores("if-ekfac", model, train, test, damping=DAMPING, curvature_samples=None, **EXACT)
     factors = method.factors_[0]
     basis = torch.kron(factors.gradient[0][1], factors.activation[0][1])
     engine = GradientEngine(model.module)
@@ -114,7 +116,7 @@ def test_kronecker_influence_equals_exact_influence_where_the_factorisation_is_e
     train, test = split.train, split.test.subset(slice(0, 10))
     model = train_model(model_config_for("logreg", train), train, default_train_config("logreg"))
     exact, _ = _scores("if-exact", model, train, test, damping=DAMPING, curvature_samples=None)
-    approximate, _ = _scores(name, model, train, test, damping=DAMPING, curvature_samples=None)
+    approximate, _ = _scores(name, model, train, test, damping=DAMPING, curvature_samples=None, **EXACT)
     np.testing.assert_allclose(approximate, exact, rtol=1e-3, atol=1e-5 * np.abs(exact).max())
 
 
@@ -164,9 +166,13 @@ def test_group_scores_are_sums_of_member_scores_and_cached_factors_give_the_same
     assert again.solver_info_[0]["factor_cache"] == "reused"
     np.testing.assert_allclose(first, per_example @ groups.membership_matrix().T, rtol=1e-4,
                                atol=1e-6 * np.abs(first).max())
+    # the first run summed its training side in the correction pass; a run on the reloaded
+    # factors forms it from group gradients, rotated: the same scores, to float32 round-off
     reloaded, third = _scores("if-ekfac", model, train, test, groups=groups)
     assert third.solver_info_[0]["factor_cache"] == "reused"
-    np.testing.assert_array_equal(reloaded, first)
+    assert method.solver_info_[0]["training_side"].startswith("summed in the correction pass")
+    assert third.solver_info_[0]["training_side"] == "group gradients rotated into the eigenbasis"
+    np.testing.assert_allclose(reloaded, first, rtol=1e-4, atol=1e-6 * np.abs(first).max())
     # K-FAC shares the cached factors; turning the cache off refits them, to the same scores
     kfac, kfac_method = _scores("if-kfac", model, train, test, groups=groups)
     assert kfac_method.solver_info_[0]["factor_cache"] == "reused"
@@ -219,12 +225,15 @@ def test_a_conv_net_with_batchnorm_covers_its_convolutions_and_leaves_batchnorm_
     assert info["uncovered"] and all(".1." in name for name in info["uncovered"])  # the BatchNorm of each stage
     assert 0 < info["covered_parameters"] < info["total_parameters"]
     assert "BatchNorm" in info["note"]
-    # the inverse is zero on the uncovered parameters, so they add nothing to a score
+    # both sides live in the covered parameters' eigenbasis: the uncovered ones add nothing
     engine = method.views_[0].engine
-    transformed = method._transform_test(0, method.views_[0], engine.test_gradients(test))
-    layout = method.layouts_[0]
+    gradients = engine.test_gradients(test)
+    transformed = method._transform_test(0, method.views_[0], gradients)
+    assert transformed.shape == (4, info["covered_parameters"])
+    layout, noisy = method.layouts_[0], gradients.clone()
     for name in layout.uncovered:
-        assert float(transformed[:, layout.offsets[name]].abs().max()) == 0.0
+        noisy[:, layout.offsets[name]] = torch.randn_like(noisy[:, layout.offsets[name]])
+    torch.testing.assert_close(method._transform_test(0, method.views_[0], noisy), transformed)
 
 
 def test_an_uploaded_program_without_layer_modules_is_a_one_line_refusal(mlp, tmp_path):
@@ -254,10 +263,12 @@ def test_layer_mean_damping_is_a_tenth_of_each_layers_mean_eigenvalue(mlp):
                               in zip(columns, factors.activation, factors.gradient, factors.eigenvalues)])
     diagonal = layout.merge([torch.full((1, layer.out_dim, layer.in_dim), value, dtype=torch.float64)
                              for layer, value in zip(layout.layers, expected)])[0]
-    vectors = torch.randn(3, layout.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    dense = torch.linalg.solve(curvature + torch.diag(diagonal), vectors.T).T
-    np.testing.assert_allclose(method._inverse(0, method.views_[0], vectors).numpy(), dense.numpy(), rtol=1e-6,
-                               atol=1e-9 * float(dense.abs().max()))
+    generator = torch.Generator().manual_seed(0)
+    tests, trains = (torch.randn(3, layout.dim, dtype=torch.float64, generator=generator) for _ in range(2))
+    dense = tests @ torch.linalg.solve(curvature + torch.diag(diagonal), trains.T)
+    view = method.views_[0]  # a score: the transformed test side . the transformed training side
+    ours = method._transform_test(0, view, tests) @ method._train_transform(0, view)(trains).T
+    np.testing.assert_allclose(ours.numpy(), dense.numpy(), rtol=1e-6, atol=1e-9 * float(dense.abs().max()))
     given = make_method("if-ekfac", model, damping=DAMPING, damping_rule="layer-mean", cache_factors=False)
     given.fit(train, make_grouping("per-example").fit(train))
     assert given.layer_damping_[0] == [DAMPING] * len(layout.layers)  # a given damping is one lambda for all
@@ -273,7 +284,7 @@ def test_sampled_ggn_converges_to_the_exact_ggn_and_is_seeded(mlp):
     def fitted(**options):
         return _scores("if-kfac", model, train, test, damping=DAMPING, cache_factors=False, **options)[1]
 
-    exact, sampled = fitted(), fitted(ggn_samples=256)
+    exact, sampled = fitted(ggn_samples=None), fitted(ggn_samples=256)
     for (a_exact, s_exact), (a_sampled, s_sampled) in zip(
             zip(exact.factors_[0].activation, exact.factors_[0].gradient),
             zip(sampled.factors_[0].activation, sampled.factors_[0].gradient)):
@@ -334,7 +345,7 @@ def test_ekfac_on_a_conv_net_is_each_blocks_exact_ggn_diagonal_in_its_eigenbasis
     """For Conv2d layers too: EK-FAC's eigenvalues are diag(Q^T B Q), B the exact GGN's block
     of the layer (CurvatureOperator), Q = Q_S (x) Q_A of the unfolded-patch factors."""
     model, train, test = tiny_cnn
-    _, method = _scores("if-ekfac", model, train, test, damping=DAMPING, curvature_samples=None)
+    _, method = _scores("if-ekfac", model, train, test, damping=DAMPING, curvature_samples=None, **EXACT)
     engine = method.views_[0].engine
     ggn = CurvatureOperator(engine, train, np.arange(len(train))).matrix().double()
     layout, factors = method.layouts_[0], method.factors_[0]
@@ -346,3 +357,57 @@ def test_ekfac_on_a_conv_net_is_each_blocks_exact_ggn_diagonal_in_its_eigenbasis
         expected = torch.diag(basis.T @ block @ basis)
         np.testing.assert_allclose(factors.eigenvalues[i].flatten().numpy(), expected.numpy(), rtol=1e-3,
                                    atol=1e-5 * float(expected.max()), err_msg=layer.name)
+
+
+def test_both_rotation_orders_give_each_examples_gradient_in_the_eigenbasis():
+    """Rotating the patches and output gradients before the sum over positions, or the
+    per-example gradients after it, gives Q_S^T (sum_t g_t a_t^T) Q_A: checked example by example."""
+    from gda_core.attribution.methods.kfac import rotated_gradients
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 7, 6, dtype=torch.float64, generator=generator)
+    g = torch.randn(2, 5, 7, 4, dtype=torch.float64, generator=generator)
+    q_a = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=generator))[0]
+    q_s = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=generator))[0]
+    expected = torch.stack([torch.stack([q_s.T @ (g[c, n].T @ a[n]) @ q_a for n in range(5)]) for c in range(2)])
+    for order in (True, False, None):
+        torch.testing.assert_close(rotated_gradients(a, g, q_a, q_s, rotate_patches=order), expected)
+
+
+@pytest.mark.parametrize("grouping", ["per-example", "random"])
+def test_the_training_side_summed_in_the_correction_pass_equals_rotated_group_gradients(resnet, grouping):
+    """A fresh EK-FAC fit sums the training side in its correction pass (the rows outside the
+    curvature sample back-propagate only the loss); a fit on reloaded factors, or one whose
+    training side does not fit ``cache_bytes``, rotates ordinary group gradients. On a conv
+    net with BatchNorm: the same scores and self-influence."""
+    model, train, test = resnet
+    groups = make_grouping(grouping, 10, seed=0).fit(train) if grouping == "random" else None
+    options = {"curvature_samples": 120, "chunk_examples": 64}
+    fused, fused_method = _scores("if-ekfac", model, train, test, groups=groups, **options)
+    reloaded, reloaded_method = _scores("if-ekfac", model, train, test, groups=groups, **options)
+    small, small_method = _scores("if-ekfac", model, train, test, groups=groups, cache_factors=False,
+                                  cache_bytes=1, **options)
+    sides = [method.solver_info_[0]["training_side"] for method in (fused_method, reloaded_method, small_method)]
+    assert sides[0].startswith("summed in the correction pass")
+    assert sides[1] == sides[2] == "group gradients rotated into the eigenbasis"
+    assert reloaded_method.solver_info_[0]["factor_cache"] == "reused"
+    scale = np.abs(fused).max()
+    for other in (reloaded, small):
+        np.testing.assert_allclose(other, fused, rtol=1e-3, atol=1e-5 * scale)
+    np.testing.assert_allclose(reloaded_method.self_influence(), fused_method.self_influence(), rtol=1e-3,
+                               atol=1e-5 * np.abs(fused_method.self_influence()).max())
+
+
+def test_factors_are_fitted_on_a_seeded_subset_of_at_least_twice_the_widest_linear_input(mlp):
+    """factor_samples rows of the curvature sample give A and S; they are raised to twice the
+    widest Linear input (65 here, the 64 pixels and the bias), and the correction keeps all rows."""
+    model, train, test = mlp
+    fitted = {rows: _scores("if-ekfac", model, train, test, cache_factors=False, factor_samples=rows)[1]
+              for rows in (10, 200, None)}
+    info = {rows: method.solver_info_[0] for rows, method in fitted.items()}
+    assert info[10]["factor_samples"] == 130 and info[200]["factor_samples"] == 200
+    assert info[None]["factor_samples"] == info[None]["curvature_samples"] == len(train)
+    assert all(value["curvature_samples"] == len(train) for value in info.values())
+    again = _scores("if-ekfac", model, train, test, cache_factors=False, factor_samples=200)[1]
+    assert torch.equal(again.factors_[0].activation[0][0], fitted[200].factors_[0].activation[0][0])  # seeded
+    assert not torch.allclose(fitted[200].factors_[0].activation[0][0], fitted[None].factors_[0].activation[0][0])

@@ -174,14 +174,31 @@ class AttributionMethod:
             test_chunks = view.engine.group_gradients(self.train_, self.groups_.labels, self.groups_.n_groups,
                                                       objective=self.measurement_)
             done = 0
-            for test_chunk, train_chunk in zip(test_chunks, self._train_side(index, view)):
-                if not np.array_equal(test_chunk.group_ids, train_chunk.group_ids):
-                    raise RuntimeError("test-side and train-side group chunks are out of step")
+            for test_chunk, train_gradients in self._paired_train_side(index, view, test_chunks):
                 test_side = self._transform_test(index, view, test_chunk.gradients)
-                values[train_chunk.group_ids] += view.weight * (test_side * train_chunk.gradients).sum(1).double().cpu().numpy()
-                done += len(train_chunk.group_ids)
+                values[test_chunk.group_ids] += view.weight * (test_side * train_gradients).sum(1).double().cpu().numpy()
+                done += len(test_chunk.group_ids)
                 progress("self-influence", (index + done / self.groups_.n_groups) / n_views)
         return values
+
+    def _paired_train_side(self, index: int, view: View, chunks: Iterator[GradientChunk]
+                           ) -> Iterator[tuple[GradientChunk, torch.Tensor]]:
+        """Each chunk of ``chunks`` (group gradients in the engine's order) with the training
+        side of the same groups: looked up by group when it is kept in memory (a method may
+        have formed it in another order, e.g. EK-FAC in its correction pass), else streamed
+        beside it, the two passes being in step."""
+        kept = self._train_cache.get(index)
+        if kept is not None:
+            gradients = kept[0].gradients if len(kept) == 1 else torch.cat([c.gradients for c in kept])
+            position = np.empty(self.groups_.n_groups, dtype=np.int64)
+            position[np.concatenate([c.group_ids for c in kept])] = np.arange(len(gradients))
+            for chunk in chunks:
+                yield chunk, gradients[torch.as_tensor(position[chunk.group_ids], device=gradients.device)]
+            return
+        for chunk, train_chunk in zip(chunks, self._train_side(index, view)):
+            if not np.array_equal(chunk.group_ids, train_chunk.group_ids):
+                raise RuntimeError("test-side and train-side group chunks are out of step")
+            yield chunk, train_chunk.gradients
 
     def with_groups(self, groups: Groups) -> "AttributionMethod":
         """The fitted method re-pointed at another grouping of the same training set, keeping

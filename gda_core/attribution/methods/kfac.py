@@ -43,8 +43,8 @@ from ...errors import GDAError
 from ...inputs.datasets import Dataset
 from ...io import content_key, default_cache_dir, file_lock, read_npz, write_npz
 from ...task import Task
-from ..grads import GradientEngine
-from ..layers import Layer, LayerLayout, capture, find_layers, layer_gradients
+from ..grads import GradientChunk, GradientEngine
+from ..layers import Layer, LayerLayout, capture, find_layers, layer_gradients, objective_cotangent
 from .base import View
 from .influence import DEFAULT_DAMPING_FRACTION, InverseCurvatureMethod, InverseOptions
 
@@ -65,10 +65,16 @@ class KFACOptions(InverseOptions):
     #: None = the exact GGN expectation (every output-Hessian column back-propagated); k = k random
     #: Gaussian combinations of the columns per example (a Monte Carlo GGN with the same expectation,
     #: as sampling labels from the softmax is): k backward passes instead of one per output
-    ggn_samples: int | None = None
+    ggn_samples: int | None = 1
+    #: rows of the curvature sample the factors A and S (the eigenbases) are fitted on, a seeded
+    #: subset, raised to twice the widest Linear layer's input so that A keeps full rank (None =
+    #: all rows); EK-FAC's eigenvalue correction and the training side use every row
+    factor_samples: int | None = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.factor_samples is not None and self.factor_samples < 1:
+            raise GDAError(f"factor_samples must be >= 1 (or None for all), got {self.factor_samples}")
         if self.ggn_samples is not None and self.ggn_samples < 1:
             raise GDAError(f"ggn_samples must be >= 1 (or None for the exact GGN), got {self.ggn_samples}")
         if self.damping_rule not in DAMPING_RULES:
@@ -108,16 +114,6 @@ class KroneckerFactors:
 
     def largest_eigenvalue(self) -> float:
         return max(float(values.max()) for values in self.eigenvalues)
-
-    def inverse(self, blocks: list[torch.Tensor], damping: list[float]) -> list[torch.Tensor]:
-        """Each (b, out, in) block multiplied by its layer's (approximate curvature + its damping)^-1."""
-        out = []
-        for block, (_, q_a), (_, q_s), values, damping in zip(blocks, self.activation, self.gradient,
-                                                              self.eigenvalues, damping):
-            q_a, q_s, values = q_a.to(block.device), q_s.to(block.device), values.to(block.device)
-            rotated = q_s.T @ block @ q_a
-            out.append(q_s @ (rotated / (values + damping)) @ q_a.T)
-        return out
 
     def diagnostics(self) -> list[dict]:
         """min / median / max of each layer's spectra (A, S and the eigenvalues used)."""
@@ -163,11 +159,12 @@ def fit_kronecker_factors(engine: GradientEngine, sample: Dataset, layers: list[
     gradient = [torch.zeros(layer.out_dim, layer.out_dim, dtype=torch.float64) for layer in layers]
     for batch in _batches(engine, sample, layers, chunk, sampling):
         for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
-            a = a.double().reshape(-1, a.shape[-1])
+            # products in the engine's dtype (a chunk's sums), accumulated in float64
+            a = a.reshape(-1, a.shape[-1])
             positions = g.shape[2]
-            g = g.double().reshape(-1, g.shape[-1])
-            activation[i] += (a.T @ a).cpu()
-            gradient[i] += (g.T @ g).cpu() / positions  # S averages over positions, A sums (KFC)
+            g = g.reshape(-1, g.shape[-1])
+            activation[i] += (a.T @ a).double().cpu()
+            gradient[i] += (g.T @ g).double().cpu() / positions  # S averages over positions, A sums (KFC)
     arrays = {}
     for i, (a, s) in enumerate(zip(activation, gradient)):
         for name, matrix in (("a", a), ("s", s)):
@@ -177,24 +174,116 @@ def fit_kronecker_factors(engine: GradientEngine, sample: Dataset, layers: list[
     return arrays
 
 
-def fit_correction(engine: GradientEngine, sample: Dataset, factors: KroneckerFactors,
-                   chunk: int, sampling: GGNSampling = GGNSampling()) -> dict[str, np.ndarray]:
-    """EK-FAC: E[(Q_S^T G Q_A)^2] per layer over the per-example (per output-Hessian column) gradients G."""
-    corrections = [torch.zeros(layer.out_dim, layer.in_dim, dtype=torch.float64) for layer in factors.layers]
-    for batch in _batches(engine, sample, factors.layers, chunk, sampling):
-        for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
-            q_a = factors.activation[i][1].to(a.device)
-            q_s = factors.gradient[i][1].to(a.device)
-            rotated_a, rotated_g = a.double() @ q_a, g.double() @ q_s
-            if a.shape[1] == 1:  # one position (Linear): (g a^T)^2 = g^2 (a^2)^T, summed by one product
-                corrections[i] += ((rotated_g[:, :, 0] ** 2).sum(0).T @ rotated_a[:, 0] ** 2).cpu()
-                continue
-            # examples a piece at a time: (m, rows, out, in) stays about 16M numbers
-            rows = max(1, (1 << 24) // (g.shape[0] * q_s.shape[0] * q_a.shape[0]))
-            for start in range(0, a.shape[0], rows):
-                projected = layer_gradients(rotated_a[None, start:start + rows], rotated_g[:, start:start + rows])
-                corrections[i] += (projected ** 2).sum((0, 1)).cpu()
-    return {f"{i}.correction": (c / len(sample)).numpy() for i, c in enumerate(corrections)}
+#: the most numbers one piece of per-example rotated gradients takes (rows x columns x out x in)
+PIECE_ELEMENTS = 1 << 24
+
+
+@dataclass
+class TrainingSideSums:
+    """What the correction pass also sums, when asked: each group's summed objective
+    gradient in the Kronecker eigenbasis, (K, covered) in :class:`KroneckerRotation`'s order."""
+
+    group_labels: np.ndarray
+    n_groups: int
+    objective: str = "loss"
+    weights: torch.Tensor | None = None
+
+
+def fit_correction(engine: GradientEngine, data: Dataset, factors: KroneckerFactors, chunk: int,
+                   sampling: GGNSampling = GGNSampling(), curvature_rows: np.ndarray | None = None,
+                   training_side: TrainingSideSums | None = None) -> tuple[dict[str, np.ndarray], torch.Tensor | None]:
+    """EK-FAC: E[(Q_S^T G Q_A)^2] per layer over the per-example (per output-Hessian column)
+    gradients G of the rows ``curvature_rows`` of ``data`` (all rows when None).
+
+    With ``training_side`` the same pass, over every row of ``data``, also sums each group's
+    objective gradient in the eigenbasis: one more back-propagated column for the curvature
+    rows, the only one for the others, and the forward, unfolding and per-example products
+    shared. Returns (the correction, those sums or None)."""
+    layers = factors.layers
+    rows = np.arange(len(data)) if curvature_rows is None else np.asarray(curvature_rows)
+    plan = [(rows, True)]
+    if training_side is not None:
+        plan.append((np.setdiff1d(np.arange(len(data)), rows), False))
+    corrections = [torch.zeros(layer.out_dim, layer.in_dim, dtype=torch.float64) for layer in layers]
+    sums = None
+    if training_side is not None:
+        sums = torch.zeros(training_side.n_groups, sum(layer.out_dim * layer.in_dim for layer in layers),
+                           dtype=engine.dtype, device=engine.device)
+        offsets = np.cumsum([0] + [layer.out_dim * layer.in_dim for layer in layers])
+        labels = torch.as_tensor(training_side.group_labels, device=engine.device)
+        objective = data.task.objective(training_side.objective)
+        all_labels = data.labels.to(engine.device)
+    inputs = engine.inputs(data)
+    bases = [(q_a.to(device=engine.device, dtype=engine.dtype), q_s.to(device=engine.device, dtype=engine.dtype))
+             for (_, q_a), (_, q_s) in zip(factors.activation, factors.gradient)]
+    for plan_rows, curvature in plan:
+        for start in range(0, len(plan_rows), chunk):
+            chunk_rows = torch.as_tensor(plan_rows[start:start + chunk], device=engine.device)
+
+            def cotangents(outputs, start=start, chunk_rows=chunk_rows, curvature=curvature):
+                columns = []
+                if curvature:  # seeded by the position in the sample, as in the factor pass
+                    columns.append(sampling.columns(output_hessian_factor(data.task, outputs), start))
+                if training_side is not None:
+                    columns.append(objective_cotangent(outputs, objective, all_labels[chunk_rows],
+                                                        None if training_side.weights is None
+                                                        else training_side.weights.to(outputs)[chunk_rows]))
+                return torch.cat(columns)
+
+            batch = capture(engine.function_module, engine.params, layers, inputs[chunk_rows], cotangents)
+            n_curvature = batch.gradients[0].shape[0] - (training_side is not None) if curvature else 0
+            for i, (a, g) in enumerate(zip(batch.activations, batch.gradients)):
+                q_a, q_s = bases[i]
+                out_dim, in_dim = q_s.shape[0], q_a.shape[0]
+                block = None if sums is None else sums[:, offsets[i]:offsets[i + 1]].view(-1, out_dim, in_dim)
+                if a.shape[1] == 1:  # one position (Linear): rotate a and g, then (g a^T)^2 = g^2 (a^2)^T
+                    rotated_a, rotated_g = a[:, 0] @ q_a, g[:, :, 0] @ q_s
+                    if n_curvature:
+                        corrections[i] += ((rotated_g[:n_curvature] ** 2).sum(0).T @ rotated_a ** 2).double().cpu()
+                    if block is not None:
+                        block.index_add_(0, labels[chunk_rows], rotated_g[-1, :, :, None] * rotated_a[:, None, :])
+                    continue
+                # Conv2d: a piece of rows at a time
+                piece = max(1, PIECE_ELEMENTS // (g.shape[0] * out_dim * in_dim))
+                for p in range(0, a.shape[0], piece):
+                    rotated = rotated_gradients(a[p:p + piece], g[:, p:p + piece], q_a, q_s)
+                    if n_curvature:
+                        corrections[i] += (rotated[:n_curvature] ** 2).sum((0, 1)).double().cpu()
+                    if block is not None:
+                        block.index_add_(0, labels[chunk_rows[p:p + piece]], rotated[-1])
+    correction = {f"{i}.correction": (c / len(rows)).numpy() for i, c in enumerate(corrections)}
+    return correction, sums
+
+
+def rotated_gradients(activations: torch.Tensor, gradients: torch.Tensor, q_a: torch.Tensor, q_s: torch.Tensor,
+                      rotate_patches: bool | None = None) -> torch.Tensor:
+    """(m, n, out, in) per-example gradients ``Q_S^T (sum_t g_t a_t^T) Q_A`` of (n, T, in)
+    patches and (m, n, T, out) output gradients: the T patches and output gradients rotated
+    before the sum over positions, or the per-example gradients formed and rotated after;
+    by default whichever multiplies less for these positions, widths and columns."""
+    columns, positions, in_dim, out_dim = gradients.shape[0], activations.shape[1], q_a.shape[0], q_s.shape[0]
+    if rotate_patches is None:
+        rotate_patches = (positions * (in_dim * in_dim + columns * out_dim * out_dim)
+                          < columns * out_dim * in_dim * (in_dim + out_dim))
+    if rotate_patches:
+        return layer_gradients((activations @ q_a)[None], gradients @ q_s)
+    return q_s.T @ layer_gradients(activations[None], gradients) @ q_a
+
+
+class KroneckerRotation:
+    """(b, P) flat vectors -> (b, covered) coordinates in every layer's Kronecker eigenbasis,
+    ``Q_S^T V Q_A`` per layer flattened and concatenated; parameters outside the layers
+    drop out. Both sides of a score go through it, and it pickles (Ray workers apply it to
+    the training side)."""
+
+    def __init__(self, layout: LayerLayout, factors: KroneckerFactors):
+        self.layout = layout.portable()
+        self.bases = [(q_a.clone(), q_s.clone()) for (_, q_a), (_, q_s) in zip(factors.activation, factors.gradient)]
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        blocks = self.layout.split(vectors)
+        return torch.cat([(q_s.to(block).T @ block @ q_a.to(block)).flatten(1)
+                          for block, (q_a, q_s) in zip(blocks, self.bases)], dim=1)
 
 
 def _cached(key: str, enabled: bool, compute: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], str]:
@@ -223,6 +312,8 @@ class _KroneckerInfluence(InverseCurvatureMethod):
             self.factors_: list[KroneckerFactors] = []
             self.layouts_: list[LayerLayout] = []
             self.layer_damping_: list[list[float]] = []
+            self.rotations_: list[KroneckerRotation] = []
+            self.denominators_: list[torch.Tensor] = []
         engine = view.engine
         layers = find_layers(engine.function_module, engine.space.names)
         if not layers:
@@ -231,7 +322,8 @@ class _KroneckerInfluence(InverseCurvatureMethod):
                            f"if-cg or if-arnoldi)")
         layout = LayerLayout(engine.space, layers)
         chunk = self.options.chunk_examples
-        identity = {"model": self.model.fingerprint(), "data": sample.fingerprint(), "format": FACTOR_FORMAT,
+        factor_sample = sample.subset(self.curvature_rows(len(sample), self._factor_rows(layers)))
+        identity = {"model": self.model.fingerprint(), "data": factor_sample.fingerprint(), "format": FACTOR_FORMAT,
                     "last_layer_only": self.options.last_layer_only, "dtype": str(engine.dtype),
                     "layers": [(layer.name, layer.in_dim, layer.out_dim) for layer in layers]}
         sampling = GGNSampling(self.options.ggn_samples, self.options.seed)
@@ -239,16 +331,33 @@ class _KroneckerInfluence(InverseCurvatureMethod):
             identity["ggn_samples"], identity["seed"] = sampling.samples, sampling.seed
         key = content_key("kfac-factors", identity)
         arrays, status = _cached(key, self.options.cache_factors,
-                                 lambda: fit_kronecker_factors(engine, sample, layers, chunk, sampling))
+                                 lambda: fit_kronecker_factors(engine, factor_sample, layers, chunk, sampling))
+        training_side = None
         if self.corrected:
             base = KroneckerFactors(layers, arrays)
-            correction, status = _cached(content_key("ekfac-correction", {**identity, "factors": key}),
-                                         self.options.cache_factors,
-                                         lambda: fit_correction(engine, sample, base, chunk, sampling))
+            sums: list[torch.Tensor] = []
+
+            def correction_pass() -> dict[str, np.ndarray]:
+                # the training side rides along when it fits the memory budget: one pass for both
+                wanted = self._training_side_sums(index, view, layout)
+                data, rows = (self.train_, self.curvature_rows(len(self.train_), self.options.curvature_samples)) \
+                    if wanted is not None else (sample, None)
+                correction, summed = fit_correction(engine, data, base, chunk, sampling, rows, wanted)
+                if summed is not None:
+                    sums.append(summed)
+                return correction
+
+            correction, status = _cached(content_key("ekfac-correction", {**identity, "data": sample.fingerprint(),
+                                                                          "factors": key}),
+                                         self.options.cache_factors, correction_pass)
             arrays = {**arrays, **correction}
+            if sums:
+                self._train_cache[index] = [GradientChunk(np.arange(self.groups_.n_groups), sums[0])]
+                training_side = "summed in the correction pass (group gradients in the eigenbasis)"
         factors = KroneckerFactors(layers, arrays)
         self.factors_.append(factors)
         self.layouts_.append(layout)
+        self.rotations_.append(KroneckerRotation(layout, factors))
         # Default: a tenth of each layer's mean eigenvalue; or, with damping_rule="top", a tenth
         # of the approximation's top eigenvalue, as for the other solvers (here it is free: the
         # largest product of factor eigenvalues, or corrected value).
@@ -260,6 +369,8 @@ class _KroneckerInfluence(InverseCurvatureMethod):
             damping = self._resolve_damping(index, lambda: DEFAULT_DAMPING_FRACTION * factors.largest_eigenvalue())
             layer_damping = [damping] * len(layers)
         self.layer_damping_.append(layer_damping)
+        self.denominators_.append(torch.cat([(values + damping).flatten()
+                                             for values, damping in zip(factors.eigenvalues, layer_damping)]))
         self.solver_info_[index] = {
             "curvature": CURVATURE_NOTE if sampling.samples is None else (
                 f"GGN, Monte Carlo: {sampling.samples} seeded Gaussian combination(s) of each example's output-Hessian "
@@ -274,13 +385,37 @@ class _KroneckerInfluence(InverseCurvatureMethod):
             **({"note": "parameters outside Linear/Conv2d layers (e.g. BatchNorm) are left out: scores are an "
                         "inner product over the covered parameters"} if layout.uncovered else {}),
             "curvature_samples": len(sample),
+            "factor_samples": len(factor_sample),
             "factor_cache": status,
+            "training_side": training_side or "group gradients rotated into the eigenbasis",
         }
 
-    def _inverse(self, index: int, view: View, vectors: torch.Tensor) -> torch.Tensor:
-        layout = self.layouts_[index]
-        blocks = self.factors_[index].inverse(layout.split(vectors.double()), self.layer_damping_[index])
-        return layout.merge(blocks).to(vectors.dtype)
+    def _factor_rows(self, layers: list[Layer]) -> int | None:
+        """How many rows the factors are fitted on: ``factor_samples``, but at least twice the
+        widest Linear input (a Conv2d's A also sums over positions, so its rank is not bound by rows)."""
+        if self.options.factor_samples is None:
+            return None
+        widest = max([layer.in_dim for layer in layers if layer.kind == "linear"], default=0)
+        return max(self.options.factor_samples, 2 * widest)
+
+    def _training_side_sums(self, index: int, view: View, layout: LayerLayout) -> TrainingSideSums | None:
+        """What the correction pass sums for the training side, or None when all K groups'
+        coordinates would not fit this view's share of ``cache_bytes`` (they are then formed
+        from group gradients at attribution, as after a cached correction)."""
+        objective, weights = self._train_objective(index, view)
+        size = self.groups_.n_groups * layout.covered_dim * torch.finfo(view.engine.dtype).bits // 8
+        if size > self.options.cache_bytes // max(1, len(self.views_)):
+            return None
+        return TrainingSideSums(self.groups_.labels, self.groups_.n_groups, objective, weights)
+
+    # Scores are inner products in the eigenbasis: the test side rotated and divided by the
+    # damped eigenvalues, the training side rotated (uncovered parameters drop out of both).
+    def _transform_test(self, index: int, view: View, gradients: torch.Tensor) -> torch.Tensor:
+        rotated = self.rotations_[index](gradients.double())
+        return (rotated / self.denominators_[index].to(rotated.device)).to(gradients.dtype)
+
+    def _train_transform(self, index: int, view: View) -> KroneckerRotation:
+        return self.rotations_[index]
 
 
 class InfluenceKFAC(_KroneckerInfluence):

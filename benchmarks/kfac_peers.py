@@ -11,9 +11,9 @@ Per example, ``--test-size`` test points, the point-level LDS gold standard
 (``--subsets`` models retrained from scratch on random halves of the training points,
 :func:`gda_core.evaluation.gold.point_lds_ensemble`), the same ensemble for every method.
 
-- GDA: if-ekfac, if-kfac (exact GGN expectation, factor cache off so the fit is whole) and
-  if-arnoldi, each at its defaults; if-ekfac also with each option set in ``--ekfac-variants``
-  (e.g. ``damping_rule="layer-mean";damping_scale=0.1;ggn_samples=1``).
+- GDA: if-ekfac, if-kfac (factor cache off so the fit is whole) and if-arnoldi, each at its
+  defaults; if-ekfac also with each option set in ``--ekfac-variants`` (default: the exact GGN
+  on every row, ``ggn_samples=None,factor_samples=None``, and two smaller dampings).
 - kronfluence 1.0.1, EK-FAC and K-FAC strategies at its FactorArguments defaults (labels
   sampled from the softmax, the "true Fisher"; all training points), scored at three
   dampings: its ScoreArguments default (1e-8), its heuristic (``damping_factor=None``: 0.1 x
@@ -34,7 +34,7 @@ Targets: if-ekfac's LDS >= the best peer setting's, at <= 1/2 the faster peer's 
 
 Usage: python benchmarks/kfac_peers.py [--setting digits|mnist-resnet] [--n-train 1000] [--test-size 50]
        [--subsets 100] [--repeats 5] [--threads 1] [--gold-cache DIR]
-       [--ekfac-variants 'damping_rule="layer-mean";damping_scale=0.1']
+       [--ekfac-variants 'ggn_samples=None,factor_samples=None;damping_scale=0.1']
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gold-cache", default=None, help="folder to keep the LDS ensemble in (reused when present)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method (median seconds, peak)")
-    parser.add_argument("--ekfac-variants", default='damping_rule="layer-mean";damping_scale=0.1;ggn_samples=1',
+    parser.add_argument("--ekfac-variants", default="ggn_samples=None,factor_samples=None;damping_scale=0.1;damping_scale=0.01",
                         help="extra if-ekfac option sets, ';'-separated, each 'key=value,...'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

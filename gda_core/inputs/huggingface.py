@@ -107,6 +107,10 @@ class SequenceClassifier(nn.Module):
         ids = ids.long()
         encoder = getattr(self.model, self._encoder_name)
         outputs = encoder(input_ids=ids, attention_mask=self._mask(ids))
+        if self.model_type == "bert" and self.model.bert.pooler is not None:
+            # BertModel has run its pooler: running it again would run that layer twice per
+            # forward, which per-layer capture (K-FAC, factored gradients) refuses
+            return outputs[1]
         return _pooled(self.model, self.model_type, outputs[0])
 
     @property

@@ -170,13 +170,15 @@ def test_group_scores_are_sums_of_member_scores_and_cached_factors_give_the_same
     # factors forms it from group gradients, rotated: the same scores, to float32 round-off
     reloaded, third = _scores("if-ekfac", model, train, test, groups=groups)
     assert third.solver_info_[0]["factor_cache"] == "reused"
-    assert method.solver_info_[0]["training_side"].startswith("summed in the correction pass")
-    assert third.solver_info_[0]["training_side"] == "group gradients rotated into the eigenbasis"
+    assert f"({len(train)} of them in the correction pass), 0 from group" in method.solver_info_[0]["training_side"]
+    assert "(0 of them in the correction pass), 0 from group" in third.solver_info_[0]["training_side"]
     np.testing.assert_allclose(reloaded, first, rtol=1e-4, atol=1e-6 * np.abs(first).max())
-    # K-FAC shares the cached factors; turning the cache off refits them, to the same scores
-    kfac, kfac_method = _scores("if-kfac", model, train, test, groups=groups)
+    # K-FAC shares the cached factors fitted on the same rows (EK-FAC's default 256); turning
+    # the cache off refits them, to the same scores
+    kfac, kfac_method = _scores("if-kfac", model, train, test, groups=groups, factor_samples=256)
     assert kfac_method.solver_info_[0]["factor_cache"] == "reused"
-    refit, refit_method = _scores("if-kfac", model, train, test, groups=groups, cache_factors=False)
+    refit, refit_method = _scores("if-kfac", model, train, test, groups=groups, factor_samples=256,
+                                  cache_factors=False)
     assert refit_method.solver_info_[0]["factor_cache"] == "off"
     np.testing.assert_allclose(refit, kfac, rtol=1e-6, atol=1e-9 * np.abs(kfac).max())
 
@@ -374,22 +376,28 @@ def test_both_rotation_orders_give_each_examples_gradient_in_the_eigenbasis():
         torch.testing.assert_close(rotated_gradients(a, g, q_a, q_s, rotate_patches=order), expected)
 
 
-@pytest.mark.parametrize("grouping", ["per-example", "random"])
-def test_the_training_side_summed_in_the_correction_pass_equals_rotated_group_gradients(resnet, grouping):
-    """A fresh EK-FAC fit sums the training side in its correction pass (the rows outside the
-    curvature sample back-propagate only the loss); a fit on reloaded factors, or one whose
-    training side does not fit ``cache_bytes``, rotates ordinary group gradients. On a conv
-    net with BatchNorm: the same scores and self-influence."""
+@pytest.mark.parametrize("n_groups", [None, 10, 4])
+def test_the_training_side_summed_from_captured_pairs_equals_rotated_group_gradients(resnet, n_groups):
+    """A fresh EK-FAC fit sums the training side from its correction pass's captured pairs
+    (the rows outside the curvature sample back-propagate only the loss there, or, for groups
+    of 32 points or more, give group gradients); a fit on reloaded factors captures them in a
+    pass of its own; one whose training side does not fit ``cache_bytes`` rotates group
+    gradients at attribution. On a conv net with BatchNorm: the same scores and self-influence."""
     model, train, test = resnet
-    groups = make_grouping(grouping, 10, seed=0).fit(train) if grouping == "random" else None
+    groups = None if n_groups is None else make_grouping("random", n_groups, seed=0).fit(train)
     options = {"curvature_samples": 120, "chunk_examples": 64}
     fused, fused_method = _scores("if-ekfac", model, train, test, groups=groups, **options)
     reloaded, reloaded_method = _scores("if-ekfac", model, train, test, groups=groups, **options)
     small, small_method = _scores("if-ekfac", model, train, test, groups=groups, cache_factors=False,
                                   cache_bytes=1, **options)
     sides = [method.solver_info_[0]["training_side"] for method in (fused_method, reloaded_method, small_method)]
-    assert sides[0].startswith("summed in the correction pass")
-    assert sides[1] == sides[2] == "group gradients rotated into the eigenbasis"
+    captured = 120 if n_groups == 4 else 200  # groups of 50: the other 80 rows by group gradients
+    assert sides[0] == (f"in the eigenbasis, at fit: {captured} rows from captured layer pairs (120 of them in the "
+                        f"correction pass), {200 - captured} from group gradients")
+    reloaded_captured = 0 if n_groups == 4 else 200  # no correction pass to ride along
+    assert sides[1] == (f"in the eigenbasis, at fit: {reloaded_captured} rows from captured layer pairs (0 of them "
+                        f"in the correction pass), {200 - reloaded_captured} from group gradients")
+    assert sides[2] == "group gradients rotated into the eigenbasis, at attribution"
     assert reloaded_method.solver_info_[0]["factor_cache"] == "reused"
     scale = np.abs(fused).max()
     for other in (reloaded, small):

@@ -4,35 +4,43 @@ Each Linear and Conv2d layer's block of the GGN is approximated by ``S (x) A`` (
 row-major order of the weight matrix with its bias as a last column): ``A = E[sum_t a_t
 a_t^T]`` over the layer's inputs (a Conv2d's unfolded patches, summed over positions t, a 1
 appended for the bias) and ``S = E[1/T sum_t g_t g_t^T]`` over its output gradients (KFC,
-Grosse & Martens 2016). The output gradients are not sampled: every example's output
-Hessian H_out (the task's, softmax's diag(p) - p p^T) is factored as B B^T and each column
-of B is back-propagated, so ``S`` is the GGN's exact expectation over the model's
-predictive distribution (what sampling labels from the softmax, the "true Fisher",
-estimates). With the eigendecompositions A = Q_A L_A Q_A^T and S = Q_S L_S Q_S^T the
-inverse of a layer's block is ``(Q_S (x) Q_A) diag(1 / (L_S L_A^T + lambda)) (Q_S (x) Q_A)^T``.
-``if-ekfac`` replaces ``L_S L_A^T`` by the GGN's own diagonal in that eigenbasis,
-``E[(Q_S^T G Q_A)^2]`` over per-example gradients G (George et al. 2018).
+Grosse & Martens 2016). The output gradients back-propagate each example's output Hessian
+H_out (the task's, softmax's diag(p) - p p^T) factored as B B^T: by default one seeded
+Gaussian combination of B's columns per example (``ggn_samples=1``, a Monte Carlo GGN with
+the GGN's expectation, as sampling labels from the softmax, the "true Fisher", is), or
+``ggn_samples=None`` every column, the exact expectation at one backward per output. With
+the eigendecompositions A = Q_A L_A Q_A^T and S = Q_S L_S Q_S^T the inverse of a layer's
+block is ``(Q_S (x) Q_A) diag(1 / (L_S L_A^T + lambda)) (Q_S (x) Q_A)^T``. ``if-ekfac``
+replaces ``L_S L_A^T`` by the GGN's own diagonal in that eigenbasis, ``E[(Q_S^T G Q_A)^2]``
+over per-example gradients G (George et al. 2018); as it keeps only the eigenbases of A and
+S, it fits them on ``factor_samples`` rows (256) of the curvature sample and the correction
+on all of them.
 
 Damping defaults to a tenth of each layer's mean eigenvalue (``damping_rule="layer-mean"``,
 kronfluence's heuristic, one lambda per layer) or, with ``damping_rule="top"``, a tenth of the
 largest eigenvalue over all layers (one lambda, as for the other solvers). A block's mean
 eigenvalue sets the scale of its own curvature, where one lambda from the largest block's top
 eigenvalue over-damps every other block: on a ResNet-9 over mnist "top" cost two thirds of the
-LDS (0.09 against 0.26), and on digits / MLP "layer-mean" was ahead too (0.550 against 0.532). ``ggn_samples=k``
-back-propagates k seeded Gaussian combinations of each example's output-Hessian columns
-instead of all of them: a Monte Carlo GGN with the same expectation (as sampling labels from
-the softmax is), k backward passes per example instead of one per output.
+LDS (0.09 against 0.26), and on digits / MLP "layer-mean" was ahead too (0.550 against 0.532).
+
+A score is an inner product in the eigenbasis: the test gradient rotated, ``Q_S^T G Q_A`` per
+layer, and divided by the damped eigenvalues, against the training side rotated. The
+training side is summed at fit from the same captured layer pairs as the correction (one
+pass, one more back-propagated column) for groups of fewer than 32 points on average, and
+from group gradients (one backward per group) for larger ones, while all K groups fit
+``cache_bytes``; otherwise group gradients are rotated at attribution.
 
 The blocks are independent layers (block-diagonal); parameters of other modules (BatchNorm's
-affine weights) are left out: their test-side components are zero, so a score is an inner
-product over the covered parameters, and ``method_info`` names what is covered. Factors
-are fitted over the curvature sample in chunks of ``chunk_examples`` and kept in the cache
-folder (``factors/``), keyed by the model's and the sample's fingerprints and the options
-they depend on, so another grouping, test set or flagging run reuses them.
+affine weights) are left out: they drop out of both sides, so a score is an inner product
+over the covered parameters, and ``method_info`` names what is covered. Factors are fitted
+over the curvature sample in chunks of ``chunk_examples`` and kept in the cache folder
+(``factors/``), keyed by the model's and the sample's fingerprints and the options they
+depend on, so another grouping, test set or flagging run reuses them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -43,7 +51,7 @@ from ...errors import GDAError
 from ...inputs.datasets import Dataset
 from ...io import content_key, default_cache_dir, file_lock, read_npz, write_npz
 from ...task import Task
-from ..grads import GradientChunk, GradientEngine
+from ..grads import BACKWARD_GROUP_SIZE, GradientChunk, GradientEngine
 from ..layers import Layer, LayerLayout, capture, find_layers, layer_gradients, objective_cotangent
 from .base import View
 from .influence import DEFAULT_DAMPING_FRACTION, InverseCurvatureMethod, InverseOptions
@@ -66,10 +74,10 @@ class KFACOptions(InverseOptions):
     #: Gaussian combinations of the columns per example (a Monte Carlo GGN with the same expectation,
     #: as sampling labels from the softmax is): k backward passes instead of one per output
     ggn_samples: int | None = 1
-    #: rows of the curvature sample the factors A and S (the eigenbases) are fitted on, a seeded
-    #: subset, raised to twice the widest Linear layer's input so that A keeps full rank (None =
-    #: all rows); EK-FAC's eigenvalue correction and the training side use every row
-    factor_samples: int | None = 256
+    #: rows of the curvature sample the factors A and S are fitted on, a seeded subset, raised to
+    #: twice the widest Linear layer's input so that A keeps full rank (None = all rows). K-FAC's
+    #: eigenvalues are the factors' own: all rows by default
+    factor_samples: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,6 +87,14 @@ class KFACOptions(InverseOptions):
             raise GDAError(f"ggn_samples must be >= 1 (or None for the exact GGN), got {self.ggn_samples}")
         if self.damping_rule not in DAMPING_RULES:
             raise GDAError(f"damping_rule must be one of {', '.join(DAMPING_RULES)}, got {self.damping_rule!r}")
+
+
+@dataclass
+class EKFACOptions(KFACOptions):
+    #: EK-FAC takes only the eigenbases from A and S and refits the eigenvalues on every row of
+    #: the curvature sample, so the factors need fewer rows (LDS unchanged at 256 on digits / MLP
+    #: and a ResNet-9 over mnist, and the factor pass a quarter of the time there)
+    factor_samples: int | None = 256
 
 
 def output_hessian_factor(task: Task, outputs: torch.Tensor) -> torch.Tensor:
@@ -180,39 +196,52 @@ PIECE_ELEMENTS = 1 << 24
 
 @dataclass
 class TrainingSideSums:
-    """What the correction pass also sums, when asked: each group's summed objective
-    gradient in the Kronecker eigenbasis, (K, covered) in :class:`KroneckerRotation`'s order."""
+    """The training side a capture pass sums, when asked: each group's summed objective
+    gradient in the Kronecker eigenbasis, (K, covered) in :class:`KroneckerRotation`'s order,
+    over the rows ``rows`` of the data (they include the curvature rows of the same pass)."""
 
     group_labels: np.ndarray
     n_groups: int
+    rows: np.ndarray
     objective: str = "loss"
     weights: torch.Tensor | None = None
 
 
-def fit_correction(engine: GradientEngine, data: Dataset, factors: KroneckerFactors, chunk: int,
+def eigenbasis_pass(engine: GradientEngine, data: Dataset, factors: KroneckerFactors, chunk: int,
                    sampling: GGNSampling = GGNSampling(), curvature_rows: np.ndarray | None = None,
-                   training_side: TrainingSideSums | None = None) -> tuple[dict[str, np.ndarray], torch.Tensor | None]:
-    """EK-FAC: E[(Q_S^T G Q_A)^2] per layer over the per-example (per output-Hessian column)
-    gradients G of the rows ``curvature_rows`` of ``data`` (all rows when None).
+                   training_side: TrainingSideSums | None = None
+                   ) -> tuple[dict[str, np.ndarray] | None, torch.Tensor | None]:
+    """One capture pass over rows of ``data``. EK-FAC's correction, E[(Q_S^T G Q_A)^2] per
+    layer over the per-example (per output-Hessian column) gradients G of the rows
+    ``curvature_rows`` (all rows when None; none: no correction, the result is None).
 
-    With ``training_side`` the same pass, over every row of ``data``, also sums each group's
-    objective gradient in the eigenbasis: one more back-propagated column for the curvature
-    rows, the only one for the others, and the forward, unfolding and per-example products
+    With ``training_side`` the same pass also sums each group's objective gradient in the
+    eigenbasis over ``training_side.rows``: one more back-propagated column for the curvature
+    rows, the only one for the others, the forward, unfolding and per-example products
     shared. Returns (the correction, those sums or None)."""
     layers = factors.layers
-    rows = np.arange(len(data)) if curvature_rows is None else np.asarray(curvature_rows)
+    rows = np.arange(len(data)) if curvature_rows is None else np.asarray(curvature_rows, dtype=np.int64)
     plan = [(rows, True)]
-    if training_side is not None:
-        plan.append((np.setdiff1d(np.arange(len(data)), rows), False))
-    corrections = [torch.zeros(layer.out_dim, layer.in_dim, dtype=torch.float64) for layer in layers]
     sums = None
     if training_side is not None:
-        sums = torch.zeros(training_side.n_groups, sum(layer.out_dim * layer.in_dim for layer in layers),
-                           dtype=engine.dtype, device=engine.device)
+        if not np.isin(rows, training_side.rows).all():
+            raise ValueError("the curvature rows of a pass that sums the training side must be among its rows")
+        plan.append((np.setdiff1d(training_side.rows, rows), False))
+        # one point per group, every one in this pass: each row is written once (no zeros, no sums)
+        singletons = (len(training_side.rows) == training_side.n_groups
+                      and np.array_equal(np.sort(training_side.group_labels[training_side.rows]),
+                                         np.arange(training_side.n_groups)))
+        sums = (torch.empty if singletons else torch.zeros)(
+            training_side.n_groups, sum(layer.out_dim * layer.in_dim for layer in layers),
+            dtype=engine.dtype, device=engine.device)
         offsets = np.cumsum([0] + [layer.out_dim * layer.in_dim for layer in layers])
         labels = torch.as_tensor(training_side.group_labels, device=engine.device)
         objective = data.task.objective(training_side.objective)
         all_labels = data.labels.to(engine.device)
+
+        def add(block: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
+            block.index_copy_(0, ids, values) if singletons else block.index_add_(0, ids, values)
+    corrections = [torch.zeros(layer.out_dim, layer.in_dim, dtype=torch.float64) for layer in layers]
     inputs = engine.inputs(data)
     bases = [(q_a.to(device=engine.device, dtype=engine.dtype), q_s.to(device=engine.device, dtype=engine.dtype))
              for (_, q_a), (_, q_s) in zip(factors.activation, factors.gradient)]
@@ -226,8 +255,8 @@ def fit_correction(engine: GradientEngine, data: Dataset, factors: KroneckerFact
                     columns.append(sampling.columns(output_hessian_factor(data.task, outputs), start))
                 if training_side is not None:
                     columns.append(objective_cotangent(outputs, objective, all_labels[chunk_rows],
-                                                        None if training_side.weights is None
-                                                        else training_side.weights.to(outputs)[chunk_rows]))
+                                                       None if training_side.weights is None
+                                                       else training_side.weights.to(outputs)[chunk_rows]))
                 return torch.cat(columns)
 
             batch = capture(engine.function_module, engine.params, layers, inputs[chunk_rows], cotangents)
@@ -241,7 +270,7 @@ def fit_correction(engine: GradientEngine, data: Dataset, factors: KroneckerFact
                     if n_curvature:
                         corrections[i] += ((rotated_g[:n_curvature] ** 2).sum(0).T @ rotated_a ** 2).double().cpu()
                     if block is not None:
-                        block.index_add_(0, labels[chunk_rows], rotated_g[-1, :, :, None] * rotated_a[:, None, :])
+                        add(block, labels[chunk_rows], rotated_g[-1, :, :, None] * rotated_a[:, None, :])
                     continue
                 # Conv2d: a piece of rows at a time
                 piece = max(1, PIECE_ELEMENTS // (g.shape[0] * out_dim * in_dim))
@@ -250,9 +279,10 @@ def fit_correction(engine: GradientEngine, data: Dataset, factors: KroneckerFact
                     if n_curvature:
                         corrections[i] += (rotated[:n_curvature] ** 2).sum((0, 1)).double().cpu()
                     if block is not None:
-                        block.index_add_(0, labels[chunk_rows[p:p + piece]], rotated[-1])
-    correction = {f"{i}.correction": (c / len(rows)).numpy() for i, c in enumerate(corrections)}
-    return correction, sums
+                        add(block, labels[chunk_rows[p:p + piece]], rotated[-1])
+    if not len(rows):
+        return None, sums
+    return {f"{i}.correction": (c / len(rows)).numpy() for i, c in enumerate(corrections)}, sums
 
 
 def rotated_gradients(activations: torch.Tensor, gradients: torch.Tensor, q_a: torch.Tensor, q_s: torch.Tensor,
@@ -279,6 +309,8 @@ class KroneckerRotation:
     def __init__(self, layout: LayerLayout, factors: KroneckerFactors):
         self.layout = layout.portable()
         self.bases = [(q_a.clone(), q_s.clone()) for (_, q_a), (_, q_s) in zip(factors.activation, factors.gradient)]
+        #: the number of coordinates
+        self.dim = sum(len(q_a) * len(q_s) for q_a, q_s in self.bases)
 
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
         blocks = self.layout.split(vectors)
@@ -332,32 +364,43 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         key = content_key("kfac-factors", identity)
         arrays, status = _cached(key, self.options.cache_factors,
                                  lambda: fit_kronecker_factors(engine, factor_sample, layers, chunk, sampling))
-        training_side = None
+        # The training side, in the eigenbasis, is summed from captured layer pairs where that
+        # is cheaper than group gradients (small groups) and fits the memory budget; EK-FAC's
+        # correction pass, when it runs, carries the curvature rows' share (one more column).
+        plan = self._training_side_plan(index, view, layout)
+        passes: list[tuple[torch.Tensor | None, np.ndarray, int]] = []  # (sums, their rows, correction rows)
         if self.corrected:
             base = KroneckerFactors(layers, arrays)
-            sums: list[torch.Tensor] = []
 
             def correction_pass() -> dict[str, np.ndarray]:
-                # the training side rides along when it fits the memory budget: one pass for both
-                wanted = self._training_side_sums(index, view, layout)
-                data, rows = (self.train_, self.curvature_rows(len(self.train_), self.options.curvature_samples)) \
-                    if wanted is not None else (sample, None)
-                correction, summed = fit_correction(engine, data, base, chunk, sampling, rows, wanted)
-                if summed is not None:
-                    sums.append(summed)
+                if plan is None:
+                    return eigenbasis_pass(engine, sample, base, chunk, sampling)[0]
+                rows = self.curvature_rows(len(self.train_), self.options.curvature_samples)
+                side = dataclasses.replace(plan, rows=np.union1d(plan.rows, rows))
+                correction, summed = eigenbasis_pass(engine, self.train_, base, chunk, sampling, rows, side)
+                passes.append((summed, side.rows, len(rows)))
                 return correction
 
             correction, status = _cached(content_key("ekfac-correction", {**identity, "data": sample.fingerprint(),
                                                                           "factors": key}),
                                          self.options.cache_factors, correction_pass)
             arrays = {**arrays, **correction}
-            if sums:
-                self._train_cache[index] = [GradientChunk(np.arange(self.groups_.n_groups), sums[0])]
-                training_side = "summed in the correction pass (group gradients in the eigenbasis)"
         factors = KroneckerFactors(layers, arrays)
+        rotation = KroneckerRotation(layout, factors)
+        training_side = "group gradients rotated into the eigenbasis, at attribution"
+        if plan is not None:
+            if not passes and len(plan.rows):
+                passes.append((eigenbasis_pass(engine, self.train_, factors, chunk, sampling, np.array([], np.int64),
+                                              plan)[1], plan.rows, 0))
+            summed, captured, in_correction = passes[0] if passes else (None, np.array([], np.int64), 0)
+            rest = np.setdiff1d(np.arange(len(self.train_)), captured)
+            summed = self._add_group_gradients(view, rotation, rest, summed, plan)
+            self._train_cache[index] = [GradientChunk(np.arange(self.groups_.n_groups), summed)]
+            training_side = (f"in the eigenbasis, at fit: {len(captured)} rows from captured layer pairs "
+                             f"({in_correction} of them in the correction pass), {len(rest)} from group gradients")
         self.factors_.append(factors)
         self.layouts_.append(layout)
-        self.rotations_.append(KroneckerRotation(layout, factors))
+        self.rotations_.append(rotation)
         # Default: a tenth of each layer's mean eigenvalue; or, with damping_rule="top", a tenth
         # of the approximation's top eigenvalue, as for the other solvers (here it is free: the
         # largest product of factor eigenvalues, or corrected value).
@@ -387,7 +430,7 @@ class _KroneckerInfluence(InverseCurvatureMethod):
             "curvature_samples": len(sample),
             "factor_samples": len(factor_sample),
             "factor_cache": status,
-            "training_side": training_side or "group gradients rotated into the eigenbasis",
+            "training_side": training_side,
         }
 
     def _factor_rows(self, layers: list[Layer]) -> int | None:
@@ -398,15 +441,36 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         widest = max([layer.in_dim for layer in layers if layer.kind == "linear"], default=0)
         return max(self.options.factor_samples, 2 * widest)
 
-    def _training_side_sums(self, index: int, view: View, layout: LayerLayout) -> TrainingSideSums | None:
-        """What the correction pass sums for the training side, or None when all K groups'
-        coordinates would not fit this view's share of ``cache_bytes`` (they are then formed
-        from group gradients at attribution, as after a cached correction)."""
+    def _training_side_plan(self, index: int, view: View, layout: LayerLayout) -> TrainingSideSums | None:
+        """Which rows' objective gradients fit sums from captured layer pairs (all rows for
+        groups of fewer than ``BACKWARD_GROUP_SIZE`` points on average, where one backward per
+        group is no cheaper; else none, the correction pass adding its own), or None when all
+        K groups' coordinates would not fit this view's share of ``cache_bytes`` (they are then
+        formed from group gradients at attribution)."""
         objective, weights = self._train_objective(index, view)
-        size = self.groups_.n_groups * layout.covered_dim * torch.finfo(view.engine.dtype).bits // 8
+        n_groups = self.groups_.n_groups
+        size = n_groups * layout.covered_dim * torch.finfo(view.engine.dtype).bits // 8
         if size > self.options.cache_bytes // max(1, len(self.views_)):
             return None
-        return TrainingSideSums(self.groups_.labels, self.groups_.n_groups, objective, weights)
+        small = len(self.train_) < BACKWARD_GROUP_SIZE * n_groups
+        rows = np.arange(len(self.train_)) if small else np.array([], dtype=np.int64)
+        return TrainingSideSums(self.groups_.labels, n_groups, rows, objective, weights)
+
+    def _add_group_gradients(self, view: View, rotation: KroneckerRotation, rows: np.ndarray,
+                             summed: torch.Tensor | None, plan: TrainingSideSums) -> torch.Tensor:
+        """``summed`` plus the rotated group gradients of the rows ``rows`` (the training side's
+        share that no capture pass summed), one backward per large group."""
+        if summed is None:
+            summed = torch.zeros(self.groups_.n_groups, rotation.dim, dtype=view.engine.dtype,
+                                 device=view.engine.device)
+        if not len(rows):
+            return summed
+        weights = None if plan.weights is None else plan.weights[torch.as_tensor(rows)]
+        for chunk in view.engine.group_gradients(self.train_.subset(rows), self.groups_.labels[rows],
+                                                 self.groups_.n_groups, objective=plan.objective, weights=weights):
+            ids = torch.as_tensor(chunk.group_ids, device=summed.device)
+            summed.index_add_(0, ids, rotation(chunk.gradients).to(summed.dtype))
+        return summed
 
     # Scores are inner products in the eigenbasis: the test side rotated and divided by the
     # damped eigenvalues, the training side rotated (uncovered parameters drop out of both).
@@ -426,4 +490,5 @@ class InfluenceKFAC(_KroneckerInfluence):
 class InfluenceEKFAC(_KroneckerInfluence):
     name = "if-ekfac"
     description = "influence function, EK-FAC: K-FAC's eigenbasis with eigenvalues refitted to per-example gradients"
+    Options = EKFACOptions
     corrected = True

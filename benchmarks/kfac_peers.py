@@ -206,7 +206,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gold-cache", default=None, help="folder to keep the LDS ensemble in (reused when present)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method (median seconds, peak)")
-    parser.add_argument("--ekfac-variants", default="ggn_samples=None,factor_samples=None;damping_scale=0.1;damping_scale=0.01",
+    parser.add_argument("--ekfac-variants",
+                        default="ggn_samples=None,factor_samples=None;damping_scale=0.1;damping_scale=0.01",
                         help="extra if-ekfac option sets, ';'-separated, each 'key=value,...'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -176,7 +176,8 @@ class AttributionMethod:
             done = 0
             for test_chunk, train_gradients in self._paired_train_side(index, view, test_chunks):
                 test_side = self._transform_test(index, view, test_chunk.gradients)
-                values[test_chunk.group_ids] += view.weight * (test_side * train_gradients).sum(1).double().cpu().numpy()
+                products = (test_side * train_gradients).sum(1)
+                values[test_chunk.group_ids] += view.weight * products.double().cpu().numpy()
                 done += len(test_chunk.group_ids)
                 progress("self-influence", (index + done / self.groups_.n_groups) / n_views)
         return values

@@ -381,8 +381,9 @@ def test_the_training_side_summed_from_captured_pairs_equals_rotated_group_gradi
     """A fresh EK-FAC fit sums the training side from its correction pass's captured pairs
     (the rows outside the curvature sample back-propagate only the loss there, or, for groups
     of 32 points or more, give group gradients); a fit on reloaded factors captures them in a
-    pass of its own; one whose training side does not fit ``cache_bytes`` rotates group
-    gradients at attribution. On a conv net with BatchNorm: the same scores and self-influence."""
+    pass of its own; one whose training side does not fit ``cache_bytes`` streams group
+    gradients at attribution against the test side taken back to the parameters. On a conv
+    net with BatchNorm: the same scores and self-influence."""
     model, train, test = resnet
     groups = None if n_groups is None else make_grouping("random", n_groups, seed=0).fit(train)
     options = {"curvature_samples": 120, "chunk_examples": 64}
@@ -397,13 +398,14 @@ def test_the_training_side_summed_from_captured_pairs_equals_rotated_group_gradi
     reloaded_captured = 0 if n_groups == 4 else 200  # no correction pass to ride along
     assert sides[1] == (f"in the eigenbasis, at fit: {reloaded_captured} rows from captured layer pairs (0 of them "
                         f"in the correction pass), {200 - reloaded_captured} from group gradients")
-    assert sides[2] == "group gradients rotated into the eigenbasis, at attribution"
+    assert sides[2] == "group gradients at attribution (the test side taken back to the parameters)"
     assert reloaded_method.solver_info_[0]["factor_cache"] == "reused"
     scale = np.abs(fused).max()
     for other in (reloaded, small):
         np.testing.assert_allclose(other, fused, rtol=1e-3, atol=1e-5 * scale)
-    np.testing.assert_allclose(reloaded_method.self_influence(), fused_method.self_influence(), rtol=1e-3,
-                               atol=1e-5 * np.abs(fused_method.self_influence()).max())
+    expected = fused_method.self_influence()
+    for method in (reloaded_method, small_method):
+        np.testing.assert_allclose(method.self_influence(), expected, rtol=1e-3, atol=1e-5 * np.abs(expected).max())
 
 
 def test_factors_are_fitted_on_a_seeded_subset_of_at_least_twice_the_widest_linear_input(mlp):

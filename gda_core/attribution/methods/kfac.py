@@ -28,7 +28,8 @@ layer, and divided by the damped eigenvalues, against the training side rotated.
 training side is summed at fit from the same captured layer pairs as the correction (one
 pass, one more back-propagated column) for groups of fewer than 32 points on average, and
 from group gradients (one backward per group) for larger ones, while all K groups fit
-``cache_bytes``; otherwise group gradients are rotated at attribution.
+``cache_bytes``; otherwise group gradients are streamed at attribution against the test side
+taken back to the parameters (``Q diag(1 / (values + lambda)) Q^T g_t``), not rotated one by one.
 
 The blocks are independent layers (block-diagonal); parameters of other modules (BatchNorm's
 affine weights) are left out: they drop out of both sides, so a score is an inner product
@@ -317,6 +318,17 @@ class KroneckerRotation:
         return torch.cat([(q_s.to(block).T @ block @ q_a.to(block)).flatten(1)
                           for block, (q_a, q_s) in zip(blocks, self.bases)], dim=1)
 
+    def back(self, coordinates: torch.Tensor) -> torch.Tensor:
+        """(b, covered) eigenbasis coordinates -> (b, P) flat vectors, zeros on the uncovered
+        parameters: the inverse of the rotation on the covered ones."""
+        blocks, start = [], 0
+        for q_a, q_s in self.bases:
+            size = len(q_a) * len(q_s)
+            block = coordinates[:, start:start + size].reshape(len(coordinates), len(q_s), len(q_a))
+            blocks.append(q_s.to(block) @ block @ q_a.to(block).T)
+            start += size
+        return self.layout.merge(blocks)
+
 
 def _cached(key: str, enabled: bool, compute: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], str]:
     """The arrays under ``key`` in the cache folder's ``factors/``, computed (once across
@@ -345,6 +357,8 @@ class _KroneckerInfluence(InverseCurvatureMethod):
             self.layouts_: list[LayerLayout] = []
             self.layer_damping_: list[list[float]] = []
             self.rotations_: list[KroneckerRotation] = []
+            #: whether a view's scores are formed in the eigenbasis (its training side summed at fit)
+            self.in_eigenbasis_: list[bool] = []
             self.denominators_: list[torch.Tensor] = []
         engine = view.engine
         layers = find_layers(engine.function_module, engine.space.names)
@@ -387,7 +401,7 @@ class _KroneckerInfluence(InverseCurvatureMethod):
             arrays = {**arrays, **correction}
         factors = KroneckerFactors(layers, arrays)
         rotation = KroneckerRotation(layout, factors)
-        training_side = "group gradients rotated into the eigenbasis, at attribution"
+        training_side = "group gradients at attribution (the test side taken back to the parameters)"
         if plan is not None:
             if not passes and len(plan.rows):
                 passes.append((eigenbasis_pass(engine, self.train_, factors, chunk, sampling, np.array([], np.int64),
@@ -401,6 +415,7 @@ class _KroneckerInfluence(InverseCurvatureMethod):
         self.factors_.append(factors)
         self.layouts_.append(layout)
         self.rotations_.append(rotation)
+        self.in_eigenbasis_.append(plan is not None)
         # Default: a tenth of each layer's mean eigenvalue; or, with damping_rule="top", a tenth
         # of the approximation's top eigenvalue, as for the other solvers (here it is free: the
         # largest product of factor eigenvalues, or corrected value).
@@ -474,12 +489,17 @@ class _KroneckerInfluence(InverseCurvatureMethod):
 
     # Scores are inner products in the eigenbasis: the test side rotated and divided by the
     # damped eigenvalues, the training side rotated (uncovered parameters drop out of both).
+    # Where the training side is kept (summed at fit), both sides are in the eigenbasis; where
+    # it is streamed at attribution, the test side goes back to the parameters instead, so that
+    # the many training gradients are not rotated one by one.
     def _transform_test(self, index: int, view: View, gradients: torch.Tensor) -> torch.Tensor:
-        rotated = self.rotations_[index](gradients.double())
-        return (rotated / self.denominators_[index].to(rotated.device)).to(gradients.dtype)
+        rotation = self.rotations_[index]
+        rotated = rotation(gradients.double())
+        scaled = rotated / self.denominators_[index].to(rotated.device)
+        return (scaled if self.in_eigenbasis_[index] else rotation.back(scaled)).to(gradients.dtype)
 
-    def _train_transform(self, index: int, view: View) -> KroneckerRotation:
-        return self.rotations_[index]
+    def _train_transform(self, index: int, view: View) -> KroneckerRotation | None:
+        return self.rotations_[index] if self.in_eigenbasis_[index] else None
 
 
 class InfluenceKFAC(_KroneckerInfluence):

@@ -222,12 +222,12 @@ def eigenbasis_pass(engine: GradientEngine, data: Dataset, factors: KroneckerFac
     shared. Returns (the correction, those sums or None)."""
     layers = factors.layers
     rows = np.arange(len(data)) if curvature_rows is None else np.asarray(curvature_rows, dtype=np.int64)
-    plan = [(rows, True)]
+    row_sets = [(rows, True)]  # (rows, whether their output-Hessian columns feed the correction)
     sums = None
     if training_side is not None:
         if not np.isin(rows, training_side.rows).all():
             raise ValueError("the curvature rows of a pass that sums the training side must be among its rows")
-        plan.append((np.setdiff1d(training_side.rows, rows), False))
+        row_sets.append((np.setdiff1d(training_side.rows, rows), False))
         # one point per group, every one in this pass: each row is written once (no zeros, no sums)
         singletons = (len(training_side.rows) == training_side.n_groups
                       and np.array_equal(np.sort(training_side.group_labels[training_side.rows]),
@@ -246,9 +246,9 @@ def eigenbasis_pass(engine: GradientEngine, data: Dataset, factors: KroneckerFac
     inputs = engine.inputs(data)
     bases = [(q_a.to(device=engine.device, dtype=engine.dtype), q_s.to(device=engine.device, dtype=engine.dtype))
              for (_, q_a), (_, q_s) in zip(factors.activation, factors.gradient)]
-    for plan_rows, curvature in plan:
-        for start in range(0, len(plan_rows), chunk):
-            chunk_rows = torch.as_tensor(plan_rows[start:start + chunk], device=engine.device)
+    for set_rows, curvature in row_sets:
+        for start in range(0, len(set_rows), chunk):
+            chunk_rows = torch.as_tensor(set_rows[start:start + chunk], device=engine.device)
 
             def cotangents(outputs, start=start, chunk_rows=chunk_rows, curvature=curvature):
                 columns = []
@@ -304,8 +304,8 @@ def rotated_gradients(activations: torch.Tensor, gradients: torch.Tensor, q_a: t
 class KroneckerRotation:
     """(b, P) flat vectors -> (b, covered) coordinates in every layer's Kronecker eigenbasis,
     ``Q_S^T V Q_A`` per layer flattened and concatenated; parameters outside the layers
-    drop out. Both sides of a score go through it, and it pickles (Ray workers apply it to
-    the training side)."""
+    drop out. The test side always goes through it; the training side too when it is kept
+    in the eigenbasis, and then it pickles (Ray workers apply it to the training side)."""
 
     def __init__(self, layout: LayerLayout, factors: KroneckerFactors):
         self.layout = layout.portable()

@@ -23,6 +23,13 @@ retrained models' (negated) test loss per test point, averaged: the core's gold.
   equal) and runs.
 - ``mlp``: all 18000 points; the timing runs' own scores (random groupings are timed there too).
 
+Beside every grouped run: ``kept_variance``, the mean share of the per-example run's scores
+that the grouping's equal shares keep (gold.kept_variance; its square root is about the share
+of the per-example LDS they can keep), and, per method and K, ``score_profile_grouping``: the
+point-level LDS of equal shares on a grouping made from the per-example scores themselves
+(K-means on each point's score profile): a reference for what a grouping at that K can reach
+when it knows the answer (K-means maximises the kept variance summed over test points).
+
 Both golds are gold.point_lds_ensemble (the batched trainer; for the resnet one copy at a time,
 so that its BatchNorm statistics see only the copy's own points) in blocks of 10 copies until
 ``--lds-subsets`` (default 50) or ``--lds-gold-seconds`` (``gold.n_subsets`` says how many).
@@ -162,6 +169,34 @@ def point_lds(scores, labels, masks, outputs) -> dict:
     return {"lds": rounded(value["lds"]), "lds_se": rounded(value["lds_se"])}
 
 
+def mean_kept_variance(per_example_scores, labels) -> float:
+    """The mean over test points of gold.kept_variance: about the square of the share of the
+    per-example LDS that the grouping's equal shares can keep."""
+    import numpy as np
+
+    from gda_core.attribution.grouping import Groups
+    from gda_core.evaluation.gold import kept_variance
+
+    return rounded(float(np.nanmean(kept_variance(per_example_scores, Groups(np.asarray(labels),
+                                                                             int(np.max(labels)) + 1)))), 3)
+
+
+def score_profile_grouping(per_example_scores, k: int, masks, outputs) -> dict:
+    """What equal shares reach at K when the grouping is built from the answer itself: K-means
+    (no size cap) on each point's per-example score profile over the test points (each test
+    point's row scaled to unit norm, so that each counts alike), the group scores the sums of
+    their members'. Not a method (it needs every per-example score): a reference for the
+    groupings at the same K."""
+    import numpy as np
+
+    from gda_core.attribution.grouping import kmeans_labels
+
+    profiles = per_example_scores / np.maximum(np.linalg.norm(per_example_scores, axis=1, keepdims=True), 1e-30)
+    labels = kmeans_labels(profiles.T.astype(np.float32), k, seed=0, cap=len(profiles.T))
+    sums = per_example_scores @ np.eye(k)[labels]
+    return {**point_lds(sums, labels, masks, outputs), "kept_variance": mean_kept_variance(per_example_scores, labels)}
+
+
 # ====================================================================== parent side
 class Part:
     """One model (a setting's timing model, or the resnet's LDS subset model), its groupings
@@ -173,6 +208,7 @@ class Part:
         self.groupings: dict = {}
         self.entries: dict = {}
         self.gold: dict | None = None
+        self.ceilings: dict = {}
 
     @property
     def tag(self) -> str:
@@ -274,6 +310,17 @@ class Part:
             labels = np.load(self.runner.work_dir / self.groupings[(grouping, k)]["labels_file"])
             scores = np.load(self.runner.work_dir / entry["scores_file"])
             entry.update(point_lds(scores, labels, arrays["masks"], arrays["outputs"]))
+        self.ceilings = {}
+        for (method, grouping, k), entry in self.entries.items():
+            base = self.entries.get((method, "per-example", self.n))
+            if grouping == "per-example" or not is_ok(base):
+                continue
+            per_example = np.load(self.runner.work_dir / base["scores_file"])
+            if is_ok(entry):
+                labels = np.load(self.runner.work_dir / self.groupings[(grouping, k)]["labels_file"])
+                entry["kept_variance"] = mean_kept_variance(per_example, labels)
+            if (method, k) not in self.ceilings:
+                self.ceilings[(method, k)] = score_profile_grouping(per_example, k, arrays["masks"], arrays["outputs"])
 
 
 def table(part: Part, methods: list[str], ks: list[int]) -> list[dict]:
@@ -298,12 +345,18 @@ def table(part: Part, methods: list[str], ks: list[int]) -> list[dict]:
                 row[f"grad_kmeans_beats_random/K={k}"] = bool(gk["lds"] > rnd["lds"])
             if gk.get("lds") is not None and base and base.get("lds"):
                 row[f"lds_ratio_to_per_example/K={k}"] = rounded(gk["lds"] / base["lds"], 3)
+            ceiling = part.ceilings.get((method, k))
+            if ceiling is not None:
+                row[f"score_profile_grouping/K={k}"] = {
+                    **ceiling, **({"lds_ratio_to_per_example": rounded(ceiling["lds"] / base["lds"], 3)}
+                                  if base.get("lds") else {})}
         rows.append(row)
     return rows
 
 
 CELL_KEYS = ["status", "total_seconds", "grouping_seconds", "fit_seconds", "attribute_seconds",
-             "attribution_seconds", "peak_mb", "grouping_peak_mb", "lds", "lds_se", "estimated_seconds", "note",
+             "attribution_seconds", "peak_mb", "grouping_peak_mb", "lds", "lds_se", "kept_variance",
+             "estimated_seconds", "note",
              "other_cpu_seconds", "load_average_1min"]
 
 

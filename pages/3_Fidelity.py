@@ -28,7 +28,9 @@ st.caption("Each point is one method on one grouping and group count: its agreem
            "score spread over its members in equal shares (per-example runs are the case of groups of one). "
            "The group-level LDS (retraining on random halves of the cell's own groups) is in the table beside "
            "the group sizes: one giant group plus singletons is easy to predict at group level. Cosine: "
-           "against further training of the final model, per group.")
+           "against further training of the final model, per group. *Kept of per-example*: the share of the "
+           "method's own per-example scores that the equal shares keep (no gold needed); its square root is "
+           "about the share of the per-example fidelity the grouping can keep.")
 
 split, model = state.inputs()
 config = SweepConfig(data=data, model=arch, **QUICK_SWEEP)
@@ -68,6 +70,7 @@ table = pd.DataFrame([{
     "method": p["method"], "grouping": p["grouping"], "groups": p["n_groups"], column: p.get(metric),
     "standard error": p.get(f"{metric}_se"),
     **({"group-level LDS": p.get("group_lds")} if metric == "point_lds" else {}),
+    "kept of per-example": p.get("kept_variance"),
     **{f"{size} group" if size != "singletons" else size: p.get("group_sizes", {}).get(size)
        for size in ("largest", "median", "smallest", "singletons")},
     "method s": p["seconds"], "grouping s": p["grouping_seconds"], "peak MB": p.get("peak_mb"),

@@ -90,6 +90,8 @@ def test_fidelity_lines_put_the_group_level_lds_beside_the_group_sizes():
     line = JOB_KINDS["fidelity"].describe({"metric": "point_lds", "points": [point]})
     assert "point_lds 0.410" in line
     assert line.endswith("group_lds 0.640  sizes 1028/1/1 (largest/median/smallest), 101 singletons")
+    kept = JOB_KINDS["fidelity"].describe({"metric": "point_lds", "points": [{**point, "kept_variance": 0.2}]})
+    assert "group_lds 0.640  kept 0.200  sizes 1028/1/1" in kept
     old = {k: v for k, v in point.items() if k not in ("point_lds", "group_lds", "group_sizes")}
     assert JOB_KINDS["fidelity"].describe({"metric": "lds", "points": [{**old, "lds": 0.5}]}).endswith("lds 0.500")
 

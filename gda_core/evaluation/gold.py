@@ -462,6 +462,27 @@ def point_lds(scores: np.ndarray, groups: Groups, ensemble: LDSEnsemble) -> dict
     return lds(point_scores(scores, groups), ensemble)
 
 
+def kept_variance(per_example_scores: np.ndarray, groups: Groups) -> np.ndarray:
+    """Per test point, the share of the per-example scores that a grouping's equal shares keep:
+    ``sum_G |G| m_G^2 / sum_i s_i^2``, with ``m_G`` the mean score of G's members (the equal
+    share of the group sum).
+
+    Why it bounds a grouping's fidelity: on subsets that keep each point independently, the
+    equal shares' predicted effect ``sum_i m_G(i) z_i`` and the per-example one ``sum_i s_i z_i``
+    have Pearson correlation exactly ``sqrt(kept)`` (their covariance and the equal shares'
+    variance are both ``Var(z) sum_G |G| m_G^2``). So, where the per-example scores are the best
+    estimate at hand, a grouping keeps about ``sqrt(kept)`` of their LDS. 1 when every group's
+    members score alike; 1 for the per-example partition."""
+    scores = np.asarray(per_example_scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != len(groups.labels):
+        raise GDAError(f"per-example scores of shape {scores.shape} do not have one column per training point "
+                       f"({len(groups.labels)})")
+    shares = point_scores(scores @ groups.membership_matrix().T.astype(np.float64), groups)
+    total = (scores ** 2).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (shares ** 2).sum(1) / total, np.nan)
+
+
 def point_lds_ensemble(model: TrainedModel, train: Dataset, test: Dataset, **options) -> LDSEnsemble:
     """The point-level gold standard: :func:`lds_ensemble` on subsets of training *points*
     (each model keeps a random ``alpha`` fraction of the points), the same for every grouping."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..attribution.executors import BuiltinSource, make_executor
-from ..attribution.grouping import make_grouping
+from ..attribution.grouping import Groups, make_grouping
 from ..attribution.methods import make_method
 from ..attribution.methods.influence import InverseCurvatureMethod
 from ..inputs.choices import load_inputs
@@ -36,6 +36,7 @@ from .gold import (
     compute_gold,
     compute_point_lds,
     damping_for_horizon,
+    kept_variance,
     lds,
     point_lds,
     retraining_epochs,
@@ -95,6 +96,18 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _add_kept_variance(points: list[dict], cell_scores: dict, n_train: int) -> None:
+    """Each grouped cell whose method also ran per example gets ``kept_variance``: the mean
+    share of the per-example scores that its equal shares keep (:func:`gold.kept_variance`;
+    its square root is about the share of the per-example fidelity a grouping can keep)."""
+    for point in points:
+        per_example = cell_scores.get((point["method"], "per-example", n_train))
+        if point["grouping"] == "per-example" or per_example is None:
+            continue
+        _, groups = cell_scores[(point["method"], point["grouping"], point["n_groups"])]
+        point["kept_variance"] = float(np.nanmean(kept_variance(per_example[0], groups)))
+
+
 def run_sweep(config: SweepConfig, store: ResultCache, progress: Progress = no_progress) -> dict:
     """Run the sweep; returns a JSON-ready dict with one point per (method, grouping, K).
     ``store`` keeps the gold standards (and its folder the demo models)."""
@@ -121,6 +134,7 @@ def run_sweep(config: SweepConfig, store: ResultCache, progress: Progress = no_p
     steps_per_epoch = int(np.ceil(n_train / config.gold.batch_size))
     runs = _method_runs(config, config.gold, steps_per_epoch)
     points = []
+    cell_scores: dict[tuple[str, str, int], tuple[np.ndarray, Groups]] = {}
     gold_seconds = {}
     executor = make_executor(config.executor, address=config.ray_address,
                              builtin=BuiltinSource(config.data, seed=config.seed))
@@ -166,7 +180,9 @@ def run_sweep(config: SweepConfig, store: ResultCache, progress: Progress = no_p
                     point["gold_relative_se"] = (float(np.nanmean(error)) / max(np.abs(gold.scores[0]).mean(), 1e-300)
                                                  if np.isfinite(error).any() else float("nan"))
                 points.append(point)
+                cell_scores[(label, grouping, groups.n_groups)] = (scores, groups)
                 progress("methods", (cell_index + 1) / len(cells))
+    _add_kept_variance(points, cell_scores, n_train)
     return {
         "config": {**dataclasses.asdict(config), "device": str(device)},
         "n_train": n_train, "n_test": len(test), "gold": config.gold.kind,

@@ -162,7 +162,7 @@ def test_fidelity_page_names_its_gold_standard(app, app_cache):
     if not any("Fidelity vs speed" in s["layout"].get("title", {}).get("text", "") for s in plotly_specs(app)):
         assert any("No sweep" in i.value for i in app.info)
     config = SweepConfig(data="digits", model="mlp", methods=("grad-dot",), groupings=("random",), group_counts=(10,),
-                         per_example=False, test_size=10, gold=GoldConfig(kind="lds", n_subsets=4))
+                         per_example=True, test_size=10, gold=GoldConfig(kind="lds", n_subsets=4))
     run_in_foreground("fidelity", dataclasses.asdict(config), ScoreStore(app_cache))
     app.run()
     assert not app.exception
@@ -171,11 +171,14 @@ def test_fidelity_page_names_its_gold_standard(app, app_cache):
     assert any(s["layout"]["yaxis"]["title"]["text"] == "point-level LDS" for s in plotly_specs(app)
                if "Fidelity vs speed" in s["layout"].get("title", {}).get("text", ""))
     table = app.dataframe[0].value
-    assert len(table) == 1
+    assert len(table) == 2
     # Point-level LDS leads; the group-level LDS sits beside the group size distribution.
     assert {"point-level LDS", "group-level LDS", "largest group", "median group", "smallest group",
-            "singletons"} <= set(table.columns)
-    assert table["largest group"].iloc[0] >= table["smallest group"].iloc[0] >= 1
+            "singletons", "kept of per-example"} <= set(table.columns)
+    grouped = table[table["grouping"] == "random"].iloc[0]
+    assert grouped["largest group"] >= grouped["smallest group"] >= 1
+    assert 0 < grouped["kept of per-example"] < 1  # ten random groups keep little of the per-example scores
+    assert table[table["grouping"] == "per-example"]["kept of per-example"].isna().all()
 
 
 def test_a_running_job_shows_progress_and_can_be_cancelled(app):

@@ -13,6 +13,7 @@ from gda_core.attribution.methods import make_method
 from gda_core.errors import GDAError
 from gda_core.evaluation.gold import (
     LDSEnsemble,
+    kept_variance,
     lds,
     lds_ensemble,
     point_lds,
@@ -20,6 +21,7 @@ from gda_core.evaluation.gold import (
     point_scores,
 )
 from gda_core.evaluation.sweeps import run_sweep
+from gda_core.inputs.choices import load_inputs
 from gda_core.inputs.datasets import load_builtin
 from gda_core.inputs.zoo import TrainConfig, model_config_for, train_model
 from gda_core.requests import GoldConfig, Recipe, SweepConfig
@@ -67,6 +69,25 @@ def test_point_lds_where_equal_share_is_not_exact_has_its_hand_computed_value():
     assert point_lds(np.array([[4.0, 10.0]]), groups, ensemble)["lds"] == pytest.approx(5 / np.sqrt(33))
     # The per-point truth itself scores 1 on the same subsets.
     assert point_lds(true[None], Groups(np.arange(4), 4), ensemble)["lds"] == pytest.approx(1.0)
+
+
+def test_kept_variance_has_its_hand_computed_value_and_is_the_correlation_of_the_predictions():
+    # Test point 0: members 1, 3 (mean 2) and 5, 5; kept = (2 * 4 + 2 * 25) / (1 + 9 + 25 + 25).
+    # Test point 1: the groups' members cancel (means 0): nothing is kept.
+    scores = np.array([[1.0, 3.0, 5.0, 5.0], [1.0, -1.0, 2.0, -2.0]])
+    groups = Groups(np.array([0, 0, 1, 1]), 2)
+    np.testing.assert_allclose(kept_variance(scores, groups), [58.0 / 60.0, 0.0])
+    np.testing.assert_allclose(kept_variance(scores, Groups(np.arange(4), 4)), [1.0, 1.0])
+    # Its square root is the Pearson correlation of the two predictions on independent masks.
+    rng = np.random.default_rng(0)
+    many = rng.normal(size=(3, 60)) + np.repeat(rng.normal(size=(3, 6)), 10, axis=1)
+    ten = Groups(np.repeat(np.arange(6), 10), 6)
+    masks = rng.random((200_000, 60)) < 0.5
+    shares = point_scores(many @ ten.membership_matrix().T, ten)
+    observed = [np.corrcoef(masks @ many[t], masks @ shares[t])[0, 1] for t in range(3)]
+    np.testing.assert_allclose(observed, np.sqrt(kept_variance(many, ten)), atol=0.01)
+    with pytest.raises(GDAError, match="one column per training point"):
+        kept_variance(np.zeros((1, 3)), groups)
 
 
 def test_point_lds_refuses_a_group_level_ensemble():
@@ -155,5 +176,14 @@ def test_lds_sweep_scores_every_cell_against_one_point_level_ensemble(tmp_path):
     assert per_example["point_lds"] == per_example["group_lds"]
     assert per_example["group_sizes"] == {"largest": 1, "median": 1.0, "smallest": 1,
                                           "singletons": sweep["n_train"]}
+    # Every grouped cell says how much of the per-example scores its equal shares keep.
+    split, model = load_inputs(config, store.root, "cpu")
+    train, test = split.train, split.test.subset(slice(0, config.test_size))
+    scores = make_method("grad-dot", model).fit(train, make_grouping("per-example").fit(train)).attribute(test)
+    assert "kept_variance" not in per_example
+    for point in (p for p in sweep["points"] if p["grouping"] != "per-example"):
+        groups = make_grouping(point["grouping"], point["n_groups"], seed=config.seed).fit(train, model.module)
+        assert point["kept_variance"] == pytest.approx(np.nanmean(kept_variance(scores, groups)), rel=1e-6)
+        assert 0 < point["kept_variance"] < 1
     figure = fidelity_speed_figure(sweep)
     assert figure.layout.yaxis.title.text == "point-level LDS"

@@ -69,6 +69,8 @@ class Fidelity(JobKind, name="fidelity", request_type=SweepConfig, draws_figure=
         def beside(point: dict) -> str:  # the group-level LDS beside the group sizes
             sizes = point.get("group_sizes")
             group = f"  group_lds {point['group_lds']:.3f}" if "group_lds" in point else ""
+            if "kept_variance" in point:  # of the method's own per-example scores
+                group += f"  kept {point['kept_variance']:.3f}"
             return (f"{group}  sizes {sizes['largest']}/{sizes['median']:g}/{sizes['smallest']} "
                     f"(largest/median/smallest), {sizes['singletons']} singletons") if sizes else group
 

@@ -24,8 +24,8 @@ retrained models' (negated) test loss per test point, averaged: the core's gold.
 - ``mlp``: all 18000 points; the timing runs' own scores (random groupings are timed there too).
 
 Beside every grouped run: ``kept_variance``, the mean share of the per-example run's scores
-that the grouping's equal shares keep (gold.kept_variance; its square root is about the share
-of the per-example LDS they can keep), and, per method and K, ``score_profile_grouping``: the
+that the grouping's equal shares keep (gold.kept_variance: agreement with the per-example run,
+not fidelity), and, per method and K, ``score_profile_grouping``: the
 point-level LDS of equal shares on a grouping made from the per-example scores themselves
 (K-means on each point's score profile): a reference for what a grouping at that K can reach
 when it knows the answer (K-means maximises the kept variance summed over test points).
@@ -170,8 +170,8 @@ def point_lds(scores, labels, masks, outputs) -> dict:
 
 
 def mean_kept_variance(per_example_scores, labels) -> float:
-    """The mean over test points of gold.kept_variance: about the square of the share of the
-    per-example LDS that the grouping's equal shares can keep."""
+    """The mean over test points of gold.kept_variance (agreement of the grouping's equal
+    shares with the per-example scores)."""
     import numpy as np
 
     from gda_core.attribution.grouping import Groups

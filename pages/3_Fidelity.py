@@ -29,8 +29,8 @@ st.caption("Each point is one method on one grouping and group count: its agreem
            "The group-level LDS (retraining on random halves of the cell's own groups) is in the table beside "
            "the group sizes: one giant group plus singletons is easy to predict at group level. Cosine: "
            "against further training of the final model, per group. *Kept of per-example*: the share of the "
-           "method's own per-example scores that the equal shares keep (no gold needed); its square root is "
-           "about the share of the per-example fidelity the grouping can keep.")
+           "method's own per-example scores that the equal shares keep: agreement with the per-example run, with "
+           "no gold needed, not fidelity (the largest scores dominate it).")
 
 split, model = state.inputs()
 config = SweepConfig(data=data, model=arch, **QUICK_SWEEP)

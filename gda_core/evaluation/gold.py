@@ -467,12 +467,13 @@ def kept_variance(per_example_scores: np.ndarray, groups: Groups) -> np.ndarray:
     ``sum_G |G| m_G^2 / sum_i s_i^2``, with ``m_G`` the mean score of G's members (the equal
     share of the group sum).
 
-    Why it bounds a grouping's fidelity: on subsets that keep each point independently, the
-    equal shares' predicted effect ``sum_i m_G(i) z_i`` and the per-example one ``sum_i s_i z_i``
-    have Pearson correlation exactly ``sqrt(kept)`` (their covariance and the equal shares'
-    variance are both ``Var(z) sum_G |G| m_G^2``). So, where the per-example scores are the best
-    estimate at hand, a grouping keeps about ``sqrt(kept)`` of their LDS. 1 when every group's
-    members score alike; 1 for the per-example partition."""
+    It measures agreement with the per-example run, with no gold standard: on subsets that keep
+    each point independently, the equal shares' predicted effect ``sum_i m_G(i) z_i`` and the
+    per-example one ``sum_i s_i z_i`` have Pearson correlation exactly ``sqrt(kept)`` (their
+    covariance and the equal shares' variance are both ``Var(z) sum_G |G| m_G^2``). It is not
+    fidelity to the gold: the largest scores dominate it, so a grouping that isolates the
+    highest-scoring points keeps more of it without a higher LDS. 1 when every group's members
+    score alike, and for the per-example partition."""
     scores = np.asarray(per_example_scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] != len(groups.labels):
         raise GDAError(f"per-example scores of shape {scores.shape} do not have one column per training point "

@@ -98,8 +98,8 @@ def format_duration(seconds: float) -> str:
 
 def _add_kept_variance(points: list[dict], cell_scores: dict, n_train: int) -> None:
     """Each grouped cell whose method also ran per example gets ``kept_variance``: the mean
-    share of the per-example scores that its equal shares keep (:func:`gold.kept_variance`;
-    its square root is about the share of the per-example fidelity a grouping can keep)."""
+    share of the per-example scores that its equal shares keep (:func:`gold.kept_variance`:
+    agreement with the per-example run, not fidelity)."""
     for point in points:
         per_example = cell_scores.get((point["method"], "per-example", n_train))
         if point["grouping"] == "per-example" or per_example is None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..inputs.datasets import Dataset
-from .grads import GradientEngine, has_last_layer
+from .grads import DEFAULT_CHUNK_EXAMPLES, GradientEngine, chunk_rows, has_last_layer
 
 MB = 2**20
 BYTES_PER_VALUE = 4  # float32 gradients
@@ -32,6 +32,8 @@ class GradientCost:
     n_parameters: int
     seconds_per_example: float
     sample_size: int
+    #: rows of per-example gradients a pass holds at once on this device (its chunk)
+    rows_per_chunk: int = DEFAULT_CHUNK_EXAMPLES
 
     def seconds(self, n_examples: int) -> float:
         """Estimated seconds of one per-example gradient pass over ``n_examples`` points."""
@@ -58,12 +60,12 @@ def estimate_gradient_costs(module: nn.Module, train: Dataset, *, sample_size: i
         if gradients.is_cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        costs.append(GradientCost(mode, engine.space.dim, elapsed / len(sample), len(sample)))
+        rows = chunk_rows(DEFAULT_CHUNK_EXAMPLES, engine.space.dim, gradients)
+        costs.append(GradientCost(mode, engine.space.dim, elapsed / len(sample), len(sample), rows))
     return costs
 
 
-def cost_rows(costs: list[GradientCost], n_train: int, n_test: int, n_groups: int | None,
-              chunk_examples: int = 1024) -> list[dict]:
+def cost_rows(costs: list[GradientCost], n_train: int, n_test: int, n_groups: int | None) -> list[dict]:
     """A table of the estimate, one row per mode: the gradient pass over the training and
     test points, the memory of one chunk of the pass, and of the N (per-example) or K
     (grouped) training gradients a method works with."""
@@ -71,7 +73,7 @@ def cost_rows(costs: list[GradientCost], n_train: int, n_test: int, n_groups: in
     for cost in costs:
         row = {"gradients of": cost.mode, "parameters": cost.n_parameters,
                "gradient pass, s (est.)": round(cost.seconds(n_train + n_test), 1),
-               "chunk of the pass, MB": round(cost.vectors_mb(min(chunk_examples, n_train)), 1),
+               "chunk of the pass, MB": round(cost.vectors_mb(min(cost.rows_per_chunk, n_train)), 1),
                f"{n_train} per-example gradients, MB": round(cost.vectors_mb(n_train), 1)}
         if n_groups is not None:
             row[f"{n_groups} group gradients, MB"] = round(cost.vectors_mb(n_groups), 1)

@@ -145,7 +145,7 @@ class ViewRecipe:
         return cls(
             model_config=config.to_json(),
             weights=state_arrays(engine.module),
-            last_layer_only=engine.last_layer_only, chunk_examples=engine.chunk_examples, objective=objective,
+            last_layer_only=engine.last_layer_only, chunk_examples=engine.chunk_limit, objective=objective,
             example_weights=None if example_weights is None else example_weights.detach().cpu().numpy(),
             transform=transform, weight=weight, parameters=engine.parameters,
         )

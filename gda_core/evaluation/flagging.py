@@ -35,7 +35,7 @@ from ..attribution.grouping import make_grouping, refine_groups
 from ..attribution.methods import AttributionMethod, make_method
 from ..errors import GDAError
 from ..inputs.choices import load_inputs
-from ..inputs.datasets import TEXT_BATCH, Dataset
+from ..inputs.datasets import FORWARD_BATCH, Dataset
 from ..inputs.zoo import TrainedModel, point_losses
 from ..io import default_cache_dir
 from ..progress import Progress, no_progress
@@ -122,14 +122,13 @@ def layer_inputs(module: torch.nn.Module, data: Dataset, *, dim: int = NEIGHBOUR
     layers = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     if not layers:
         raise GDAError("the neighbours signal needs a model with Linear or Conv2d layers")
-    batch = TEXT_BATCH if data.is_text else 1024
     handles = [layer.register_forward_hook(hook) for layer in layers]
     chunks = []
     try:
         with torch.no_grad():
-            for start in range(0, len(data), batch):
+            for start in range(0, len(data), FORWARD_BATCH):
                 captured.clear()
-                module(data.model_inputs(reference, slice(start, start + batch)))
+                module(data.model_inputs(reference, slice(start, start + FORWARD_BATCH)))
                 chunks.append([value.cpu() for value in captured])
     finally:
         for handle in handles:

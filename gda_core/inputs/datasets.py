@@ -20,8 +20,11 @@ from .noise import flip_labels
 
 logger = logging.getLogger(__name__)
 
-#: rows of token ids a text model's forward pass takes at once outside the gradient passes
-TEXT_BATCH = 256
+#: rows a forward-only pass (representations, logits, captured activations, a text model's
+#: token ids) takes at once: moderate batches keep a conv net's activations in cache (ResNet-9
+#: on 4000 mnist digits, one thread: 0.95 s at 256 rows, 2.3 s at 4096 in one batch) and cost
+#: a small MLP nothing
+FORWARD_BATCH = 256
 
 
 @dataclass

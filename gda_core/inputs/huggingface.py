@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import GDAError, first_line
 from ..io import atomic_write_bytes, file_lock, packaged_file
-from .datasets import TEXT_BATCH, Dataset
+from .datasets import FORWARD_BATCH, Dataset
 from .safety import UploadLimits, checked_zip, one_line, read_entry, read_upload, refuse_pickle
 from .zoo import TrainedModel, check_finite_weights
 
@@ -514,7 +514,7 @@ def _hidden(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def last_layer_split(module: SequenceClassifier, ids: torch.Tensor, batch: int = TEXT_BATCH
+def last_layer_split(module: SequenceClassifier, ids: torch.Tensor, batch: int = FORWARD_BATCH
                      ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """What training only the last encoder layer and the head needs: the frozen layers'
     output for ``ids`` (computed once, :meth:`SequenceClassifier.frozen_split`) and the

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import GDAError, first_line
 from ..io import atomic_write_bytes, file_lock, read_checked, record_checksum
 from ..task import TASKS
-from .datasets import TEXT_BATCH, Dataset, image_shape_of
+from .datasets import FORWARD_BATCH, Dataset, image_shape_of
 
 logger = logging.getLogger(__name__)
 
@@ -389,11 +389,10 @@ class TrainedModel:
         return self
 
 
-def model_outputs(module: nn.Module, data: Dataset, chunk: int = 4096) -> torch.Tensor:
+def model_outputs(module: nn.Module, data: Dataset, batch: int = FORWARD_BATCH) -> torch.Tensor:
     """The model's outputs (logits) for every point, without gradients."""
-    # In chunks: one forward of 100k images would hold every activation at once (sentences in smaller ones).
+    # In batches: one forward of 100k images would hold every activation at once.
     reference = next(module.parameters())
-    batch = TEXT_BATCH if not data.features.is_floating_point() else chunk
     with torch.no_grad():
         return torch.cat([module(data.model_inputs(reference, slice(start, start + batch)))
                           for start in range(0, len(data), batch)])

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import GDAError
-from ..inputs.datasets import TEXT_BATCH, Dataset, DataSplit
+from ..inputs.datasets import FORWARD_BATCH, Dataset, DataSplit
 from ..inputs.zoo import TrainedModel
 
 #: UMAP fits on at most this many training points (a seeded sample) and places the rest with
@@ -61,11 +61,11 @@ def embedding_inputs(split: DataSplit, model: TrainedModel, space: str) -> tuple
 
     def features(data: Dataset) -> np.ndarray:
         reference = next(model.module.parameters())
-        batch = TEXT_BATCH if data.is_text else max(1, len(data))
         with torch.no_grad():
             if space == "features" and hasattr(model.module, "features"):
-                return torch.cat([model.module.features(data.model_inputs(reference, slice(start, start + batch)))
-                                  for start in range(0, len(data), batch)]).float().cpu().numpy()
+                rows = [slice(start, start + FORWARD_BATCH) for start in range(0, len(data), FORWARD_BATCH)]
+                return torch.cat([model.module.features(data.model_inputs(reference, part))
+                                  for part in rows]).float().cpu().numpy()
             return data.features.to(reference.device).cpu().numpy()
 
     return features(split.train), features(split.test)

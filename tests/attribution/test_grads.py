@@ -30,6 +30,32 @@ def test_group_gradient_equals_sum_of_member_gradients(zoo, small_digits, arch):
     torch.testing.assert_close(grouped, summed, rtol=1e-4, atol=1e-5)
 
 
+def test_groups_larger_than_one_backward_are_summed_over_pieces_and_chunks_fit_the_device_budget(zoo, small_digits):
+    import gda_core.attribution.grads as grads
+
+    train, _ = small_digits
+    engine = GradientEngine(zoo["cnn"].module)  # the default bounds: pieces of BACKWARD_ROWS
+    labels = (np.arange(len(train)) >= 330).astype(np.int64)  # groups of 330 and 70 points
+    assert 330 > grads.BACKWARD_ROWS
+    per_example = engine.stacked(engine.per_example_gradients(train), len(train))
+    grouped = engine.stacked(engine.group_gradients(train, labels, 2), 2)
+    summed = torch.zeros_like(grouped).index_add_(0, torch.as_tensor(labels), per_example)
+    torch.testing.assert_close(grouped, summed, rtol=1e-4, atol=1e-5)
+    # Rows of per-example gradients at once: the caller's bound, or the device's byte budget.
+    cpu = torch.zeros(1)
+    assert grads.chunk_rows(1024, 2**20, cpu) == grads.CPU_CHUNK_BYTES // 2**22 == 8
+    assert grads.chunk_rows(4, 2**20, cpu) == 4 and grads.chunk_rows(1024, 2**40, cpu) == 1
+
+    class OnCuda:  # chunk_rows asks a reference tensor only for its device and element size
+        device = torch.device("cuda")
+
+        def element_size(self):
+            return 4
+
+    assert grads.chunk_rows(1024, 2**20, OnCuda()) == 256  # 1 GiB on the device
+    assert engine.chunk_examples == grads.chunk_rows(1024, engine.space.dim, cpu)
+
+
 @pytest.mark.parametrize("last_layer_only", [False, True])
 def test_backward_and_vmap_group_paths_agree(zoo, small_digits, monkeypatch, last_layer_only):
     """Large groups take one ordinary backward each, small ones share a vmap: the two paths

@@ -31,7 +31,7 @@ from ...registry import METHODS
 from ...task import MEASUREMENTS
 from ..executors import Executor, LocalExecutor, TrainSide, Transform, ViewRecipe
 from ..factored import FactoredEngine, Factors, factor_dot, factor_sq_norms
-from ..grads import GradientChunk, GradientEngine, count_parameters
+from ..grads import DEFAULT_CHUNK_EXAMPLES, GradientChunk, GradientEngine, count_parameters
 from ..grouping import Groups
 
 
@@ -51,7 +51,9 @@ class MethodOptions:
     #: differentiate only the rest (``grads.frozen_split``); off: the whole model runs for
     #: every gradient (the same scores, slower)
     frozen_prefix: bool = True
-    chunk_examples: int = 1024
+    #: rows of per-example gradients at once, at most (fewer where they pass the device's
+    #: chunk budget, ``grads.chunk_rows``)
+    chunk_examples: int = DEFAULT_CHUNK_EXAMPLES
     cache_bytes: int = 1 << 30
     seed: int = 0
 

@@ -34,7 +34,8 @@ taken back to the parameters (``Q diag(1 / (values + lambda)) Q^T g_t``), not ro
 The blocks are independent layers (block-diagonal); parameters of other modules (BatchNorm's
 affine weights) are left out: they drop out of both sides, so a score is an inner product
 over the covered parameters, and ``method_info`` names what is covered. Factors are fitted
-over the curvature sample in chunks of ``chunk_examples`` and kept in the cache folder
+over the curvature sample in chunks of ``chunk_examples`` rows (at most ``grads.BACKWARD_ROWS``:
+captured batches run fastest at that size) and kept in the cache folder
 (``factors/``), keyed by the model's and the sample's fingerprints and the options they
 depend on, so another grouping, test set or flagging run reuses them.
 """
@@ -52,7 +53,7 @@ from ...errors import GDAError
 from ...inputs.datasets import Dataset
 from ...io import content_key, default_cache_dir, file_lock, read_npz, write_npz
 from ...task import Task
-from ..grads import BACKWARD_GROUP_SIZE, GradientChunk, GradientEngine
+from ..grads import BACKWARD_GROUP_SIZE, BACKWARD_ROWS, GradientChunk, GradientEngine
 from ..layers import Layer, LayerLayout, capture, find_layers, layer_gradients, objective_cotangent
 from .base import View
 from .influence import DEFAULT_DAMPING_FRACTION, InverseCurvatureMethod, InverseOptions
@@ -367,7 +368,7 @@ class _KroneckerInfluence(InverseCurvatureMethod):
                            f".pt2 program keeps none: upload a .safetensors state dict with its .json config, or use "
                            f"if-cg or if-arnoldi)")
         layout = LayerLayout(engine.space, layers)
-        chunk = self.options.chunk_examples
+        chunk = min(self.options.chunk_examples, BACKWARD_ROWS)
         factor_sample = sample.subset(self.curvature_rows(len(sample), self._factor_rows(layers)))
         identity = {"model": self.model.fingerprint(), "data": factor_sample.fingerprint(), "format": FACTOR_FORMAT,
                     "last_layer_only": self.options.last_layer_only, "dtype": str(engine.dtype),

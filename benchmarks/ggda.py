@@ -15,8 +15,9 @@ grouping at the same K is measured for the fidelity comparison.
 Physical yardsticks (``epoch``), on the timing model at its own training batch size: one training
 epoch, one backward over the data and one forward pass. Every cell gives its attribution time in
 epochs (``attribution_epochs``; the target for a grouped training side at K = N/100 is at most 2),
-and each method's ``speedup_bound``: per-example seconds / (one backward + one forward), the most
-a grouped run can gain while it backpropagates every point once and groups on a forward pass.
+and each method's ``speedup_bound``: per-example seconds / (one backward per pass over the data +
+one forward), the most a grouped run can gain while it backpropagates every point once per pass
+(TracIn makes one per checkpoint) and groups on a forward pass.
 
 Fidelity: point-level LDS. One gold per setting: models retrained on random halves of the
 *points* (alpha 0.5), test loss per test point. Every run is scored against it by giving each
@@ -380,9 +381,11 @@ def table(part: Part, methods: list[str], ks: list[int]) -> list[dict]:
         base = part.entries.get((method, "per-example", part.n))
         row = {"method": method, "per_example": _cell(base)}
         if epoch and is_ok(base):
-            # a grouped run backpropagates every point once and groups on a forward pass at least
+            # a grouped run backpropagates every point once (TracIn: once per checkpoint) and
+            # groups on a forward pass, at least
+            passes = part.model["n_checkpoints"] if method == "tracin" else 1
             row["speedup_bound"] = rounded(base["total_seconds"]
-                                           / (epoch["backward_seconds"] + epoch["forward_seconds"]), 2)
+                                           / (passes * epoch["backward_seconds"] + epoch["forward_seconds"]), 2)
             row["per_example"]["attribution_epochs"] = rounded(base["attribution_seconds"] / epoch["epoch_seconds"], 2)
         for k in ks:
             for grouping in ("grad-kmeans", "random"):

@@ -121,17 +121,12 @@ def kmeans_labels(features: np.ndarray | torch.Tensor, n_groups: int, seed: int,
     return cap_groups(labels, points.cpu().numpy(), n_groups, cap or size_cap(n_points, n_groups))
 
 
-def _nearest(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each point's nearest centroid and its squared distance (chunked matrix products)."""
+def _nearest(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Each point's nearest centroid, by chunked matrix products: the argmin over centroids c of
+    ``|c|^2 - 2 x . c`` (the point's own ``|x|^2`` does not change which centroid is nearest)."""
     squared = (centroids ** 2).sum(1)
-    labels, distances = [], []
-    for start in range(0, len(points), chunk):
-        block = points[start:start + chunk]
-        table = (block ** 2).sum(1, keepdim=True) - 2 * block @ centroids.T + squared
-        best, index = table.min(1)
-        labels.append(index)
-        distances.append(best.clamp_min(0))
-    return torch.cat(labels), torch.cat(distances)
+    return torch.cat([torch.addmm(squared, points[start:start + chunk], centroids.T, alpha=-2).argmin(1)
+                      for start in range(0, len(points), chunk)])
 
 
 def _lloyd(points: torch.Tensor, n_groups: int, seed: int, iterations: int = 20,
@@ -154,7 +149,7 @@ def _lloyd(points: torch.Tensor, n_groups: int, seed: int, iterations: int = 20,
         centroids = points[torch.randperm(n_points, generator=generator)[:n_groups].to(points.device)].clone()
     labels = None
     for _ in range(iterations):
-        new_labels, _ = _nearest(points, centroids)
+        new_labels = _nearest(points, centroids)
         if labels is not None and (new_labels != labels).float().mean() < tolerance:
             labels = new_labels
             break

@@ -207,15 +207,21 @@ def worker(spec: dict) -> dict:
 def point_lds(scores, labels, masks, outputs) -> dict:
     """Point-level LDS of (n_test, K) group scores against (M, N) point masks: the core's
     :func:`gda_core.evaluation.gold.point_lds` (each point gets its group's equal share)."""
-    import numpy as np
 
-    from gda_core.attribution.grouping import Groups
     from gda_core.evaluation.gold import LDSEnsemble
     from gda_core.evaluation.gold import point_lds as core_point_lds
 
-    groups = Groups(np.asarray(labels), int(np.max(labels)) + 1)
-    value = core_point_lds(scores, groups, LDSEnsemble(masks.astype(bool), outputs, ALPHA, {}))
+    value = core_point_lds(scores, _groups(labels), LDSEnsemble(masks.astype(bool), outputs, ALPHA, {}))
     return {"lds": rounded(value["lds"]), "lds_se": rounded(value["lds_se"])}
+
+
+def _groups(labels):
+    """The partition of saved group labels (0..K-1)."""
+    import numpy as np
+
+    from gda_core.attribution.grouping import Groups
+
+    return Groups(np.asarray(labels), int(np.max(labels)) + 1)
 
 
 def mean_kept_variance(per_example_scores, labels) -> float:
@@ -223,11 +229,9 @@ def mean_kept_variance(per_example_scores, labels) -> float:
     shares with the per-example scores)."""
     import numpy as np
 
-    from gda_core.attribution.grouping import Groups
     from gda_core.evaluation.gold import kept_variance
 
-    return rounded(float(np.nanmean(kept_variance(per_example_scores, Groups(np.asarray(labels),
-                                                                             int(np.max(labels)) + 1)))), 3)
+    return rounded(float(np.nanmean(kept_variance(per_example_scores, _groups(labels)))), 3)
 
 
 def score_profile_grouping(per_example_scores, k: int, masks, outputs) -> dict:
@@ -242,7 +246,7 @@ def score_profile_grouping(per_example_scores, k: int, masks, outputs) -> dict:
 
     profiles = per_example_scores / np.maximum(np.linalg.norm(per_example_scores, axis=1, keepdims=True), 1e-30)
     labels = kmeans_labels(profiles.T.astype(np.float32), k, seed=0, cap=len(profiles.T))
-    sums = per_example_scores @ np.eye(k)[labels]
+    sums = per_example_scores @ _groups(labels).membership_matrix().T
     return {**point_lds(sums, labels, masks, outputs), "kept_variance": mean_kept_variance(per_example_scores, labels)}
 
 
@@ -257,7 +261,7 @@ class Part:
         self.groupings: dict = {}
         self.entries: dict = {}
         self.gold: dict | None = None
-        self.ceilings: dict = {}
+        self.score_profiles: dict = {}
         self.epoch: dict | None = None
 
     @property
@@ -285,8 +289,6 @@ class Part:
     def grouping(self, grouping: str, k: int) -> dict:
         import numpy as np
 
-        from gda_core.attribution.grouping import Groups
-
         if (grouping, k) not in self.groupings:
             labels_file = f"groups-{self.tag}-{grouping}-{k}.npy"
             log(f"[{self.tag}] grouping {grouping} K={k} ...")
@@ -295,7 +297,7 @@ class Part:
             result["labels_file"] = labels_file
             if result["status"] == "ok":
                 labels = np.load(self.runner.work_dir / labels_file)
-                result["sizes"] = Groups(labels, int(labels.max()) + 1).size_summary()
+                result["sizes"] = _groups(labels).size_summary()
                 log(f"  {result['seconds']:.2f} s, sizes {result['sizes']}")
             else:
                 log(f"  {result['status']}: {result['note']}")
@@ -360,17 +362,20 @@ class Part:
             labels = np.load(self.runner.work_dir / self.groupings[(grouping, k)]["labels_file"])
             scores = np.load(self.runner.work_dir / entry["scores_file"])
             entry.update(point_lds(scores, labels, arrays["masks"], arrays["outputs"]))
-        self.ceilings = {}
+        per_example_scores: dict = {}  # each method's, loaded once
         for (method, grouping, k), entry in self.entries.items():
             base = self.entries.get((method, "per-example", self.n))
             if grouping == "per-example" or not is_ok(base):
                 continue
-            per_example = np.load(self.runner.work_dir / base["scores_file"])
+            if method not in per_example_scores:
+                per_example_scores[method] = np.load(self.runner.work_dir / base["scores_file"])
+            per_example = per_example_scores[method]
             if is_ok(entry):
                 labels = np.load(self.runner.work_dir / self.groupings[(grouping, k)]["labels_file"])
                 entry["kept_variance"] = mean_kept_variance(per_example, labels)
-            if (method, k) not in self.ceilings:
-                self.ceilings[(method, k)] = score_profile_grouping(per_example, k, arrays["masks"], arrays["outputs"])
+            if (method, k) not in self.score_profiles:
+                self.score_profiles[(method, k)] = score_profile_grouping(per_example, k, arrays["masks"],
+                                                                          arrays["outputs"])
 
 
 def table(part: Part, methods: list[str], ks: list[int]) -> list[dict]:
@@ -405,11 +410,11 @@ def table(part: Part, methods: list[str], ks: list[int]) -> list[dict]:
                 row[f"grad_kmeans_beats_random/K={k}"] = bool(gk["lds"] > rnd["lds"])
             if gk.get("lds") is not None and base and base.get("lds"):
                 row[f"lds_ratio_to_per_example/K={k}"] = rounded(gk["lds"] / base["lds"], 3)
-            ceiling = part.ceilings.get((method, k))
-            if ceiling is not None:
+            reference = part.score_profiles.get((method, k))
+            if reference is not None:
                 row[f"score_profile_grouping/K={k}"] = {
-                    **ceiling, **({"lds_ratio_to_per_example": rounded(ceiling["lds"] / base["lds"], 3)}
-                                  if base.get("lds") else {})}
+                    **reference, **({"lds_ratio_to_per_example": rounded(reference["lds"] / base["lds"], 3)}
+                                    if base.get("lds") else {})}
         rows.append(row)
     return rows
 

@@ -430,7 +430,7 @@ class GradientEngine:
             # (1, width) rows padded with zero-weight slots up to a multiple of BACKWARD_BUCKET,
             # so that the backwards of groups of many sizes share a few batch shapes
             width = min(piece_rows, -(-len(member_rows) // BACKWARD_BUCKET) * BACKWARD_BUCKET)
-            rows = np.full((1, max(width, len(member_rows))), len(data), dtype=np.int64)
+            rows = np.full((1, width), len(data), dtype=np.int64)  # every caller passes <= piece_rows rows
             rows[0, :len(member_rows)] = member_rows
             return torch.as_tensor(rows, device=self.device)
 
